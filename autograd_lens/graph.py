@@ -1,0 +1,598 @@
+"""The autograd graph as plain data, and its capture from ``grad_fn`` chains.
+
+``capture`` walks ``grad_fn.next_functions`` iteratively (a 100,000-node chain is fine) and builds a
+``Graph``: an immutable snapshot that holds no reference to any tensor or autograd node. It works
+before and after backward; after a backward that did not retain the graph, nodes whose buffers
+were released are marked ``freed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import LensError, describe
+from .naming import ParamNames
+
+SCHEMA = "autograd_lens.graph/1"
+
+#: Node kinds.
+OP = "op"
+PARAM = "param"
+INPUT = "input"
+CUSTOM = "custom"
+COMPILED = "compiled"
+KINDS = (OP, PARAM, INPUT, CUSTOM, COMPILED)
+
+#: Highlight tags the renderers know.
+HIGHLIGHTS = ("freed", "leak", "stray", "pass-through", "error", "focus")
+
+# Ops that only re-view their single input: a parameter seen through them still belongs to the
+# module of that parameter (``AddmmBackward0 <- TBackward0 <- weight``).
+_VIEW_OPS = frozenset(
+    {
+        "TBackward0",
+        "ViewBackward0",
+        "ExpandBackward0",
+        "PermuteBackward0",
+        "TransposeBackward0",
+        "UnsqueezeBackward0",
+        "SqueezeBackward0",
+        "SqueezeBackward1",
+        "ReshapeAliasBackward0",
+        "UnsafeViewBackward0",
+        "ToCopyBackward0",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SavedTensor:
+    """A tensor that an autograd node saved for its backward."""
+
+    name: str
+    shape: tuple[int, ...] | None
+    dtype: str | None
+    nbytes: int
+    freed: bool
+    param: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One node of the graph: an autograd op, or a leaf (parameter or input)."""
+
+    id: int
+    op: str
+    kind: str
+    name: str | None = None
+    module: str | None = None
+    shape: tuple[int, ...] | None = None
+    dtype: str | None = None
+    saved: tuple[SavedTensor, ...] = ()
+    freed: bool = False
+    seq: int | None = None
+    ctx_tensors: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """What a person calls this node: the parameter/input name, else the op."""
+        return self.name or self.op
+
+    @property
+    def saved_bytes(self) -> int:
+        return sum(s.nbytes for s in self.saved)
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A tensor the graph was drawn for (a root)."""
+
+    name: str
+    node: int | None
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True, slots=True)
+class Highlight:
+    """Something to point at in a drawing: a node or an edge, with a tag and a short label."""
+
+    tag: str
+    node: int | None = None
+    edge: tuple[int, int] | None = None
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Graph:
+    """An immutable snapshot of an autograd graph.
+
+    ``edges`` run in the direction data flows forward: ``(producer, consumer)``, i.e. from a node
+    in ``consumer.next_functions`` to ``consumer``. ``nodes[i].id == i``.
+    """
+
+    nodes: tuple[Node, ...]
+    edges: tuple[tuple[int, int], ...]
+    outputs: tuple[Output, ...]
+    title: str = ""
+    highlights: tuple[Highlight, ...] = ()
+    #: default render options (``max_nodes``, ``collapse``...), given to ``draw``; not serialised
+    options: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    _index: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    # ----- queries -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def params(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.kind == PARAM)
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(n.name for n in self.nodes if n.kind == PARAM and n.name)
+
+    @property
+    def freed_nodes(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.freed)
+
+    def find(self, op_or_name: str) -> list[Node]:
+        """Nodes whose op or name equals ``op_or_name``."""
+        return [n for n in self.nodes if n.op == op_or_name or n.name == op_or_name]
+
+    def inputs_of(self, node_id: int) -> list[int]:
+        """Producers feeding ``node_id`` (its ``next_functions``)."""
+        idx = self._index.get("inputs")
+        if idx is None:
+            idx = [[] for _ in self.nodes]
+            for src, dst in self.edges:
+                idx[dst].append(src)
+            self._index["inputs"] = idx
+        return idx[node_id]
+
+    def consumers_of(self, node_id: int) -> list[int]:
+        idx = self._index.get("consumers")
+        if idx is None:
+            idx = [[] for _ in self.nodes]
+            for src, dst in self.edges:
+                idx[src].append(dst)
+            self._index["consumers"] = idx
+        return idx[node_id]
+
+    def upstream(self, start: Iterable[int]) -> set[int]:
+        """All nodes reachable from ``start`` towards the leaves (``start`` included)."""
+        seen = set(start)
+        stack = list(seen)
+        while stack:
+            for nxt in self.inputs_of(stack.pop()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
+        return seen
+
+    def path(self, from_node: int, to_node: int) -> list[int] | None:
+        """A shortest path from a root side node down to a leaf side node, or None."""
+        prev: dict[int, int] = {from_node: -1}
+        frontier = [from_node]
+        while frontier:
+            nxt_frontier = []
+            for n in frontier:
+                if n == to_node:
+                    out = [n]
+                    while prev[out[-1]] != -1:
+                        out.append(prev[out[-1]])
+                    return out[::-1]
+                for m in self.inputs_of(n):
+                    if m not in prev:
+                        prev[m] = n
+                        nxt_frontier.append(m)
+            frontier = nxt_frontier
+        return None
+
+    def with_highlights(self, *highlights: Highlight) -> Graph:
+        return dataclasses.replace(self, highlights=self.highlights + tuple(highlights))
+
+    def with_title(self, title: str) -> Graph:
+        return dataclasses.replace(self, title=title)
+
+    # ----- views ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "title": self.title,
+            "nodes": [
+                {
+                    "id": n.id,
+                    "op": n.op,
+                    "kind": n.kind,
+                    "name": n.name,
+                    "module": n.module,
+                    "shape": list(n.shape) if n.shape is not None else None,
+                    "dtype": n.dtype,
+                    "saved": [
+                        {
+                            "name": s.name,
+                            "shape": list(s.shape) if s.shape is not None else None,
+                            "dtype": s.dtype,
+                            "nbytes": s.nbytes,
+                            "freed": s.freed,
+                            "param": s.param,
+                        }
+                        for s in n.saved
+                    ],
+                    "freed": n.freed,
+                    "seq": n.seq,
+                    "ctx_tensors": list(n.ctx_tensors),
+                }
+                for n in self.nodes
+            ],
+            "edges": [list(e) for e in self.edges],
+            "outputs": [
+                {"name": o.name, "node": o.node, "shape": list(o.shape), "dtype": o.dtype}
+                for o in self.outputs
+            ],
+            "highlights": [
+                {"tag": h.tag, "node": h.node, "edge": list(h.edge) if h.edge else None, "label": h.label}
+                for h in self.highlights
+            ],
+        }
+
+    def to_json(self, *, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Graph:
+        if not isinstance(data, Mapping) or data.get("schema") != SCHEMA:
+            got = data.get("schema") if isinstance(data, Mapping) else type(data).__name__
+            raise LensError(f"not an autograd_lens graph: expected schema {SCHEMA!r}, got {got!r}")
+        try:
+            nodes = tuple(
+                Node(
+                    id=int(n["id"]),
+                    op=str(n["op"]),
+                    kind=str(n["kind"]),
+                    name=n.get("name"),
+                    module=n.get("module"),
+                    shape=tuple(n["shape"]) if n.get("shape") is not None else None,
+                    dtype=n.get("dtype"),
+                    saved=tuple(
+                        SavedTensor(
+                            name=s["name"],
+                            shape=tuple(s["shape"]) if s.get("shape") is not None else None,
+                            dtype=s.get("dtype"),
+                            nbytes=int(s.get("nbytes", 0)),
+                            freed=bool(s.get("freed", False)),
+                            param=s.get("param"),
+                        )
+                        for s in n.get("saved", ())
+                    ),
+                    freed=bool(n.get("freed", False)),
+                    seq=n.get("seq"),
+                    ctx_tensors=tuple(n.get("ctx_tensors", ())),
+                )
+                for n in data["nodes"]
+            )
+            edges = tuple((int(a), int(b)) for a, b in data["edges"])
+            outputs = tuple(
+                Output(o["name"], o.get("node"), tuple(o["shape"]), o["dtype"]) for o in data["outputs"]
+            )
+            highlights = tuple(
+                Highlight(h["tag"], h.get("node"), tuple(h["edge"]) if h.get("edge") else None, h.get("label", ""))
+                for h in data.get("highlights", ())
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LensError(f"malformed autograd_lens graph JSON: {exc!r}") from None
+        for i, n in enumerate(nodes):
+            if n.id != i:
+                raise LensError(f"malformed autograd_lens graph JSON: node {i} has id {n.id}")
+        return cls(nodes, edges, outputs, str(data.get("title", "")), highlights)
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> Graph:
+        """A graph from JSON text or from the path of a ``.json`` file written by ``save``."""
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            path = Path(text)
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise LensError(f"cannot read graph file {str(path)!r}: {exc.strerror}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise LensError(f"graph file is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    def to_dot(self, **options: Any) -> str:
+        from .render.dot import to_dot
+
+        return to_dot(self, **options)
+
+    def to_svg(self, **options: Any) -> str:
+        from .render.dot import render
+
+        return render(self, "svg", **options).decode("utf-8")
+
+    def save(self, path: str | Path, **options: Any) -> Path:
+        """Write the graph; the format follows the extension: .svg .png .pdf .dot .gv .json."""
+        from .render.dot import save
+
+        return save(self, path, **options)
+
+    def _repr_svg_(self) -> str | None:
+        try:
+            return self.to_svg()
+        except LensError:
+            return None
+
+    def __rich__(self) -> Any:
+        from .render.tree import to_tree
+
+        return to_tree(self)
+
+    def __str__(self) -> str:
+        from .render.tree import to_text
+
+        return to_text(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# Capture
+# ----------------------------------------------------------------------------------------------
+
+_SAVED_ATTRS: dict[type, tuple[str, ...]] = {}
+
+
+def _saved_attrs(tp: type) -> tuple[str, ...]:
+    attrs = _SAVED_ATTRS.get(tp)
+    if attrs is None:
+        attrs = tuple(a for a in dir(tp) if a.startswith("_raw_saved_"))
+        _SAVED_ATTRS[tp] = attrs
+    return attrs
+
+
+_DTYPE_NAMES: dict[torch.dtype, str] = {}
+
+
+def _dtype(dt: torch.dtype) -> str:
+    name = _DTYPE_NAMES.get(dt)
+    if name is None:
+        name = _DTYPE_NAMES[dt] = str(dt).removeprefix("torch.")
+    return name
+
+
+def _saved_of(node: Any, names: ParamNames) -> tuple[tuple[SavedTensor, ...], bool]:
+    """Saved tensors of ``node`` and whether its buffers were released."""
+    attrs = _saved_attrs(type(node))
+    if not attrs:
+        return (), False
+    out: list[SavedTensor] = []
+    freed = False
+    for attr in attrs:
+        raw = getattr(node, attr)
+        label = attr[11:]  # strip "_raw_saved_"
+        items = raw if isinstance(raw, (list, tuple)) else (raw,)
+        for i, sv in enumerate(items):
+            name = label if len(items) == 1 and not isinstance(raw, (list, tuple)) else f"{label}[{i}]"
+            data = sv.data
+            if data is None:
+                # Released by a backward, or an optional tensor never given. An optional that was
+                # never given has a getter that returns None without raising.
+                if _released(node, attr):
+                    freed = True
+                    out.append(SavedTensor(name, None, None, 0, True))
+                continue
+            param = names.name_of(data) or names.name_of_storage(data)
+            out.append(
+                SavedTensor(name, tuple(data.shape), _dtype(data.dtype), data.nbytes, False, param)
+            )
+    return tuple(out), freed
+
+
+def _released(node: Any, raw_attr: str) -> bool:
+    getter = "_saved_" + raw_attr[11:]
+    if raw_attr == "_raw_saved_tensors" and not hasattr(type(node), getter):
+        getter = "saved_tensors"  # custom autograd.Function
+    try:
+        getattr(node, getter)
+    except RuntimeError as exc:
+        return "freed" in str(exc) or "second time" in str(exc)
+    except Exception:
+        return False
+    return False
+
+
+def _ctx_tensors(node: Any) -> tuple[str, ...]:
+    try:
+        attrs = vars(node)
+    except TypeError:
+        return ()
+    return tuple(sorted(k for k, v in attrs.items() if isinstance(v, torch.Tensor)))
+
+
+def _node_of(t: torch.Tensor) -> Any:
+    """The autograd node a tensor's gradient flows into: ``grad_fn`` or the leaf's accumulator."""
+    if t.grad_fn is not None:
+        return t.grad_fn
+    if t.requires_grad:
+        # A leaf that requires grad: the AccumulateGrad node, as the engine would use it.
+        return torch.autograd.graph.get_gradient_edge(t).node
+    return None
+
+
+def capture(
+    tensors: Sequence[torch.Tensor],
+    *,
+    names: ParamNames | None = None,
+    output_names: Sequence[str] | None = None,
+    input_names: Mapping[int, str] | None = None,
+    title: str = "",
+    saved: bool = True,
+) -> Graph:
+    """Snapshot the graph behind ``tensors``. Iterative; holds no node or tensor afterwards."""
+    names = names if names is not None else ParamNames()
+    input_names = input_names or {}
+    index: dict[int, int] = {}  # id(autograd node) -> graph node id
+    keep: list[Any] = []  # keeps ids unique while walking; dropped on return
+    raw_edges: list[tuple[int, int]] = []
+    node_data: list[Node] = []
+    direct_module: list[str | None] = []
+    outputs: list[Output] = []
+
+    def visit(fn: Any) -> int:
+        key = id(fn)
+        nid = index.get(key)
+        if nid is not None:
+            return nid
+        nid = len(node_data)
+        index[key] = nid
+        keep.append(fn)
+        tp = type(fn)
+        op = tp.__name__
+        module = None
+        if op == "AccumulateGrad":
+            var = fn.variable
+            pname = names.name_of(var)
+            if pname is not None or isinstance(var, torch.nn.Parameter):
+                kind = PARAM
+                module = names.module_of.get(pname) if pname else None
+            else:
+                kind = INPUT
+                pname = input_names.get(id(var))
+            node = Node(nid, op, kind, pname, module, tuple(var.shape), _dtype(var.dtype))
+        else:
+            if isinstance(fn, torch.autograd.function.BackwardCFunction):
+                kind = COMPILED if op.startswith("CompiledFunction") else CUSTOM
+            else:
+                kind = OP
+            if saved:
+                saved_t, freed = _saved_of(fn, names)
+            else:
+                saved_t, freed = (), False
+            ctx = _ctx_tensors(fn) if kind == CUSTOM else ()
+            shape = dtype = None
+            meta = fn._input_metadata
+            if meta:
+                shape = tuple(meta[0].shape)
+                dtype = _dtype(meta[0].dtype)
+            node = Node(nid, op, kind, None, None, shape, dtype, saved_t, freed, None, ctx)
+        node_data.append(node)
+        direct_module.append(module)
+        return nid
+
+    for i, t in enumerate(tensors):
+        oname = output_names[i] if output_names and i < len(output_names) else f"output{i if i else ''}"
+        root = _node_of(t)
+        outputs.append(
+            Output(oname, visit(root) if root is not None else None, tuple(t.shape), _dtype(t.dtype))
+        )
+
+    stack = [keep[o.node] for o in outputs if o.node is not None]
+    done: set[int] = set()
+    while stack:
+        fn = stack.pop()
+        key = id(fn)
+        if key in done:
+            continue
+        done.add(key)
+        dst = index[key]
+        for nxt, _ in fn.next_functions:
+            if nxt is None:
+                continue
+            src = visit(nxt)
+            raw_edges.append((src, dst))
+            if id(nxt) not in done:
+                stack.append(nxt)
+    # sequence numbers give forward order; read them once per op node (cheap, no tensors)
+    seqs = [None] * len(node_data)
+    for fn, nid in ((keep[i], i) for i in range(len(keep))):
+        if node_data[nid].kind != PARAM and node_data[nid].kind != INPUT:
+            seqs[nid] = fn._sequence_nr()
+    keep.clear()
+
+    edges = tuple(dict.fromkeys(raw_edges))
+    nodes = _assign_modules(node_data, direct_module, edges, seqs)
+    return Graph(tuple(nodes), edges, tuple(outputs), title)
+
+
+def _common_prefix(mods: list[str]) -> str | None:
+    parts = mods[0].split(".")
+    for m in mods[1:]:
+        other = m.split(".")
+        n = 0
+        while n < len(parts) and n < len(other) and parts[n] == other[n]:
+            n += 1
+        parts = parts[:n]
+        if not parts:
+            return None
+    return ".".join(parts)
+
+
+def _assign_modules(
+    nodes: list[Node],
+    direct: list[str | None],
+    edges: tuple[tuple[int, int], ...],
+    seqs: list[int | None],
+) -> list[Node]:
+    """Attribute op nodes to modules: the module of a parameter they consume (through view ops),
+    else the common module of their inputs, in forward order."""
+    inputs: list[list[int]] = [[] for _ in nodes]
+    for src, dst in edges:
+        inputs[dst].append(src)
+    module = list(direct)
+    # forward order: leaves first, then op nodes by sequence number
+    order = sorted(
+        (i for i in range(len(nodes)) if module[i] is None and nodes[i].kind not in (PARAM, INPUT)),
+        key=lambda i: seqs[i] if seqs[i] is not None else -1,
+    )
+    view_param: list[str | None] = [None] * len(nodes)
+    for i in order:
+        direct_mods = []
+        other_mods = []
+        for src in inputs[i]:
+            n = nodes[src]
+            if n.kind == PARAM and module[src]:
+                direct_mods.append(module[src])
+            elif view_param[src]:
+                direct_mods.append(view_param[src])
+            elif module[src]:
+                other_mods.append(module[src])
+        if nodes[i].op in _VIEW_OPS and len(direct_mods) == 1 and not other_mods:
+            view_param[i] = direct_mods[0]
+        if direct_mods:
+            module[i] = _common_prefix(direct_mods)
+        elif other_mods:
+            module[i] = _common_prefix(other_mods)
+    out = []
+    for i, n in enumerate(nodes):
+        seq = seqs[i]
+        if module[i] != n.module or seq != n.seq:
+            n = dataclasses.replace(n, module=module[i], seq=seq)
+        out.append(n)
+    return out
+
+
+def _as_tensor_list(tensors: tuple[Any, ...]) -> list[torch.Tensor]:
+    if len(tensors) == 1 and isinstance(tensors[0], (list, tuple)):
+        tensors = tuple(tensors[0])
+    if not tensors:
+        raise LensError("draw() needs at least one tensor with a grad_fn; got nothing (an empty list)")
+    out = []
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            out.append(t)
+        elif hasattr(t, "grad_fn") and hasattr(t, "backward"):
+            out.append(t)  # tensor-like (subclass wrappers)
+        else:
+            raise LensError(
+                f"draw() takes tensors that are part of an autograd graph; got {describe(t)}. "
+                "Pass the loss or output tensor itself, e.g. `lens.draw(loss)`."
+            )
+    return out

@@ -1,0 +1,204 @@
+"""Names for parameters, modules and optimizers, as the user holds them.
+
+A parameter is named by the variable that holds its module in the user's code plus its qualified
+name inside that module: ``netG.main.0.weight``. Names come from what the user passes explicitly
+or, when nothing is passed, from the modules found in the caller's frame (locals, then globals,
+one attribute level deep: ``self.actor`` or ``agent.critic``).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+_PACKAGE_PREFIX = __name__.rsplit(".", 1)[0]
+
+
+def user_frame(skip_modules: tuple[str, ...] = ()) -> types.FrameType | None:
+    """The innermost frame that belongs neither to the lens nor to torch (nor to ``skip_modules``)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        mod = frame.f_globals.get("__name__", "")
+        if not (
+            mod == _PACKAGE_PREFIX
+            or mod.startswith(_PACKAGE_PREFIX + ".")
+            or mod == "torch"
+            or mod.startswith("torch.")
+            or mod == "contextlib"
+            or mod in skip_modules
+        ):
+            return frame
+        frame = frame.f_back
+    return None
+
+
+def _candidates(frame: types.FrameType | None) -> Iterable[tuple[str, Any]]:
+    """(variable name, value) pairs visible from ``frame``: locals first, then globals."""
+    if frame is None:
+        return
+    seen: set[str] = set()
+    for scope in (frame.f_locals, frame.f_globals):
+        for name, value in list(scope.items()):
+            if name.startswith("__") or name in seen:
+                continue
+            seen.add(name)
+            yield name, value
+
+
+def _is_plain_object(value: Any) -> bool:
+    return (
+        hasattr(value, "__dict__")
+        and not isinstance(value, (type, types.ModuleType, types.FunctionType, torch.nn.Module))
+        and not isinstance(value, torch.optim.Optimizer)
+    )
+
+
+def find_in_frame(frame: types.FrameType | None, kind: type) -> dict[str, Any]:
+    """Objects of ``kind`` held by variables of ``frame`` (or one attribute deep), by name.
+
+    Every object appears once, under the first (shortest-path) name that holds it.
+    """
+    found: dict[str, Any] = {}
+    ids: set[int] = set()
+    nested: list[tuple[str, Any]] = []
+    for name, value in _candidates(frame):
+        if isinstance(value, kind):
+            if id(value) not in ids:
+                ids.add(id(value))
+                found[name] = value
+        elif isinstance(value, (list, tuple)) and len(value) <= 64:
+            for i, item in enumerate(value):
+                if isinstance(item, kind) and id(item) not in ids:
+                    ids.add(id(item))
+                    found[f"{name}[{i}]"] = item
+        elif isinstance(value, dict) and len(value) <= 64:
+            for key, item in value.items():
+                if isinstance(item, kind) and isinstance(key, str) and id(item) not in ids:
+                    ids.add(id(item))
+                    found[f"{name}[{key!r}]"] = item
+        elif _is_plain_object(value):
+            nested.append((name, value))
+    for name, obj in nested:
+        try:
+            attrs = vars(obj)
+        except TypeError:
+            continue
+        for attr, item in list(attrs.items()):
+            if isinstance(item, kind) and id(item) not in ids:
+                ids.add(id(item))
+                found[f"{name}.{attr}"] = item
+    return found
+
+
+def modules_from(spec: Any) -> dict[str, torch.nn.Module]:
+    """Normalise a ``params=`` style argument to named modules (``{}`` for a dict of tensors)."""
+    if spec is None:
+        return {}
+    if isinstance(spec, torch.nn.Module):
+        return {type(spec).__name__.lower(): spec}
+    if isinstance(spec, Mapping):
+        return {str(k): v for k, v in spec.items() if isinstance(v, torch.nn.Module)}
+    if isinstance(spec, (list, tuple)):
+        out: dict[str, torch.nn.Module] = {}
+        for i, m in enumerate(spec):
+            if isinstance(m, torch.nn.Module):
+                out[f"{type(m).__name__.lower()}{i if i else ''}"] = m
+        return out
+    return {}
+
+
+class ParamNames:
+    """Maps parameter tensors (by identity and by storage) to user-facing names.
+
+    Holds the names and ``id``/storage keys only; no reference to any tensor or module.
+    """
+
+    def __init__(self) -> None:
+        self.by_id: dict[int, str] = {}
+        self.by_ptr: dict[tuple[str, int], str] = {}
+        self.module_of: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    def add(self, name: str, tensor: torch.Tensor, module: str | None = None) -> None:
+        key = id(tensor)
+        if key in self.by_id:
+            return
+        self.by_id[key] = name
+        self.module_of[name] = module if module is not None else name.rsplit(".", 1)[0]
+        try:
+            self.by_ptr.setdefault((str(tensor.device), tensor.data_ptr()), name)
+        except RuntimeError:  # tensors without storage (meta, some subclasses)
+            pass
+
+    def add_module(self, prefix: str, module: torch.nn.Module) -> None:
+        for qual, p in module.named_parameters(remove_duplicate=True):
+            owner = qual.rsplit(".", 1)[0] if "." in qual else ""
+            self.add(f"{prefix}.{qual}", p, f"{prefix}.{owner}" if owner else prefix)
+
+    def name_of(self, tensor: torch.Tensor) -> str | None:
+        return self.by_id.get(id(tensor))
+
+    def name_of_storage(self, tensor: torch.Tensor) -> str | None:
+        if not self.by_ptr:
+            return None
+        try:
+            return self.by_ptr.get((str(tensor.device), tensor.data_ptr()))
+        except RuntimeError:
+            return None
+
+    @classmethod
+    def build(cls, params: Any = None, frame: types.FrameType | None = None) -> ParamNames:
+        """Names from ``params`` (dict of tensors or modules, a module, a list of modules) or,
+        when ``params`` is None, from the modules held in ``frame``."""
+        names = cls()
+        if params is None:
+            for var, mod in find_in_frame(frame, torch.nn.Module).items():
+                names.add_module(var, mod)
+            return names
+        if isinstance(params, torch.nn.Module):
+            names.add_module(_var_name_for(params, frame) or type(params).__name__.lower(), params)
+            return names
+        if isinstance(params, Mapping):
+            for key, value in params.items():
+                if isinstance(value, torch.nn.Module):
+                    names.add_module(str(key), value)
+                elif isinstance(value, torch.Tensor):
+                    names.add(str(key), value, str(key).rsplit(".", 1)[0] if "." in str(key) else "")
+            return names
+        if isinstance(params, (list, tuple)):
+            for i, m in enumerate(params):
+                if isinstance(m, torch.nn.Module):
+                    names.add_module(_var_name_for(m, frame) or f"{type(m).__name__.lower()}{i}", m)
+                elif isinstance(m, torch.Tensor):
+                    names.add(f"param{i}", m, "")
+            return names
+        from .errors import LensError, describe
+
+        raise LensError(
+            f"params= takes a module, a list of modules, or a dict of names to modules/tensors; "
+            f"got {describe(params)}"
+        )
+
+
+def _var_name_for(obj: Any, frame: types.FrameType | None) -> str | None:
+    for name, value in find_in_frame(frame, type(obj)).items():
+        if value is obj:
+            return name
+    return None
+
+
+def tensor_names(frame: types.FrameType | None) -> dict[int, str]:
+    """``id(tensor) -> variable name`` for the tensors held directly by the frame's locals."""
+    out: dict[int, str] = {}
+    if frame is None:
+        return out
+    for name, value in list(frame.f_locals.items()):
+        if isinstance(value, torch.Tensor) and id(value) not in out:
+            out[id(value)] = name
+    return out
