@@ -1,0 +1,3 @@
+"""The ``lens`` command line (installed as ``autograd_lens.cli``)."""
+
+from __future__ import annotations

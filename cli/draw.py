@@ -1,0 +1,64 @@
+"""``lens draw``: render a saved graph JSON again, as SVG, PNG, PDF, DOT or JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from autograd_lens.errors import LensError
+from autograd_lens.graph import Graph
+from autograd_lens.render.dot import COLLAPSE_MODES, FORMATS, save
+
+
+def load_graph(path: Path) -> Graph:
+    """A graph from a ``.json`` file written by ``Graph.save``; ``LensError`` with one clear line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LensError(f"graph file {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise LensError(f"cannot read graph file {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise LensError(f"graph file {str(path)!r} is not text (expected the JSON of a saved graph)") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LensError(f"graph file {str(path)!r} is not valid JSON: {exc}") from None
+    return Graph.from_dict(data)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("graph", metavar="GRAPH.json", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help=f"File to write; the format follows the extension ({', '.join(FORMATS)}).",
+)
+@click.option("--collapse", type=click.Choice(COLLAPSE_MODES), default=None, help="How to reduce a large graph (default auto).")
+@click.option("--max-nodes", type=click.IntRange(min=1), default=None, help="Most nodes handed to Graphviz (default 2000).")
+@click.option("--no-saved", is_flag=True, help="Do not list saved tensors on op nodes.")
+@click.option("--depth", type=click.IntRange(min=1), default=None, help="Module depth when collapsing to modules.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Seconds to give Graphviz (default 60).")
+def draw(
+    graph: Path,
+    output: Path,
+    collapse: str | None,
+    max_nodes: int | None,
+    no_saved: bool,
+    depth: int | None,
+    timeout: float | None,
+) -> None:
+    """Render a saved graph to another format.
+
+    GRAPH.json is a graph written by `lens.draw(loss).save("g.json")` or by `lens trace`.
+    """
+    g = load_graph(graph)
+    options = {"collapse": collapse, "max_nodes": max_nodes, "depth": depth, "timeout": timeout}
+    if no_saved:
+        options["show_saved"] = False
+    path = save(g, output, **{k: v for k, v in options.items() if v is not None})
+    click.echo(f"wrote {path} ({len(g)} nodes)")
