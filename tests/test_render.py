@@ -236,3 +236,14 @@ def test_tree_shared_nodes_and_truncation() -> None:
     assert len(deep.splitlines()) <= 205
     assert re.search(r"… \d+ more nodes", deep)
     assert all(len(line) <= 100 for line in deep.splitlines())
+
+
+def test_example_draw_two_nets(tmp_path: Path) -> None:
+    import runpy
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "draw_two_nets.py"
+    module = runpy.run_path(str(example))
+    dot = module["main"](tmp_path / "graph.dot").read_text()
+    assert "⚠ leak: fake enters netB without .detach()" in dot
+    assert "buffers freed" in dot
+    assert "netA.0.weight" in dot and "netB.3.bias" in dot
