@@ -483,6 +483,7 @@ class _Emitter:
         tops.update(t for t in (_top(n.name) for n in graph.nodes if n.kind == "param") if t)
         self.colours = module_colours(tops)
         self.used: dict[str, Any] = {}
+        self._cache: dict[tuple[Any, ...], str] = {}
         self.node_hl: dict[int, list[Highlight]] = {}
         self.edge_hl: dict[tuple[int, int], list[Highlight]] = {}
         for h in graph.highlights:
@@ -496,9 +497,20 @@ class _Emitter:
         return self.colours.get(top) if top else None
 
     def node(self, n: Node, extra_hl: list[Highlight] | None = None) -> str:
+        """The statement for one node. Nodes that look alike (most of a deep net) share the text
+        after their id, so it is built once."""
         hls = self.node_hl.get(n.id, [])
         if extra_hl:
             hls = hls + extra_hl
+        if hls:
+            return f"n{n.id} {self._node_attrs(n, hls)}"
+        key = (n.kind, n.op, n.name, n.module, n.shape, n.saved, n.freed, n.ctx_tensors)
+        attrs = self._cache.get(key)
+        if attrs is None:
+            attrs = self._cache[key] = self._node_attrs(n, hls)
+        return f"n{n.id} {attrs}"
+
+    def _node_attrs(self, n: Node, hls: list[Highlight]) -> str:
         kind = n.kind
         used = self.used
         style = "filled"
@@ -555,7 +567,7 @@ class _Emitter:
             extra += f' color="{border}"'
         tooltip = n.module or n.name or n.op
         return (
-            f'n{n.id} [shape={shape_attr} style="{style}" fillcolor="{fill}"{extra} '
+            f'[shape={shape_attr} style="{style}" fillcolor="{fill}"{extra} '
             f"tooltip={_q(tooltip)} label=<{label}>]"
         )
 

@@ -1,0 +1,161 @@
+"""Speed of graph capture and drawing, against ``torchviz.make_dot`` where it is installed.
+
+Run: ``python benchmarks/graph_capture.py``. Prints, for a ~10,000-node MLP and a 100,000-node
+chain: full capture (names, shapes, saved tensors, freed state) in nodes/s, the time to DOT text,
+the same for ``torchviz.make_dot``, the chain depth at which torchviz starts failing, and the time
+to lay out a ~500-node graph as SVG with Graphviz.
+
+Everything runs in a thread with a large stack: freeing an autograd chain of more than ~50,000
+nodes that Python has walked recurses in PyTorch's C++ destructors.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from autograd_lens.graph import capture
+from autograd_lens.naming import ParamNames
+from autograd_lens.render.dot import render, to_dot
+
+try:
+    import torchviz
+except ImportError:  # pragma: no cover - optional
+    torchviz = None
+
+CAPTURE_TARGET = 200_000  # nodes/s
+SPEEDUP_TARGET = 10.0  # lens per node vs torchviz per node
+SVG_TARGET = 2.0  # seconds for ~500 nodes
+
+
+def best_of(fn: Callable[[], Any], repeat: int = 3) -> tuple[float, Any]:
+    """Shortest wall time of ``repeat`` calls, and the last result."""
+    best = float("inf")
+    result = None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, result
+
+
+def mlp(layers: int, width: int = 16) -> nn.Sequential:
+    blocks: list[nn.Module] = []
+    for _ in range(layers):
+        blocks += [nn.Linear(width, width), nn.LayerNorm(width), nn.Tanh()]
+    return nn.Sequential(*blocks)
+
+
+def chain(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` alternating tanh / multiply ops on one leaf; returns (leaf, output)."""
+    x = torch.randn(8, requires_grad=True)
+    y = x
+    for i in range(n):
+        y = torch.tanh(y) if i % 2 == 0 else y * 0.99
+    return x, y.sum()
+
+
+def torchviz_fails_at() -> int:
+    """The smallest chain length for which ``torchviz.make_dot`` raises RecursionError."""
+    lo, hi = 10, 5000
+    while lo < hi:
+        mid = (lo + hi) // 2
+        _, out = chain(mid)
+        try:
+            torchviz.make_dot(out)
+            lo = mid + 1
+        except RecursionError:
+            hi = mid
+    return lo
+
+
+def row(label: str, value: str) -> None:
+    print(f"  {label:<44} {value}")
+
+
+def bench() -> None:
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, python {sys.version.split()[0]}, {torch.get_num_threads()} threads")
+
+    net = mlp(1250)
+    out = net(torch.randn(4, 16)).pow(2).mean()
+    names = ParamNames.build({"mlp": net})
+    _, chain_out = chain(100_000)
+    graphs = {"MLP (LayerNorm/Tanh)": (out, names, dict(net.named_parameters())), "chain": (chain_out, ParamNames(), {})}
+
+    results: dict[str, dict[str, float]] = {}
+    for label, (tensor, pnames, params) in graphs.items():
+        t_cap, g = best_of(lambda: capture([tensor], names=pnames))
+        n = len(g)
+        t_dot, dot = best_of(lambda: to_dot(g))
+        t_full, _ = best_of(lambda: to_dot(g, collapse="none", max_nodes=10**7))
+        print(f"\n{label}: {n:,} nodes, {len(g.edges):,} edges, {sum(1 for x in g.nodes if x.kind == 'param')} params")
+        rate = n / t_cap
+        row("lens capture", f"{t_cap * 1000:8.1f} ms  {rate:>12,.0f} nodes/s  (target {CAPTURE_TARGET:,})")
+        row("lens to_dot (default: collapse auto)", f"{t_dot * 1000:8.1f} ms  ({len(dot):,} chars)")
+        row("lens to_dot (every node)", f"{t_full * 1000:8.1f} ms")
+        results[label] = {"n": n, "capture": t_cap, "dot": t_full}
+        if torchviz is None:
+            row("torchviz", "not installed")
+            continue
+        try:
+            t_tv, _ = best_of(lambda: torchviz.make_dot(tensor, params=params), repeat=1)
+            row("torchviz.make_dot", f"{t_tv * 1000:8.1f} ms  {n / t_tv:>12,.0f} nodes/s")
+        except RecursionError:
+            row("torchviz.make_dot", "RecursionError (recursive walk)")
+            old = sys.getrecursionlimit()
+            sys.setrecursionlimit(max(old, 4 * n + 1000))
+            try:
+                t_tv, _ = best_of(lambda: torchviz.make_dot(tensor, params=params), repeat=1)
+                row("torchviz.make_dot, recursion limit raised", f"{t_tv * 1000:8.1f} ms  {n / t_tv:>12,.0f} nodes/s")
+            except RecursionError:
+                t_tv = float("nan")
+                row("torchviz.make_dot, recursion limit raised", "RecursionError")
+            finally:
+                sys.setrecursionlimit(old)
+        if t_tv == t_tv:
+            ratio_cap = t_tv / t_cap
+            ratio_all = t_tv / (t_cap + t_full)
+            row("speed lens / torchviz per node (capture)", f"{ratio_cap:8.1f}x  (target {SPEEDUP_TARGET:g}x)")
+            row("speed lens / torchviz (capture + DOT text)", f"{ratio_all:8.1f}x")
+
+    if torchviz is not None:
+        print(f"\ntorchviz.make_dot raises RecursionError from a chain of {torchviz_fails_at()} ops "
+              f"(recursion limit {sys.getrecursionlimit()})")
+
+    small = mlp(62)
+    g = capture([small(torch.randn(4, 16)).sum()], names=ParamNames.build({"mlp": small}))
+    print(f"\nSVG of a {len(g)}-node graph:")
+    if shutil.which("dot") is None:
+        row("dot", "Graphviz is not installed")
+    else:
+        t_svg, svg = best_of(lambda: render(g, "svg", collapse="none"), repeat=2)
+        row("render(svg) with dot", f"{t_svg:8.2f} s  ({len(svg) // 1024} KB; target < {SVG_TARGET:g} s)")
+
+
+def main() -> None:
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            bench()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(exc)
+
+    threading.stack_size(1024 * 1024 * 1024)
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if errors:
+        raise errors[0]
+
+
+if __name__ == "__main__":
+    main()
