@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from .draw import draw
 from .errors import LensError
+from .findings import Finding, Label, Site
 from .graph import Graph, Highlight, Node, Output, SavedTensor
+from .report import Report
+from .watch import Watch, watch
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Finding",
     "Graph",
+    "Label",
+    "Report",
+    "Site",
+    "Watch",
+    "watch",
     "Highlight",
     "LensError",
     "Node",

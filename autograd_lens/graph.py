@@ -435,11 +435,17 @@ def capture(
     input_names: Mapping[int, str] | None = None,
     title: str = "",
     saved: bool = True,
+    leaf_ids: dict[int, int] | None = None,
+    node_index: dict[int, int] | None = None,
 ) -> Graph:
-    """Snapshot the graph behind ``tensors``. Iterative; holds no node or tensor afterwards."""
+    """Snapshot the graph behind ``tensors``. Iterative; holds no node or tensor afterwards.
+
+    ``leaf_ids``, when given, is filled with ``graph node id -> id(leaf tensor)``, and
+    ``node_index`` with ``id(autograd node) -> graph node id`` (ids only: nothing is kept alive).
+    """
     names = names if names is not None else ParamNames()
     input_names = input_names or {}
-    index: dict[int, int] = {}  # id(autograd node) -> graph node id
+    index: dict[int, int] = node_index if node_index is not None else {}  # id(node) -> graph id
     keep: list[Any] = []  # keeps ids unique while walking; dropped on return
     raw_edges: list[tuple[int, int]] = []
     node_data: list[Node] = []
@@ -467,6 +473,8 @@ def capture(
                 kind = INPUT
                 pname = input_names.get(id(var))
             node = Node(nid, op, kind, pname, module, tuple(var.shape), _dtype(var.dtype))
+            if leaf_ids is not None:
+                leaf_ids[nid] = id(var)
         else:
             if isinstance(fn, torch.autograd.function.BackwardCFunction):
                 kind = COMPILED if op.startswith("CompiledFunction") else CUSTOM

@@ -1,0 +1,136 @@
+"""A backward wrote gradient into a network upstream of its own, across a tensor that should have
+been detached.
+
+## What it does
+For each backward, marks the part of the graph that leads to the parameters it is for. Where the
+graph continues from there into the forward of another network (the discriminator's loss entering
+the generator through `fake`; a distillation loss entering the frozen teacher), it names that
+tensor, the line that made it, and the network it leaks into. Gradient that only passes *through*
+a network to reach its owner (the generator's loss through the discriminator) is not a leak.
+
+## Why is this bad?
+The backward computes and accumulates gradient that nobody should use: wasted work at best, and a
+stray update as soon as that network is not zeroed before its own step (see `stray-grad`).
+
+## Example
+```python
+fake = netG(noise)
+errD = criterion(netD(fake), fake_label)   # the graph of errD continues into netG
+errD.backward()
+```
+
+## Use instead
+```python
+errD = criterion(netD(fake.detach()), fake_label)
+errD.backward()
+```
+Or, when gradient must flow through a network that should not learn, freeze it:
+`teacher.requires_grad_(False)`.
+"""
+
+from __future__ import annotations
+
+RULE = "detach-leak"
+SEVERITY = "warning"
+SUMMARY = "a backward wrote gradient into another network across a tensor that should have been detached"
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..findings import Finding, Label
+from ..graph import Highlight
+from ..intent import Analysis, crossings
+from ._text import call_text, code, net_count_text, opts_text, param_names
+
+if TYPE_CHECKING:
+    from ..events import BackwardCall
+    from ..watch import Watch
+
+
+@dataclass
+class Leak:
+    """Where a backward leaked: the crossing tensor and what it wrote."""
+
+    var: str | None
+    producer_net: str | None
+    consumer_net: str | None
+    produced_at: Any
+    enters_at: Any
+    pids: set[int]
+    producer: int
+    consumer: int
+
+
+def leaks(w: Watch, call: BackwardCall, a: Analysis) -> list[Leak]:
+    graph = a.graph
+    out: list[Leak] = []
+    if call.terms:
+        parts = [(t.for_groups, graph.upstream([t.root])) for t in call.terms if t.for_groups]
+    else:
+        groups = frozenset(("opt", o) for o in (call.for_opts or ()))
+        parts = [(groups, None)] if groups else []
+    seen: set[int] = set()
+    for groups, within in parts:
+        for c in crossings(w, a, groups, within):
+            if c.kind != "leak" or c.producer in seen:
+                continue
+            seen.add(c.producer)
+            below = graph.upstream([c.producer])
+            pids = {a.leaf_ids[j] for j in below if j in a.leaf_ids}
+            pids &= call.reached if call.reached else pids
+            node = graph.nodes[c.producer]
+            prange = w.range_of_seq(node.seq)
+            crange = w.range_of_seq(graph.nodes[c.consumer].seq)
+            out.append(Leak(
+                var=a.var_of_node.get(c.producer),
+                producer_net=w.net_name(prange.net) if prange else None,
+                consumer_net=w.net_name(crange.net) if crange else None,
+                produced_at=prange.site if prange else None,
+                enters_at=crange.site if crange and (not prange or crange.net != prange.net) else None,
+                pids=pids,
+                producer=c.producer,
+                consumer=c.consumer,
+            ))
+    return out
+
+
+def findings(w: Watch, call: BackwardCall, found: list[Leak]) -> list[Finding]:
+    out = []
+    for lk in found:
+        if not lk.pids:
+            continue
+        names = param_names(w, lk.pids)
+        owners = {w.param_opt(p) for p in lk.pids} - {None}
+        nets = sorted({w.net_name(w.net_of_param(p)) for p in lk.pids if w.net_of_param(p) is not None})
+        into = code(nets[0]) if len(nets) == 1 else (", ".join(code(n) for n in nets) or "another network")
+        tensor = code(lk.var) if lk.var else (f"the output of {code(lk.producer_net)}" if lk.producer_net else "a tensor")
+        enters = f", which enters {code(lk.consumer_net)} without `.detach()`" if lk.consumer_net else " without `.detach()`"
+        labels = []
+        if lk.produced_at is not None:
+            labels.append(Label(lk.produced_at, f"{tensor} is produced by {code(lk.producer_net)}"))
+        primary = lk.enters_at or call.site
+        if lk.enters_at is not None:
+            labels.append(Label(lk.enters_at, f"{tensor} enters {code(lk.consumer_net)} without `.detach()`", primary=True))
+        labels.append(Label(call.site, f"writes `.grad` on {net_count_text(w, lk.pids)}", primary=lk.enters_at is None))
+        det = f"{lk.var}.detach()" if lk.var else "….detach()"
+        fix = f"`{lk.consumer_net}({det})`" if lk.consumer_net and lk.var else f"`{det}`"
+        help_ = (
+            f"detach it where the loss for {opts_text(w, call.for_opts or ())} uses it: {fix}; if gradient must "
+            f"flow through {into} without training it, use `{nets[0] if nets else 'net'}.requires_grad_(False)`"
+        )
+        out.append(Finding(
+            RULE, SEVERITY,
+            f"{call_text(call)} writes gradient into {into} through {tensor}{enters}",
+            primary, tuple(labels),
+            (f"{call_text(call)} is for {opts_text(w, call.for_opts or ())}",),
+            help_,
+            params=names,
+            optimizer=w.opt_name(next(iter(owners))) if len(owners) == 1 else None,
+            tensor=lk.var, backward=call.site, graph=call.graph_key,
+            extra={"networks": nets, "for": sorted(w.opt_name(k) for k in call.for_opts or ())},
+        ))
+    return out
+
+
+def highlights(found: list[Leak]) -> list[Highlight]:
+    return [Highlight("leak", edge=(lk.producer, lk.consumer), label=f"{lk.var or 'tensor'}: detach here") for lk in found]

@@ -1,0 +1,68 @@
+"""A step consumed gradient accumulated over several iterations without a zero_grad.
+
+## What it does
+Tracks which backward calls each parameter's `.grad` holds. When an optimizer steps with gradient
+of a backward that an earlier step of the same optimizer already applied, it reports the step and
+the parameters. Intentional accumulation (k backward calls, one step, then `zero_grad`) applies each
+backward exactly once and is not a finding.
+
+## Why is this bad?
+`.grad` accumulates: without `zero_grad()` every step also applies all earlier gradients again, so
+the effective learning rate grows with the iteration count and the direction is dominated by stale
+gradients.
+
+## Example
+```python
+for x, y in loader:
+    loss = criterion(model(x), y)
+    loss.backward()
+    optimizer.step()               # no optimizer.zero_grad() anywhere
+```
+
+## Use instead
+```python
+for x, y in loader:
+    optimizer.zero_grad()
+    loss = criterion(model(x), y)
+    loss.backward()
+    optimizer.step()
+```
+"""
+
+from __future__ import annotations
+
+RULE = "missing-zero-grad"
+SEVERITY = "warning"
+SUMMARY = "a step consumed gradient accumulated over several iterations without zero_grad"
+
+from typing import TYPE_CHECKING
+
+from ..findings import Finding, Label
+from ._text import call_text, param_names, step_text
+
+if TYPE_CHECKING:
+    from ..events import OptimizerStep
+    from ..watch import Watch
+
+
+def finding(w: Watch, step: OptimizerStep) -> Finding | None:
+    if not step.repeated:
+        return None
+    calls = sorted({cid for ids in step.repeated.values() for cid in ids})
+    first = w.call(calls[0])
+    names = param_names(w, step.repeated)
+    labels = []
+    if first is not None:
+        labels.append(Label(first.site, "its gradient stays in `.grad`"))
+    labels.append(Label(step.site, "applies it again", primary=True))
+    what = call_text(first) if first is not None else "an earlier backward"
+    line = f" (line {first.site.line})" if first is not None else ""
+    return Finding(
+        RULE, SEVERITY,
+        f"{step_text(step)} applied gradient of {what}{line} that an earlier `{step.optimizer}.step()` already applied",
+        step.site, tuple(labels),
+        (f"`.grad` of {len(names)} parameter{'s' if len(names) != 1 else ''} holds gradient of "
+         f"{len(calls)} backward call{'s' if len(calls) != 1 else ''} already stepped",),
+        f"call `{step.optimizer}.zero_grad()` once per step, before the backward calls that step consumes",
+        params=names, optimizer=step.optimizer, backward=first.site if first is not None else None,
+    )

@@ -1,0 +1,84 @@
+"""An optimizer step applied gradient that came from a backward meant for another optimizer.
+
+## What it does
+Follows every gradient into `optimizer.step()`: which backward call wrote it. When a step consumes
+gradient from a backward that is for another optimizer (by time: the first optimizer to step after
+it among those it reached; by structure when time cannot tell), it names the step, the backward,
+the optimizer and the parameters.
+
+## Why is this bad?
+The parameters move in a direction computed for another objective. In a GAN that forgets
+`.detach()` and does not zero the generator, the generator takes a step on the discriminator's
+loss: it learns to make the discriminator's job easier. Nothing fails; training is just wrong.
+
+## Example
+```python
+fake = netG(noise)
+errD = criterion(netD(fake), fake_label)   # no detach: errD writes .grad into netG
+errD.backward()
+optimizerD.step()
+errG = criterion(netD(fake), real_label)
+errG.backward()                            # netG.zero_grad() never called
+optimizerG.step()                          # steps with errD's gradient too
+```
+
+## Use instead
+```python
+errD = criterion(netD(fake.detach()), fake_label)
+errD.backward()
+optimizerD.step()
+netG.zero_grad()
+errG = criterion(netD(fake), real_label)
+errG.backward()
+optimizerG.step()
+```
+"""
+
+from __future__ import annotations
+
+RULE = "stray-grad"
+SEVERITY = "error"
+SUMMARY = "an optimizer.step() applied gradient from a backward meant for another optimizer"
+
+from typing import TYPE_CHECKING, Any
+
+from ..findings import Finding, Label
+from ._text import call_text, code, net_count_text, opts_text, param_names, step_text
+
+if TYPE_CHECKING:
+    from ..events import BackwardCall, OptimizerStep
+    from ..watch import Watch
+
+
+def finding(w: Watch, step: OptimizerStep, call: BackwardCall, pids: list[int], leak: Any = None) -> Finding:
+    names = param_names(w, pids)
+    n_opt = len(w.opts()[step.optimizer_key].pids) if step.optimizer_key in w.opts() else len(pids)
+    labels = []
+    if leak is not None and leak.enters_at is not None:
+        labels.append(Label(leak.enters_at, f"`{leak.var or 'tensor'}` enters `{leak.consumer_net}` without `.detach()`"))
+    labels.append(Label(call.site, f"writes `.grad` on {net_count_text(w, set(pids))}"))
+    labels.append(Label(step.site, f"steps with that gradient still in `{names[0]}`" + (f" and {len(names) - 1} more" if len(names) > 1 else ""), primary=True))
+    notes = [
+        f"{call_text(call)} is for {opts_text(w, call.for_opts or ())}",
+        f"no `zero_grad()` on these parameters between line {call.site.line} and line {step.site.line}",
+    ]
+    if leak is not None and leak.var:
+        help_ = (
+            f"detach `{leak.var}` in the loss for {opts_text(w, call.for_opts or ())}: "
+            f"`{leak.consumer_net}({leak.var}.detach())`; or call `{step.optimizer}.zero_grad()` before the "
+            f"backward meant for `{step.optimizer}`"
+        )
+    else:
+        help_ = (
+            f"call `{step.optimizer}.zero_grad()` after {call_text(call)} and before the backward meant for "
+            f"`{step.optimizer}`, or keep {call_text(call)} out of `{step.optimizer}`'s parameters "
+            "(`.detach()` or `requires_grad_(False)`)"
+        )
+    return Finding(
+        RULE, SEVERITY,
+        f"{step_text(step)} applied gradient that came from {call_text(call)} (line {call.site.line})",
+        step.site, tuple(labels), tuple(notes), help_,
+        params=names, optimizer=step.optimizer, tensor=leak.var if leak is not None else None,
+        backward=call.site, graph=call.graph_key,
+        extra={"for": sorted(w.opt_name(k) for k in call.for_opts or ()), "of": n_opt},
+    )

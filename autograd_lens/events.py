@@ -1,0 +1,78 @@
+"""The event log of a ``watch()``: backward calls, optimizer steps, zero_grad calls, forward ranges.
+
+Events are plain data. They hold ids and names, never tensors or autograd nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .findings import Site
+
+
+@dataclass
+class BackwardCall:
+    """One ``.backward()`` / ``torch.autograd.backward()`` / ``torch.autograd.grad()`` call."""
+
+    id: int
+    site: Site
+    kind: str  # "backward" (accumulates into .grad) or "grad" (returns gradients)
+    roots: tuple[str, ...]
+    retain_graph: bool
+    create_graph: bool = False
+    occurrence: int = 0  # how many calls at this site came before
+    reached: set[int] = field(default_factory=set)  # ids of leaves whose .grad it wrote
+    leaves: set[int] = field(default_factory=set)  # ids of all leaves in its graph
+    networks: dict[str, str] = field(default_factory=dict)  # network -> reached/detached/not reached
+    error: str | None = None
+    graph_key: str | None = None
+    #: filled when the call is judged: optimizer keys it is for, and per-term decisions
+    for_opts: frozenset[int] | None = None
+    terms: list[Any] | None = None
+    analysis: Any = None  # compact graph data kept while the call may still be judged
+
+    @property
+    def label(self) -> str:
+        src = self.site.source
+        return src if src else f"backward at line {self.site.line}"
+
+
+@dataclass
+class OptimizerStep:
+    """One ``optimizer.step()``: which gradient it consumed, by backward call."""
+
+    index: int
+    optimizer: str
+    optimizer_key: int
+    site: Site
+    provenance: dict[int, tuple[int, ...]]  # param id -> backward call ids in its .grad
+    repeated: dict[int, tuple[int, ...]]  # param id -> call ids this optimizer had applied before
+    n_params: int
+    after_call: int  # number of backward calls before this step
+
+    @property
+    def label(self) -> str:
+        src = self.site.source
+        return src if src else f"{self.optimizer}.step()"
+
+
+@dataclass(frozen=True)
+class ZeroGrad:
+    """A ``zero_grad()`` call on an optimizer or a module."""
+
+    site: Site
+    target: str
+    after_call: int
+
+
+@dataclass(frozen=True)
+class ForwardRange:
+    """The autograd sequence numbers a network's forward created (``start``..``end``)."""
+
+    start: int
+    end: int
+    net: int
+    depth: int
+    site: Site | None
+    detached_from: frozenset[int]  # networks whose outputs came in detached

@@ -1,0 +1,122 @@
+"""``Finding``: what a check reports, as plain data (rule, severity, sites, names, help).
+
+Views (terminal, JSON) live in :mod:`autograd_lens.report`; a finding only holds facts.
+"""
+
+from __future__ import annotations
+
+import linecache
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+ERROR = "error"
+WARNING = "warning"
+SEVERITIES = (ERROR, WARNING)
+_RANK = {ERROR: 0, WARNING: 1}
+
+
+def severity_rank(severity: str) -> int:
+    """0 for errors, 1 for warnings: sort key, most severe first."""
+    return _RANK.get(severity, 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """A place in the user's source: file, line, and the function it is in."""
+
+    file: str
+    line: int
+    function: str = ""
+
+    @property
+    def source(self) -> str:
+        """The source line, stripped (empty when the file cannot be read)."""
+        return linecache.getline(self.file, self.line).strip()
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "function": self.function}
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """A secondary site with what it did (rustc's secondary label)."""
+
+    site: Site
+    text: str
+    primary: bool = False
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem the lens found.
+
+    ``message`` stands on its own; ``help`` is the fix; ``notes`` are facts. ``params`` lists the
+    parameters concerned by name, ``optimizer`` the optimizer concerned (if any), ``tensor`` the
+    tensor concerned (e.g. the one that should have been detached). ``count`` says how many times
+    the same rule fired at the same site.
+    """
+
+    rule: str
+    severity: str
+    message: str
+    site: Site | None
+    labels: tuple[Label, ...] = ()
+    notes: tuple[str, ...] = ()
+    help: str = ""
+    params: tuple[str, ...] = ()
+    optimizer: str | None = None
+    tensor: str | None = None
+    backward: Site | None = None
+    count: int = 1
+    graph: str | None = None  # key of the graph snapshot this finding is about
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def key(self) -> tuple[str, str | None, int | None, str | None]:
+        """Deduplication key: rule and site (and optimizer, which can differ at one site)."""
+        return (
+            self.rule,
+            self.site.file if self.site else None,
+            self.site.line if self.site else None,
+            self.optimizer,
+        )
+
+    def counted(self, n: int) -> Finding:
+        return replace(self, count=n)
+
+    def short(self) -> str:
+        """One line: ``error[stray-grad] train.py:71: message``."""
+        where = f" {self.site}" if self.site else ""
+        times = f" (x{self.count})" if self.count > 1 else ""
+        return f"{self.severity}[{self.rule}]{where}: {self.message}{times}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "severity": self.severity,
+            "message": self.message,
+            "site": self.site.to_dict() if self.site else None,
+            "count": self.count,
+            "params": list(self.params),
+            "optimizer": self.optimizer,
+            "tensor": self.tensor,
+            "backward": self.backward.to_dict() if self.backward else None,
+            "fix": self.help,
+            "notes": list(self.notes),
+            "labels": [
+                {"site": lab.site.to_dict(), "text": lab.text, "primary": lab.primary} for lab in self.labels
+            ],
+            "graph": self.graph,
+        }
+
+    def text(self, width: int = 100) -> str:
+        """The full rustc-style text, plain (no colour)."""
+        from .report import finding_text
+
+        return finding_text(self, width=width)
+
+    def __str__(self) -> str:
+        return self.text()

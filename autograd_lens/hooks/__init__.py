@@ -1,0 +1,124 @@
+"""The only place that touches PyTorch's global state.
+
+Every hook or patch the lens installs goes through a :class:`HookSet` and comes back as a handle;
+``HookSet.remove()`` takes all of them off (idempotent, also on exceptions).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .patches import BACKWARD_ENGINE_AVAILABLE
+
+__all__ = ["HookSet", "BACKWARD_ENGINE_AVAILABLE"]
+
+
+class _Patch:
+    """Replaces ``owner.name`` by ``value`` and puts the original back on ``remove()``."""
+
+    def __init__(self, owner: Any, name: str, value: Any) -> None:
+        self.owner = owner
+        self.name = name
+        self.original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+        setattr(owner, name, value)
+        self.value = value
+        self.removed = False
+
+    def remove(self) -> None:
+        if self.removed:
+            return
+        self.removed = True
+        if getattr(self.owner, self.name, None) is self.value or (
+            isinstance(self.owner, type) and self.owner.__dict__.get(self.name) is self.value
+        ):
+            setattr(self.owner, self.name, self.original)
+
+
+_ACTIVE_LOCK = threading.Lock()
+
+
+class HookSet:
+    """A set of installed hooks and patches that come off together."""
+
+    def __init__(self) -> None:
+        self._handles: list[Any] = []
+        self._removed = False
+
+    def patch(self, owner: Any, name: str, value: Any) -> Any:
+        """Set ``owner.name = value``; returns the original."""
+        p = _Patch(owner, name, value)
+        self._handles.append(p)
+        return p.original
+
+    def add(self, handle: Any) -> Any:
+        """Track a handle that has a ``remove()`` method (e.g. ``torch.utils.hooks.RemovableHandle``)."""
+        self._handles.append(handle)
+        return handle
+
+    def on_remove(self, fn: Callable[[], None]) -> None:
+        class _Fn:
+            def remove(self_inner) -> None:  # noqa: N805
+                fn()
+
+        self._handles.append(_Fn())
+
+    def remove(self) -> None:
+        """Remove everything, last installed first. Safe to call more than once."""
+        if self._removed:
+            return
+        self._removed = True
+        errors = []
+        while self._handles:
+            h = self._handles.pop()
+            try:
+                h.remove()
+            except Exception as exc:  # keep removing the rest
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def __enter__(self) -> HookSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def register_global_module_hooks(hooks: HookSet, pre: Callable, post: Callable) -> None:
+    from torch.nn.modules import module as _m
+
+    hooks.add(_m.register_module_forward_pre_hook(pre))
+    hooks.add(_m.register_module_forward_hook(post, always_call=True))
+
+
+def register_global_optimizer_hooks(hooks: HookSet, pre: Callable, post: Callable) -> None:
+    from torch.optim import optimizer as _o
+
+    hooks.add(_o.register_optimizer_step_pre_hook(pre))
+    hooks.add(_o.register_optimizer_step_post_hook(post))
+
+
+def patch_zero_grad(hooks: HookSet, on_zero: Callable[[Any, bool], None]) -> None:
+    """Wrap ``Optimizer.zero_grad`` and ``Module.zero_grad`` to report calls (then run them)."""
+    orig_opt = torch.optim.Optimizer.zero_grad
+    orig_mod = torch.nn.Module.zero_grad
+
+    def opt_zero_grad(self: torch.optim.Optimizer, set_to_none: bool = True) -> None:
+        on_zero(self, set_to_none)
+        return orig_opt(self, set_to_none)
+
+    def mod_zero_grad(self: torch.nn.Module, set_to_none: bool = True) -> None:
+        on_zero(self, set_to_none)
+        return orig_mod(self, set_to_none)
+
+    opt_zero_grad.__wrapped__ = orig_opt  # type: ignore[attr-defined]
+    mod_zero_grad.__wrapped__ = orig_mod  # type: ignore[attr-defined]
+    hooks.patch(torch.optim.Optimizer, "zero_grad", opt_zero_grad)
+    hooks.patch(torch.nn.Module, "zero_grad", mod_zero_grad)

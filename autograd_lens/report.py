@@ -1,0 +1,270 @@
+"""The report: deduplicated findings plus the tables of backward calls and optimizer steps.
+
+``Report`` is data; the terminal view (rich), the plain text and the JSON are views over it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.table import Table
+from rich.text import Text
+
+from .findings import ERROR, WARNING, Finding, Label, Site, severity_rank
+
+SCHEMA = "autograd_lens.report/1"
+
+
+def dedupe(findings: Iterable[Finding]) -> list[Finding]:
+    """One finding per (rule, site, optimizer), counted, most severe first, then by site."""
+    first: dict[Any, Finding] = {}
+    counts: dict[Any, int] = {}
+    for f in findings:
+        k = f.key
+        if k in first:
+            counts[k] += f.count
+        else:
+            first[k] = f
+            counts[k] = f.count
+    out = [f.counted(counts[k]) for k, f in first.items()]
+    out.sort(key=lambda f: (severity_rank(f.severity), f.site.file if f.site else "", f.site.line if f.site else 0))
+    return out
+
+
+@dataclass(frozen=True)
+class BackwardSummary:
+    """All backward calls made at one site."""
+
+    site: Site
+    count: int
+    roots: tuple[str, ...]
+    retain_graph: bool
+    kind: str  # "backward" or "grad"
+    networks: dict[str, str]  # network -> "reached" | "detached" | "not reached"
+    params_reached: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "site": self.site.to_dict(),
+            "source": self.site.source,
+            "count": self.count,
+            "roots": list(self.roots),
+            "retain_graph": self.retain_graph,
+            "kind": self.kind,
+            "networks": dict(self.networks),
+            "params_reached": self.params_reached,
+        }
+
+
+@dataclass(frozen=True)
+class StepSummary:
+    """All ``step()`` calls of one optimizer at one site."""
+
+    optimizer: str
+    site: Site
+    count: int
+    sources: dict[str, int]  # backward site "file:line" -> how many steps consumed gradient from it
+    params: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer,
+            "site": self.site.to_dict(),
+            "source": self.site.source,
+            "count": self.count,
+            "sources": dict(self.sources),
+            "params": self.params,
+        }
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a ``watch()`` saw: findings (deduplicated), backward calls, steps, graphs."""
+
+    findings: tuple[Finding, ...] = ()
+    backwards: tuple[BackwardSummary, ...] = ()
+    steps: tuple[StepSummary, ...] = ()
+    graphs: tuple[dict[str, Any], ...] = ()  # {"key", "site", "path"?}
+    networks: tuple[str, ...] = ()
+    script: str | None = None
+    status: str = "ok"
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    # ----- queries ----------------------------------------------------------------------------
+    @property
+    def errors(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.severity == ERROR)
+
+    @property
+    def warnings(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.severity == WARNING)
+
+    def by_rule(self, rule: str) -> list[Finding]:
+        return [f for f in self.findings if f.rule == rule]
+
+    def rules(self) -> set[str]:
+        return {f.rule for f in self.findings}
+
+    def filtered(self, *, select: Sequence[str] | None = None, ignore: Sequence[str] = ()) -> Report:
+        from dataclasses import replace
+
+        keep = tuple(
+            f for f in self.findings if (not select or f.rule in select) and f.rule not in set(ignore)
+        )
+        return replace(self, findings=keep)
+
+    def __bool__(self) -> bool:  # a report is always truthy; use .findings to test for problems
+        return True
+
+    # ----- views ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "script": self.script,
+            "status": self.status,
+            "error": self.error,
+            "findings": [f.to_dict() for f in self.findings],
+            "backwards": [b.to_dict() for b in self.backwards],
+            "steps": [s.to_dict() for s in self.steps],
+            "graphs": [dict(g) for g in self.graphs],
+            "networks": list(self.networks),
+        }
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def save(self, path: str | Path) -> Path:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(self.to_json())
+        return p
+
+    def text(self, width: int = 100) -> str:
+        import io
+
+        buf = io.StringIO()
+        Console(file=buf, width=width, color_system=None, highlight=False).print(self)
+        return buf.getvalue()
+
+    def __str__(self) -> str:
+        return self.text()
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        if not self.findings:
+            if not self.backwards and not self.steps:
+                yield Text("autograd_lens: no autograd activity was seen (no backward call, no optimizer step).")
+            else:
+                yield Text("autograd_lens: no findings.", style="green")
+        for f in self.findings:
+            yield finding_renderable(f)
+            yield Text("")
+        if self.backwards:
+            yield flow_table(self)
+        if self.steps:
+            yield step_table(self)
+        n_err, n_warn = len(self.errors), len(self.warnings)
+        if self.findings:
+            yield Text(
+                f"{n_err} error{'s' if n_err != 1 else ''}, {n_warn} warning{'s' if n_warn != 1 else ''}",
+                style="bold red" if n_err else "bold yellow",
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding text, rustc style
+# ----------------------------------------------------------------------------------------------
+
+
+def _short_path(path: str) -> str:
+    import os
+
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return rel if not rel.startswith("..") else path
+
+
+def finding_lines(f: Finding) -> list[tuple[str, str]]:
+    """The finding as (style, text) lines; the single source of the text and rich views."""
+    lines: list[tuple[str, str]] = []
+    sev_style = "bold red" if f.severity == ERROR else "bold yellow"
+    times = f" (x{f.count})" if f.count > 1 else ""
+    lines.append((sev_style, f"{f.severity}[{f.rule}]: {f.message}{times}"))
+    if f.site is not None:
+        lines.append(("blue", f"  --> {_short_path(f.site.file)}:{f.site.line}"))
+    labels = list(f.labels)
+    if f.site is not None and not any(lab.primary for lab in labels):
+        labels.append(Label(f.site, "", primary=True))
+    shown = [lab for lab in labels if lab.site.file == (f.site.file if f.site else lab.site.file)]
+    other = [lab for lab in labels if lab not in shown]
+    shown.sort(key=lambda lab: lab.site.line)
+    if shown:
+        width = max(len(str(lab.site.line)) for lab in shown)
+        pad = " " * width
+        lines.append(("blue", f"{pad} |"))
+        for lab in shown:
+            src_full = _source_line(lab.site)
+            lines.append(("", f"{lab.site.line:>{width}} | {src_full}"))
+            stripped = src_full.lstrip()
+            indent = len(src_full) - len(stripped)
+            mark = ("^" if lab.primary else "-") * max(1, len(stripped))
+            lines.append((sev_style if lab.primary else "blue", f"{pad} | {' ' * indent}{mark} {lab.text}".rstrip()))
+    for lab in other:
+        lines.append(("blue", f"  --> {_short_path(lab.site.file)}:{lab.site.line}: {lab.text}"))
+    for note in f.notes:
+        lines.append(("", f"   = note: {note}"))
+    if f.help:
+        lines.append(("bold green", f"help: {f.help}"))
+    return lines
+
+
+def _source_line(site: Site) -> str:
+    import linecache
+
+    return linecache.getline(site.file, site.line).rstrip("\n").expandtabs(4) or "<source not available>"
+
+
+def finding_text(f: Finding, width: int = 100) -> str:
+    return "\n".join(text for _, text in finding_lines(f))
+
+
+def finding_renderable(f: Finding) -> Group:
+    return Group(*(Text(text, style=style) for style, text in finding_lines(f)))
+
+
+def flow_table(report: Report) -> Table:
+    nets = list(report.networks) or sorted({n for b in report.backwards for n in b.networks})
+    table = Table(title="gradient flow: which networks each backward reaches", title_justify="left")
+    table.add_column("backward site")
+    table.add_column("calls", justify="right")
+    for n in nets:
+        table.add_column(n)
+    styles = {"reached": "green", "detached": "cyan", "not reached": "dim"}
+    for b in report.backwards:
+        src = b.site.source
+        row = [f"{_short_path(b.site.file)}:{b.site.line} {src}".strip(), str(b.count)]
+        for n in nets:
+            state = b.networks.get(n, "not reached")
+            label = {"detached": "stopped at detach"}.get(state, state)
+            row.append(f"[{styles.get(state, '')}]{label}[/]")
+        table.add_row(*row)
+    return table
+
+
+def step_table(report: Report) -> Table:
+    table = Table(title="optimizer steps: where their gradients came from", title_justify="left")
+    table.add_column("optimizer")
+    table.add_column("step site")
+    table.add_column("steps", justify="right")
+    table.add_column("gradients from backward at")
+    for s in report.steps:
+        srcs = ", ".join(f"{k} (x{v})" for k, v in s.sources.items()) or "no gradient"
+        table.add_row(s.optimizer, f"{_short_path(s.site.file)}:{s.site.line}", str(s.count), srcs)
+    return table
