@@ -9,11 +9,12 @@ were released are marked ``freed``.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -52,8 +53,7 @@ _VIEW_OPS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class SavedTensor:
+class SavedTensor(NamedTuple):
     """A tensor that an autograd node saved for its backward."""
 
     name: str
@@ -64,9 +64,11 @@ class SavedTensor:
     param: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Node:
-    """One node of the graph: an autograd op, or a leaf (parameter or input)."""
+class Node(NamedTuple):
+    """One node of the graph: an autograd op, or a leaf (parameter or input).
+
+    An immutable record (a named tuple: cheap to build for graphs of 100,000 nodes).
+    """
 
     id: int
     op: str
@@ -375,23 +377,35 @@ def _saved_of(node: Any, names: ParamNames) -> tuple[tuple[SavedTensor, ...], bo
         return (), False
     out: list[SavedTensor] = []
     freed = False
+    by_id = names.by_id
+    by_ptr = names.by_ptr
     for attr in attrs:
         raw = getattr(node, attr)
         label = attr[11:]  # strip "_raw_saved_"
-        items = raw if isinstance(raw, (list, tuple)) else (raw,)
-        for i, sv in enumerate(items):
-            name = label if len(items) == 1 and not isinstance(raw, (list, tuple)) else f"{label}[{i}]"
+        is_list = isinstance(raw, (list, tuple))
+        for i, sv in enumerate(raw if is_list else (raw,)):
             data = sv.data
             if data is None:
                 # Released by a backward, or an optional tensor never given. An optional that was
                 # never given has a getter that returns None without raising.
-                if _released(node, attr):
+                if freed or _released(node, attr):
                     freed = True
-                    out.append(SavedTensor(name, None, None, 0, True))
+                    out.append(SavedTensor(f"{label}[{i}]" if is_list else label, None, None, 0, True))
                 continue
-            param = names.name_of(data) or names.name_of_storage(data)
+            param = by_id.get(id(data)) if by_id else None
+            if param is None and by_ptr:
+                hit = by_ptr.get(data.data_ptr())
+                if hit is not None and hit[0] == str(data.device):
+                    param = hit[1]
             out.append(
-                SavedTensor(name, tuple(data.shape), _dtype(data.dtype), data.nbytes, False, param)
+                SavedTensor(
+                    f"{label}[{i}]" if is_list else label,
+                    tuple(data.shape),
+                    _DTYPE_NAMES.get(data.dtype) or _dtype(data.dtype),
+                    data.nbytes,
+                    False,
+                    param,
+                )
             )
     return tuple(out), freed
 
@@ -443,95 +457,106 @@ def capture(
     ``leaf_ids``, when given, is filled with ``graph node id -> id(leaf tensor)``, and
     ``node_index`` with ``id(autograd node) -> graph node id`` (ids only: nothing is kept alive).
     """
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # hundreds of thousands of small records: collections would cost a third
+    try:
+        return _capture(tensors, names, output_names, input_names, title, saved, leaf_ids, node_index)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _capture(
+    tensors: Sequence[torch.Tensor],
+    names: ParamNames | None,
+    output_names: Sequence[str] | None,
+    input_names: Mapping[int, str] | None,
+    title: str,
+    saved: bool,
+    leaf_ids: dict[int, int] | None,
+    node_index: dict[int, int] | None,
+) -> Graph:
     names = names if names is not None else ParamNames()
     input_names = input_names or {}
     index: dict[int, int] = node_index if node_index is not None else {}  # id(node) -> graph id
-    keep: list[Any] = []  # keeps ids unique while walking; dropped on return
-    raw_edges: list[tuple[int, int]] = []
-    node_data: list[Node] = []
-    direct_module: list[str | None] = []
+    rows: list[list[Any]] = []  # fields of Node, module and seq filled after the walk
+    modules: list[str | None] = []
+    edges: list[tuple[int, int]] = []
     outputs: list[Output] = []
+    name_of = names.by_id.get
+    module_of = names.module_of.get
+    backward_cfunction = torch.autograd.function.BackwardCFunction
+    parameter = torch.nn.Parameter
+    # a stack of (autograd node, graph id); nodes are held only while the walk runs
+    stack: list[tuple[Any, int]] = []
 
-    def visit(fn: Any) -> int:
+    def visit(fn: Any) -> tuple[int, bool]:
         key = id(fn)
         nid = index.get(key)
         if nid is not None:
-            return nid
-        nid = len(node_data)
+            return nid, False
+        nid = len(rows)
         index[key] = nid
-        keep.append(fn)
-        tp = type(fn)
-        op = tp.__name__
-        module = None
+        op = type(fn).__name__
         if op == "AccumulateGrad":
             var = fn.variable
-            pname = names.name_of(var)
-            if pname is not None or isinstance(var, torch.nn.Parameter):
+            pname = name_of(id(var))
+            module = None
+            if pname is not None or isinstance(var, parameter):
                 kind = PARAM
-                module = names.module_of.get(pname) if pname else None
+                module = module_of(pname) if pname else None
             else:
                 kind = INPUT
                 pname = input_names.get(id(var))
-            node = Node(nid, op, kind, pname, module, tuple(var.shape), _dtype(var.dtype))
+            rows.append([nid, op, kind, pname, module, tuple(var.shape), _dtype(var.dtype), (), False, None, ()])
+            modules.append(module)
             if leaf_ids is not None:
                 leaf_ids[nid] = id(var)
+            return nid, True
+        if isinstance(fn, backward_cfunction):
+            kind = COMPILED if op.startswith("CompiledFunction") else CUSTOM
         else:
-            if isinstance(fn, torch.autograd.function.BackwardCFunction):
-                kind = COMPILED if op.startswith("CompiledFunction") else CUSTOM
-            else:
-                kind = OP
-            if saved:
-                saved_t, freed = _saved_of(fn, names)
-            else:
-                saved_t, freed = (), False
-            ctx = _ctx_tensors(fn) if kind == CUSTOM else ()
+            kind = OP
+        saved_t, freed = _saved_of(fn, names) if saved else ((), False)
+        meta = fn._input_metadata
+        if meta:
+            m0 = meta[0]
+            shape, dtype = tuple(m0.shape), _dtype(m0.dtype)
+        else:
             shape = dtype = None
-            meta = fn._input_metadata
-            if meta:
-                shape = tuple(meta[0].shape)
-                dtype = _dtype(meta[0].dtype)
-            node = Node(nid, op, kind, None, None, shape, dtype, saved_t, freed, None, ctx)
-        node_data.append(node)
-        direct_module.append(module)
-        return nid
+        rows.append(
+            [nid, op, kind, None, None, shape, dtype, saved_t, freed, fn._sequence_nr(),
+             _ctx_tensors(fn) if kind == CUSTOM else ()]
+        )
+        modules.append(None)
+        stack.append((fn, nid))
+        return nid, True
 
     for i, t in enumerate(tensors):
         oname = output_names[i] if output_names and i < len(output_names) else f"output{i if i else ''}"
         root = _node_of(t)
-        outputs.append(
-            Output(oname, visit(root) if root is not None else None, tuple(t.shape), _dtype(t.dtype))
-        )
+        nid = visit(root)[0] if root is not None else None
+        outputs.append(Output(oname, nid, tuple(t.shape), _dtype(t.dtype)))
 
-    stack = [keep[o.node] for o in outputs if o.node is not None]
-    done: set[int] = set()
+    fn = None
     while stack:
-        fn = stack.pop()
-        key = id(fn)
-        if key in done:
-            continue
-        done.add(key)
-        dst = index[key]
+        fn, dst = stack.pop()
         for nxt, _ in fn.next_functions:
-            if nxt is None:
-                continue
-            src = visit(nxt)
-            raw_edges.append((src, dst))
-            if id(nxt) not in done:
-                stack.append(nxt)
-    # sequence numbers give forward order; read them once per op node (cheap, no tensors)
-    seqs = [None] * len(node_data)
-    for fn, nid in ((keep[i], i) for i in range(len(keep))):
-        if node_data[nid].kind != PARAM and node_data[nid].kind != INPUT:
-            seqs[nid] = fn._sequence_nr()
-    keep.clear()
-
-    edges = tuple(dict.fromkeys(raw_edges))
-    nodes = _assign_modules(node_data, direct_module, edges, seqs)
-    return Graph(tuple(nodes), edges, tuple(outputs), title)
+            if nxt is not None:
+                edges.append((visit(nxt)[0], dst))
+    del fn
+    unique_edges = tuple(dict.fromkeys(edges))
+    if names.by_id:
+        _assign_modules(rows, modules, unique_edges)
+    nodes = tuple(Node(*r) for r in rows)
+    return Graph(nodes, unique_edges, tuple(outputs), title)
 
 
 def _common_prefix(mods: list[str]) -> str | None:
-    parts = mods[0].split(".")
+    first = mods[0]
+    if len(mods) == 1 or all(m == first for m in mods):
+        return first
+    parts = first.split(".")
     for m in mods[1:]:
         other = m.split(".")
         n = 0
@@ -543,48 +568,31 @@ def _common_prefix(mods: list[str]) -> str | None:
     return ".".join(parts)
 
 
-def _assign_modules(
-    nodes: list[Node],
-    direct: list[str | None],
-    edges: tuple[tuple[int, int], ...],
-    seqs: list[int | None],
-) -> list[Node]:
-    """Attribute op nodes to modules: the module of a parameter they consume (through view ops),
-    else the common module of their inputs, in forward order."""
-    inputs: list[list[int]] = [[] for _ in nodes]
+def _assign_modules(rows: list[list[Any]], module: list[str | None], edges: tuple[tuple[int, int], ...]) -> None:
+    """Attribute op nodes to modules (``rows[i][4]``): the module of a parameter they consume
+    (through view ops), else the common module of their inputs, in forward order."""
+    inputs: list[list[int]] = [[] for _ in rows]
     for src, dst in edges:
         inputs[dst].append(src)
-    module = list(direct)
-    # forward order: leaves first, then op nodes by sequence number
-    order = sorted(
-        (i for i in range(len(nodes)) if module[i] is None and nodes[i].kind not in (PARAM, INPUT)),
-        key=lambda i: seqs[i] if seqs[i] is not None else -1,
-    )
-    view_param: list[str | None] = [None] * len(nodes)
+    order = sorted((i for i in range(len(rows)) if rows[i][9] is not None), key=lambda i: rows[i][9])
+    view_param: list[str | None] = [None] * len(rows)
     for i in order:
         direct_mods = []
         other_mods = []
         for src in inputs[i]:
-            n = nodes[src]
-            if n.kind == PARAM and module[src]:
+            if rows[src][2] == PARAM and module[src]:
                 direct_mods.append(module[src])
             elif view_param[src]:
                 direct_mods.append(view_param[src])
             elif module[src]:
                 other_mods.append(module[src])
-        if nodes[i].op in _VIEW_OPS and len(direct_mods) == 1 and not other_mods:
-            view_param[i] = direct_mods[0]
         if direct_mods:
+            if rows[i][1] in _VIEW_OPS and len(direct_mods) == 1 and not other_mods:
+                view_param[i] = direct_mods[0]
             module[i] = _common_prefix(direct_mods)
         elif other_mods:
             module[i] = _common_prefix(other_mods)
-    out = []
-    for i, n in enumerate(nodes):
-        seq = seqs[i]
-        if module[i] != n.module or seq != n.seq:
-            n = dataclasses.replace(n, module=module[i], seq=seq)
-        out.append(n)
-    return out
+        rows[i][4] = module[i]
 
 
 def _as_tensor_list(tensors: tuple[Any, ...]) -> list[torch.Tensor]:

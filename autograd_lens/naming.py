@@ -119,7 +119,7 @@ class ParamNames:
 
     def __init__(self) -> None:
         self.by_id: dict[int, str] = {}
-        self.by_ptr: dict[tuple[str, int], str] = {}
+        self.by_ptr: dict[int, tuple[str, str]] = {}  # data_ptr -> (device, name)
         self.module_of: dict[str, str] = {}
 
     def __len__(self) -> int:
@@ -132,7 +132,7 @@ class ParamNames:
         self.by_id[key] = name
         self.module_of[name] = module if module is not None else name.rsplit(".", 1)[0]
         try:
-            self.by_ptr.setdefault((str(tensor.device), tensor.data_ptr()), name)
+            self.by_ptr.setdefault(tensor.data_ptr(), (str(tensor.device), name))
         except RuntimeError:  # tensors without storage (meta, some subclasses)
             pass
 
@@ -148,9 +148,10 @@ class ParamNames:
         if not self.by_ptr:
             return None
         try:
-            return self.by_ptr.get((str(tensor.device), tensor.data_ptr()))
+            hit = self.by_ptr.get(tensor.data_ptr())
         except RuntimeError:
             return None
+        return hit[1] if hit is not None and hit[0] == str(tensor.device) else None
 
     @classmethod
     def build(cls, params: Any = None, frame: types.FrameType | None = None) -> ParamNames:

@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 
 
 
+#: Nodes the walk visits at most. Once Python has touched ~50,000 nodes of a long chain, freeing it
+#: overflows the C stack in PyTorch's destructors (torch 2.13), so very large graphs are
+#: only walked in part; the stamps and checks then cover the part nearest the loss.
+WALK_LIMIT = 20_000
+
+
 @dataclass
 class SharedTop:
     """The top of a part of this graph that an earlier backward went through."""
@@ -58,6 +64,7 @@ class WalkResult:
     leaf_ids: dict[int, int] = field(default_factory=dict)  # graph node id -> leaf id
     var_of_node: dict[int, str] = field(default_factory=dict)  # graph node id -> variable name
     nodes: int = 0
+    truncated: bool = False
 
 
 def _root_nodes(roots: list[torch.Tensor]) -> list[Any]:
@@ -93,6 +100,9 @@ def walk_graph(
         k = id(fn)
         if k in seen:
             continue
+        if len(seen) >= WALK_LIMIT:
+            res.truncated = True
+            break
         seen.add(k)
         nxt_fns = fn.next_functions
         if not nxt_fns and type(fn).__name__ == "AccumulateGrad":
@@ -120,11 +130,13 @@ def walk_graph(
         for nxt, _ in nxt_fns:
             if nxt is not None and id(nxt) not in seen:
                 stack.append((nxt, mine))
+    stack.clear()
+    fn = None
     res.nodes = len(seen)
     if old_nodes:
         res.stale_saved = _stale_saved(w, old_nodes, markers)
     old_nodes.clear()
-    if detail:
+    if detail and not res.truncated:
         index: dict[int, int] = {}
         res.graph = w.snapshot(roots, call, res.leaf_ids, local_names, index)
         for fid, nid in index.items():
