@@ -7,6 +7,7 @@ from .errors import LensError
 from .findings import Finding, Label, Site
 from .graph import Graph, Highlight, Node, Output, SavedTensor
 from .report import Report
+from .testing import expect, expect_clean
 from .watch import Watch, watch
 
 __version__ = "0.1.0"
@@ -26,4 +27,6 @@ __all__ = [
     "SavedTensor",
     "__version__",
     "draw",
+    "expect",
+    "expect_clean",
 ]
