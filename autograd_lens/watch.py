@@ -33,6 +33,7 @@ from .hooks import (
     patch_zero_grad,
     register_global_module_hooks,
     register_global_optimizer_hooks,
+    watch_warnings,
 )
 from .hooks.patches import BACKWARD_ENGINE_AVAILABLE, patch_backward
 from .naming import ParamNames, find_in_frame, user_frame
@@ -163,6 +164,7 @@ class Watch:
             register_global_module_hooks(self.hooks, self._on_forward_pre, self._on_forward_post)
             register_global_optimizer_hooks(self.hooks, self._on_step_pre, self._on_step_post)
             patch_zero_grad(self.hooks, self._on_zero_grad)
+            watch_warnings(self.hooks, self._on_warning)
         except Exception:
             self.hooks.remove()
             raise
@@ -609,6 +611,11 @@ class Watch:
             st.grad_version = g._version
         call.reached.add(id(p))
         return None
+
+    def _on_warning(self, message: object, filename: str, lineno: int) -> None:
+        f = checks.nonleaf_grad.from_warning(message, filename, lineno)
+        if f is not None:
+            self._add(f)
 
     # ------------------------------------------------------------------------------------------
     # zero_grad and steps

@@ -31,3 +31,22 @@ from __future__ import annotations
 RULE = "nonleaf-grad"
 SEVERITY = "warning"
 SUMMARY = ".grad read on a non-leaf tensor; use retain_grad()"
+
+from ..findings import Finding, Label, Site
+
+MARKER = "The .grad attribute of a Tensor that is not a leaf Tensor is being accessed"
+
+
+def from_warning(message: object, filename: str, lineno: int) -> Finding | None:
+    """A finding for PyTorch's non-leaf ``.grad`` warning, at the line that read ``.grad``."""
+    if MARKER not in str(message):
+        return None
+    site = Site(filename, lineno)
+    return Finding(
+        RULE, SEVERITY,
+        "`.grad` was read on a tensor that is not a leaf: it is always `None` there",
+        site, (Label(site, "reads `.grad` of an intermediate tensor", primary=True),),
+        ("autograd fills `.grad` only for leaves (parameters, inputs created by the user)",),
+        "call `.retain_grad()` on the tensor before backward, or read the gradient with "
+        "`torch.autograd.grad(loss, tensor)` or a tensor hook",
+    )

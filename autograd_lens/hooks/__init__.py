@@ -122,3 +122,18 @@ def patch_zero_grad(hooks: HookSet, on_zero: Callable[[Any, bool], None]) -> Non
     mod_zero_grad.__wrapped__ = orig_mod  # type: ignore[attr-defined]
     hooks.patch(torch.optim.Optimizer, "zero_grad", opt_zero_grad)
     hooks.patch(torch.nn.Module, "zero_grad", mod_zero_grad)
+
+
+def watch_warnings(hooks: HookSet, on_warning: Callable[[Warning | str, str, int], None]) -> None:
+    """Report warnings as Python shows them (then show them as usual)."""
+    import warnings
+
+    original = warnings.showwarning
+
+    def showwarning(message: Warning | str, category: type, filename: str, lineno: int, file: Any = None, line: str | None = None) -> None:
+        try:
+            on_warning(message, filename, lineno)
+        finally:
+            original(message, category, filename, lineno, file, line)
+
+    hooks.patch(warnings, "showwarning", showwarning)
