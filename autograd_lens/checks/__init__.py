@@ -164,6 +164,10 @@ def judge_run(w: Watch, run: list[OptimizerStep]) -> Iterable[Finding]:
             if found:
                 w.add_highlights(c.graph_key, *detach_leak.highlights(found))
             c.analysis = None
+        elif c.occurrence >= w.detail and c.reached:
+            # past the detailed occurrences of a site: the leaks found there, where this call wrote
+            cached = w.site_leaks.get((c.site.file, c.site.line), [])
+            yield from detach_leak.findings(w, c, [lk for lk in cached if lk.pids & c.reached])
     w.pending = still
     for s in run:
         stray: dict[int, list[int]] = {}
@@ -176,11 +180,20 @@ def judge_run(w: Watch, run: list[OptimizerStep]) -> Iterable[Finding]:
                     intent.decide(w, c, run_opts)
                 if not intent.is_for(c, pid, s.optimizer_key):
                     stray.setdefault(cid, []).append(pid)
-        for cid, pids in stray.items():
+        # one finding per backward site and step: gradient of several iterations of one site
+        # (never zeroed) is one stray update, named by its latest call
+        by_site: dict[tuple[str, int], tuple[int, set[int]]] = {}
+        for cid, pids in sorted(stray.items()):
+            c = w.call(cid)
+            assert c is not None
+            k = (c.site.file, c.site.line)
+            prev = by_site.get(k)
+            by_site[k] = (cid, (prev[1] if prev else set()) | set(pids))
+        for cid, pids in by_site.values():
             c = w.call(cid)
             assert c is not None
             leak = next(iter(leaks_by_call.get(cid, []) or w.site_leaks.get((c.site.file, c.site.line), [])), None)
-            yield stray_grad.finding(w, s, c, pids, leak)
+            yield stray_grad.finding(w, s, c, sorted(pids), leak)
     for cid, found in leaks_by_call.items():
         c = w.call(cid)
         if c is not None and found:

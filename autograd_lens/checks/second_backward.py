@@ -77,12 +77,16 @@ def explain(w: Watch, call: BackwardCall, walk: WalkResult, exc_text: str) -> Fi
     net = w.net_name(rng.net) if rng is not None else None
     var = top.var if top is not None else None
     shared = code(var) if var else (f"the output of {code(net)}" if net else f"`{top.op}`" if top else "part of the graph")
-    labels = [Label(earlier.site, "frees the graph it went through (no `retain_graph=True`)")]
+    same_site = earlier.site.file == call.site.file and earlier.site.line == call.site.line
+    labels = [] if same_site else [Label(earlier.site, "frees the graph it went through (no `retain_graph=True`)")]
     if rng is not None and rng.site is not None:
         what = f"{shared} is produced here by {code(net)}" if var else f"{code(net)} runs here"
         labels.append(Label(rng.site, f"{what}; both graphs go through it"))
-    labels.append(Label(call.site, "needs the freed buffers", primary=True))
-    same_site = earlier.site.file == call.site.file and earlier.site.line == call.site.line
+    labels.append(Label(
+        call.site,
+        "needs the buffers that the previous iteration's backward here freed" if same_site else "needs the freed buffers",
+        primary=True,
+    ))
     notes = [
         f"the graph of {here} shares {walk.prev.get(earlier.id, 0)} autograd nodes with the graph of "
         f"{call_text(earlier)} (line {earlier.site.line}), from {shared} down"
@@ -105,8 +109,8 @@ def explain(w: Watch, call: BackwardCall, walk: WalkResult, exc_text: str) -> Fi
         else:
             first = ""
         help_ = (
-            f"{first}otherwise pass `retain_graph=True` to {call_text(earlier)}, sum the losses and call "
-            "backward once, or recompute the forward before the second backward"
+            f"{first}{'otherwise pass' if first else 'pass'} `retain_graph=True` to {call_text(earlier)}, "
+            "sum the losses and call backward once, or recompute the forward before the second backward"
         )
     notes.append(f"PyTorch: {exc_text}")
     return Finding(
