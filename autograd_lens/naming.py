@@ -36,13 +36,37 @@ def user_frame(skip_modules: tuple[str, ...] = ()) -> types.FrameType | None:
     return None
 
 
+_CO_OPTIMIZED = 0x0001
+
+
+def local_items(frame: types.FrameType) -> list[tuple[str, Any]]:
+    """The frame's local variables, without keeping any of them alive.
+
+    Before Python 3.13, ``frame.f_locals`` of a function frame is a snapshot dict cached on the
+    frame: it would keep every local it saw alive after the function deletes or rebinds it, until
+    the frame ends. The snapshot is emptied after reading (it is rebuilt on every access, and the
+    function's real variables live elsewhere). Module and class frames hold their real namespace
+    in ``f_locals``, and 3.13's ``f_locals`` is a live view: both are only read.
+    """
+    snapshot = frame.f_locals
+    items = list(snapshot.items())
+    if (
+        sys.version_info < (3, 13)
+        and type(snapshot) is dict
+        and frame.f_code.co_flags & _CO_OPTIMIZED
+        and snapshot is not frame.f_globals
+    ):
+        snapshot.clear()
+    return items
+
+
 def _candidates(frame: types.FrameType | None) -> Iterable[tuple[str, Any]]:
     """(variable name, value) pairs visible from ``frame``: locals first, then globals."""
     if frame is None:
         return
     seen: set[str] = set()
-    for scope in (frame.f_locals, frame.f_globals):
-        for name, value in list(scope.items()):
+    for scope in (local_items(frame), list(frame.f_globals.items())):
+        for name, value in scope:
             if name.startswith("__") or name in seen:
                 continue
             seen.add(name)
@@ -199,7 +223,7 @@ def tensor_names(frame: types.FrameType | None) -> dict[int, str]:
     out: dict[int, str] = {}
     if frame is None:
         return out
-    for name, value in list(frame.f_locals.items()):
+    for name, value in local_items(frame):
         if isinstance(value, torch.Tensor) and id(value) not in out:
             out[id(value)] = name
     return out

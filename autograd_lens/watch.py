@@ -36,7 +36,7 @@ from .hooks import (
     watch_warnings,
 )
 from .hooks.patches import BACKWARD_ENGINE_AVAILABLE, patch_backward
-from .naming import ParamNames, find_in_frame, user_frame
+from .naming import ParamNames, find_in_frame, local_items, user_frame
 from .report import BackwardSummary, Report, StepSummary, dedupe
 
 _serial = iter(range(1, 1 << 62))
@@ -66,7 +66,7 @@ class _ParamState:
 
 
 class _OptState:
-    __slots__ = ("key", "ref", "name", "pids", "steps", "first_site")
+    __slots__ = ("key", "ref", "name", "pids", "steps", "first_site", "no_grad")
 
     def __init__(self, opt: torch.optim.Optimizer, name: str) -> None:
         self.key = id(opt)
@@ -75,6 +75,9 @@ class _OptState:
         self.pids: list[int] = []
         self.steps = 0
         self.first_site: Site | None = None
+        # parameters that require grad and were stepped with `.grad` None (the optimizer may be
+        # gone by the time dead parameters are judged, on exit)
+        self.no_grad: set[int] = set()
 
 
 class _NetState:
@@ -648,6 +651,8 @@ class Watch:
             for p in group["params"]:
                 g = p.grad
                 if g is None:
+                    if p.requires_grad:
+                        st.no_grad.add(id(p))
                     continue
                 ps = self._params.get(id(p))
                 if ps is None or ps.ref() is not p:
@@ -806,7 +811,7 @@ def _tensor_vars(frame: types.FrameType | None) -> dict[int, str]:
     out: dict[int, str] = {}
     if frame is None:
         return out
-    for name, value in list(frame.f_locals.items()):
+    for name, value in local_items(frame):
         if isinstance(value, torch.Tensor) and not name.startswith("_"):
             out.setdefault(id(value), name)
             fn = value.grad_fn
