@@ -196,7 +196,10 @@ class _GraphContext:
             )
         self = cls()
         found = find_in_frame(frame, torch.nn.Module)
+        inner = {id(sub) for m in found.values() for sub in m.modules() if sub is not m}
         for var, mod in found.items():
+            if id(mod) in inner:
+                continue
             if next(iter(mod.parameters()), None) is None:
                 self.loss_modules.append(mod)
                 continue
@@ -379,21 +382,27 @@ class _GraphContext:
         return False
 
     def _sibling_for(self, module: str | None, op: str) -> str | None:
-        """A parameterless module right after ``module`` in its parent whose type matches ``op``."""
-        if not module or "." not in module:
-            return None
-        parent_name, child = module.rsplit(".", 1)
-        parent = self.modules.get(parent_name)
-        if parent is None:
-            return None
-        names = [name for name, _ in parent.named_children()]
-        if child not in names:
-            return None
-        start = names.index(child) + 1
-        for name in names[start:start + 3]:
-            sub = getattr(parent, name)
-            if _op_matches(op, type(sub).__name__):
-                return f"{parent_name}.{name} ({type(sub).__name__})"
+        """A parameterless module that runs right after ``module`` and whose type matches ``op``.
+
+        Looks at the next siblings of ``module`` in its parent, then, when only parameterless
+        siblings follow, at the siblings of the parent (``netG.main.11`` then ``netG.main.12``).
+        """
+        while module and "." in module:
+            parent_name, child = module.rsplit(".", 1)
+            parent = self.modules.get(parent_name)
+            if parent is None:
+                return None
+            names = [name for name, _ in parent.named_children()]
+            if child not in names:
+                return None
+            after = names[names.index(child) + 1:]
+            for name in after[:3]:
+                sub = getattr(parent, name)
+                if _op_matches(op, type(sub).__name__):
+                    return f"{parent_name}.{name} ({type(sub).__name__})"
+            if any(next(iter(getattr(parent, name).parameters()), None) is not None for name in after):
+                return None
+            module = parent_name
         return None
 
 
