@@ -1,1 +1,216 @@
-"""pytest plugin (registered through the ``pytest11`` entry point)."""
+"""pytest plugin: the ``lens`` fixture, the ``--lens`` option and the ``lens`` marker.
+
+Registered through the ``pytest11`` entry point ``autograd_lens``; turn it off with
+``-p no:autograd_lens``.
+
+- ``lens`` fixture: the test body runs under :func:`autograd_lens.watch`; the fixture is the
+  :class:`~autograd_lens.Watch`, so ``lens.report`` holds what the lens found so far.
+- ``--lens``: every test runs under the lens, and a test in which a finding at or above
+  ``--lens-fail-on`` (``error`` by default, or ``warning``) occurred fails with the finding's text.
+- ``@pytest.mark.lens(ignore=["dead-param"])``: leave those rules out for one test.
+
+Example::
+
+    $ pytest --lens
+    $ pytest --lens --lens-fail-on warning
+
+    def test_step(lens):
+        train_step()
+        assert not lens.report.errors
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from typing import Any
+
+import pytest
+
+from . import __version__
+from .checks import RULES
+from .findings import SEVERITIES, Finding
+from .report import Report
+from .testing import failing, findings_text
+from .watch import Watch
+
+GROUP = "autograd_lens"
+_FINDINGS_KEY = pytest.StashKey[list[tuple[str, Finding]]]()
+_IGNORE_KEY = pytest.StashKey[tuple[str, ...]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup(GROUP, "autograd_lens: find autograd bugs while tests run")
+    group.addoption(
+        "--lens",
+        action="store_true",
+        default=False,
+        help="run every test under autograd_lens.watch() and fail tests in which the lens finds an error",
+    )
+    group.addoption(
+        "--lens-fail-on",
+        action="store",
+        default=None,
+        metavar="LEVEL",
+        help="with --lens: the least severe finding that fails a test, 'error' (default) or 'warning'",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "lens(ignore=[...]): rule ids (e.g. 'dead-param') that --lens does not fail this test on",
+    )
+    level = config.getoption("lens_fail_on")
+    if level is not None:
+        if level not in SEVERITIES:
+            raise pytest.UsageError(
+                f"--lens-fail-on takes one of {', '.join(SEVERITIES)}; got {level!r}"
+            )
+        if not config.getoption("lens"):
+            raise pytest.UsageError("--lens-fail-on needs --lens (it says which findings fail a test under --lens)")
+    config.stash[_FINDINGS_KEY] = []
+
+
+def _enabled(config: pytest.Config) -> bool:
+    return bool(config.getoption("lens", False))
+
+
+def _fail_on(config: pytest.Config) -> str:
+    return config.getoption("lens_fail_on") or "error"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if _enabled(config):
+        return f"autograd_lens {__version__}: --lens on, fail on {_fail_on(config)}"
+    return f"autograd_lens {__version__}: --lens off (the `lens` fixture and marker are available)"
+
+
+def _marker_ignore(item: pytest.Item) -> tuple[str, ...]:
+    """Rule ids from the ``lens`` markers of ``item``; unknown ids are a usage error."""
+    out: list[str] = []
+    for mark in item.iter_markers("lens"):
+        unknown_kw = sorted(set(mark.kwargs) - {"ignore"})
+        if mark.args or unknown_kw:
+            raise pytest.UsageError(
+                f"{item.nodeid}: @pytest.mark.lens takes only ignore=[rule ids]; got "
+                f"{', '.join([repr(a) for a in mark.args] + unknown_kw)}"
+            )
+        rules = mark.kwargs.get("ignore", ())
+        if isinstance(rules, str):
+            rules = (rules,)
+        for r in rules:
+            if r not in RULES:
+                raise pytest.UsageError(
+                    f"{item.nodeid}: unknown rule {r!r} in @pytest.mark.lens(ignore=...); "
+                    f"known rules: {', '.join(RULES)}"
+                )
+            out.append(r)
+    return tuple(out)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        item.stash[_IGNORE_KEY] = _marker_ignore(item)
+
+
+class LensWatch(Watch):
+    """The ``Watch`` of the ``lens`` fixture, whose ``report`` also judges the last optimizer steps.
+
+    A plain ``Watch`` decides ``stray-grad`` and ``detach-leak`` for a run of ``step()`` calls when
+    the next backward starts or the watch ends. A test reads ``lens.report`` while the watch is
+    still open, usually right after the last ``step()``, so this report settles that run first.
+    """
+
+    @property
+    def report(self) -> Report:
+        if not self._closed:
+            with self._lock:
+                self._close_run()
+        return self.build_report()
+
+
+@pytest.fixture
+def lens() -> Iterator[LensWatch]:
+    """The test body runs under :func:`autograd_lens.watch`; this is its ``Watch``.
+
+    Example::
+
+        def test_step(lens):
+            train_step()
+            assert lens.report.by_rule("stray-grad") == []
+    """
+    with LensWatch({}, {}, {}) as w:
+        yield w
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    if not _enabled(item.config):
+        return (yield)
+    from .watch import watch
+
+    fixture_watch = getattr(item, "funcargs", {}).get("lens")
+    if fixture_watch is not None:
+        try:
+            result = yield
+        finally:
+            _judge(item, fixture_watch.report, passed=True)
+        return result
+    w = watch()
+    w.__enter__()
+    try:
+        result = yield
+    except BaseException as exc:
+        w.__exit__(type(exc), exc, exc.__traceback__)
+        _judge(item, w.report, passed=False)
+        raise
+    w.__exit__(None, None, None)
+    _judge(item, w.report, passed=True)
+    return result
+
+
+def _judge(item: pytest.Item, report: Any, *, passed: bool) -> None:
+    """Record the test's findings; fail a passing test on findings at or above --lens-fail-on."""
+    ignore = item.stash.get(_IGNORE_KEY, ())
+    kept = [f for f in report.findings if f.rule not in ignore]
+    item.config.stash[_FINDINGS_KEY].extend((item.nodeid, f) for f in kept)
+    if not kept:
+        return
+    bad = failing(report, ignore=ignore, fail_on=_fail_on(item.config))
+    if passed and bad:
+        pytest.fail(
+            f"autograd_lens found {len(bad)} finding{'s' if len(bad) != 1 else ''} at or above "
+            f"'{_fail_on(item.config)}' in this test:\n\n{findings_text(bad)}",
+            pytrace=False,
+        )
+    item.add_report_section("call", "autograd_lens", findings_text(kept))
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if not _enabled(config):
+        return
+    found = config.stash.get(_FINDINGS_KEY, [])
+    terminalreporter.section("autograd_lens")
+    if not found:
+        terminalreporter.write_line("no findings")
+        return
+    for nodeid, f in found:
+        site = f"{_rel(f.site.file)}:{f.site.line}" if f.site else "?"
+        times = f" (x{f.count})" if f.count > 1 else ""
+        terminalreporter.write_line(f"{nodeid}  {f.severity}[{f.rule}]  {site}{times}")
+    n_err = sum(1 for _, f in found if f.severity == "error")
+    terminalreporter.write_line(
+        f"{n_err} error{'s' if n_err != 1 else ''}, {len(found) - n_err} warning"
+        f"{'s' if len(found) - n_err != 1 else ''} in {len({n for n, _ in found})} test"
+        f"{'s' if len({n for n, _ in found}) != 1 else ''}"
+    )
+
+
+def _rel(path: str) -> str:
+    import os
+
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return rel if not rel.startswith("..") else path
