@@ -52,18 +52,12 @@ def findings(w: Watch) -> list[Finding]:
     for st in list(w.opts().values()):
         if st.steps == 0 or st.first_site is None:
             continue
-        opt = st.ref()
-        if opt is None:
-            continue
         dead = []
-        for group in opt.param_groups:
-            for p in group["params"]:
-                if not p.requires_grad:
-                    continue
-                ps = w.param_states().get(id(p))
-                if (ps is not None and ps.ever) or id(p) in got.get(st.key, ()):
-                    continue
-                dead.append(w.param_name(id(p)))
+        for pid in st.no_grad:
+            ps = w.param_states().get(pid)
+            if (ps is not None and ps.ever) or pid in got.get(st.key, ()):
+                continue
+            dead.append(w.param_name(pid))
         if not dead:
             continue
         dead.sort()

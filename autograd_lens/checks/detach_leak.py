@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..findings import Finding, Label
 from ..graph import Highlight
-from ..intent import Analysis, crossings
+from ..graph import INPUT, PARAM
+from ..intent import Analysis, Crossing, crossings
 from ._text import call_text, code, net_count_text, opts_text, param_names
 
 if TYPE_CHECKING:
@@ -72,9 +73,13 @@ def leaks(w: Watch, call: BackwardCall, a: Analysis) -> list[Leak]:
     seen: set[int] = set()
     for groups, within in parts:
         for c in crossings(w, a, groups, within):
-            if c.kind != "leak" or c.producer in seen:
+            if c.kind != "leak":
                 continue
-            seen.add(c.producer)
+            producer, consumer = _network_output(w, a, c.producer, c.consumer)
+            if producer in seen:
+                continue
+            seen.add(producer)
+            c = Crossing(producer, consumer, c.kind, c.groups)
             below = graph.upstream([c.producer])
             pids = {a.leaf_ids[j] for j in below if j in a.leaf_ids}
             pids &= call.reached if call.reached else pids
@@ -92,6 +97,25 @@ def leaks(w: Watch, call: BackwardCall, a: Analysis) -> list[Leak]:
                 consumer=c.consumer,
             ))
     return out
+
+
+def _network_output(w: Watch, a: Analysis, producer: int, consumer: int) -> tuple[int, int]:
+    """The output of the network below a crossing made by ops outside any network.
+
+    ``softmax(t_logits / T)`` entering a distillation loss crosses at the softmax; the tensor to
+    detach is the teacher's output ``t_logits``. Follows single inputs that lead to parameters
+    until a node made inside a network's forward, or a named tensor; returns (producer, consumer).
+    """
+    graph = a.graph
+    i, above = producer, consumer
+    for _ in range(32):
+        if w.range_of_seq(graph.nodes[i].seq) is not None or i in a.var_of_node:
+            return i, above
+        ins = [j for j in dict.fromkeys(graph.inputs_of(i)) if a.reach[j]]
+        if len(ins) != 1 or graph.nodes[ins[0]].kind in (PARAM, INPUT):
+            break
+        i, above = ins[0], i
+    return producer, consumer
 
 
 def findings(w: Watch, call: BackwardCall, found: list[Leak]) -> list[Finding]:
