@@ -168,7 +168,7 @@ def upstream_groups(a: Analysis, groups: frozenset[Any], term: Term) -> frozense
     parameters (Y's forward used X's output).
     """
     graph = a.graph
-    reached = {a.group_of_node[nid] for nid, pid in a.leaf_ids.items() if pid in term.leaves}
+    reached = _term_groups(a, term)
     cand = [g for g in groups if g in reached]
     if len(cand) <= 1:
         return frozenset(cand)
@@ -186,6 +186,10 @@ def upstream_groups(a: Analysis, groups: frozenset[Any], term: Term) -> frozense
     # the furthest upstream: groups that no candidate is upstream of
     top = [g for g in cand if not upstream_of[g]]
     return frozenset(top or cand)
+
+
+def _term_groups(a: Analysis, term: Term) -> set[Any]:
+    return {a.group_of_node[nid] for nid, pid in a.leaf_ids.items() if pid in term.leaves}
 
 
 def _direct_consumers(graph: Graph, nid: int) -> list[int]:
@@ -265,6 +269,15 @@ def decide(w: Watch, call: BackwardCall, run_opts: frozenset[int]) -> None:
     groups = frozenset(("opt", o) for o in f)
     for t in a.terms:
         t.for_groups = upstream_groups(a, groups, t)
+    # An optimizer of the run that no term is for, yet that the loss reached, is for the terms that
+    # reach it: one loss through two networks that each have an optimizer (encoder and decoder,
+    # backbone and head) trains both. Only where another term is meant for that optimizer (the
+    # critic's own loss next to `-critic(s, actor(s))`) is what the others leave there pass-through.
+    covered = {g for t in a.terms for g in t.for_groups}
+    for g in groups - covered:
+        for t in a.terms:
+            if g in _term_groups(a, t):
+                t.for_groups = t.for_groups | {g}
     call.terms = a.terms
     call.for_opts = frozenset(g[1] for t in a.terms for g in t.for_groups if g[0] == "opt") or f
     w.site_terms[(call.site.file, call.site.line)] = a.terms

@@ -627,3 +627,131 @@ def test_training_is_bitwise_unchanged() -> None:
         with lens.watch():
             watched = train()
     assert all(torch.equal(a, b) for a, b in zip(bare, watched, strict=True))
+
+
+def a2c_two_optimizers(iters: int) -> None:
+    actor, critic = mlp(4, 3), mlp(4, 1)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=1e-3)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=1e-3)
+    for _ in range(iters):
+        s, ret = torch.randn(8, 4), torch.randn(8, 1)
+        dist = torch.distributions.Categorical(logits=actor(s))
+        a = dist.sample()
+        value = critic(s)
+        advantage = ret - value
+        actor_loss = -(dist.log_prob(a) * advantage.detach().squeeze(1)).mean()
+        critic_loss = advantage.pow(2).mean()
+        actor_opt.zero_grad()
+        critic_opt.zero_grad()
+        (actor_loss + 0.5 * critic_loss - 0.01 * dist.entropy().mean()).backward()
+        actor_opt.step()
+        critic_opt.step()
+
+
+def test_a2c_summed_loss_with_two_optimizers_is_silent() -> None:
+    with lens.watch() as w:
+        a2c_two_optimizers(iters=3)
+    assert w.report.findings == ()
+
+
+def sac(iters: int) -> None:
+    policy, q1 = mlp(3, 4), Critic()
+    log_alpha = torch.zeros(1, requires_grad=True)
+    policy_opt = torch.optim.Adam(policy.parameters(), lr=3e-4)
+    q_opt = torch.optim.Adam(q1.parameters(), lr=3e-4)
+    alpha_opt = torch.optim.Adam([log_alpha], lr=3e-4)
+    for _ in range(iters):
+        s, a, target = torch.randn(8, 3), torch.rand(8, 2), torch.randn(8, 1)
+        q_loss = F.mse_loss(q1(s, a), target)
+        q_opt.zero_grad()
+        q_loss.backward()
+        q_opt.step()
+        mu, log_std = policy(s).chunk(2, dim=1)
+        normal = torch.distributions.Normal(mu, log_std.clamp(-5, 2).exp())
+        x = normal.rsample()
+        a_new = torch.tanh(x)
+        logp = (normal.log_prob(x) - torch.log(1 - a_new.pow(2) + 1e-6)).sum(1, keepdim=True)
+        alpha = log_alpha.exp().detach()
+        policy_loss = (alpha * logp - q1(s, a_new)).mean()
+        policy_opt.zero_grad()
+        policy_loss.backward()
+        policy_opt.step()
+        alpha_loss = -(log_alpha * (logp + 2.0).detach()).mean()
+        alpha_opt.zero_grad()
+        alpha_loss.backward()
+        alpha_opt.step()
+
+
+def test_sac_is_silent() -> None:
+    with lens.watch() as w:
+        sac(iters=3)
+    assert w.report.findings == ()
+
+
+def gan_zero_at_top(iters: int) -> None:
+    netG, netD = Gen(), Disc()
+    optimizerD = torch.optim.Adam(netD.parameters(), lr=2e-4)
+    optimizerG = torch.optim.Adam(netG.parameters(), lr=2e-4)
+    for _ in range(iters):
+        optimizerD.zero_grad()
+        optimizerG.zero_grad()
+        fake = netG(torch.randn(8, 4))
+        errD = F.softplus(netD(fake)).mean() + F.softplus(-netD(torch.randn(8, 6))).mean()
+        errD.backward()
+        optimizerD.step()
+        errG = F.softplus(-netD(netG(torch.randn(8, 4)))).mean()
+        errG.backward()
+        optimizerG.step()
+
+
+def test_gan_zeroed_only_at_the_top_steps_generator_with_discriminator_gradient() -> None:
+    with lens.watch() as w:
+        gan_zero_at_top(iters=3)
+    f = by_rule(w.report.findings, "stray-grad")
+    assert f.optimizer == "optimizerG"
+    assert f.site.line == line(gan_zero_at_top, "optimizerG.step()")
+    assert f.backward is not None and f.backward.line == line(gan_zero_at_top, "errD.backward()")
+    assert f.tensor == "fake"
+    assert f.count == 3
+    assert "missing-zero-grad" not in rules(w.report.findings)
+
+
+def encoder_decoder_two_optimizers(iters: int, detach_b: bool = True) -> None:
+    encoder, decoder = mlp(6, 3), mlp(3, 6)
+    enc_opt = torch.optim.Adam(encoder.parameters(), lr=1e-3)
+    dec_opt = torch.optim.SGD(decoder.parameters(), lr=1e-2)
+    for _ in range(iters):
+        x = torch.randn(8, 6)
+        loss = F.mse_loss(decoder(encoder(x)), x)
+        enc_opt.zero_grad()
+        dec_opt.zero_grad()
+        loss.backward()
+        enc_opt.step()
+        dec_opt.step()
+
+
+def test_one_loss_through_two_networks_with_their_own_optimizers_is_silent() -> None:
+    # backbone/head fine-tuning with two optimizers has the same shape: one loss trains both
+    with lens.watch() as w:
+        encoder_decoder_two_optimizers(iters=3)
+    assert w.report.findings == ()
+
+
+def multi_task_shared_trunk(iters: int) -> None:
+    trunk, head_a, head_b = mlp(4, 8), nn.Linear(8, 2), nn.Linear(8, 1)
+    opt_a = torch.optim.SGD([*trunk.parameters(), *head_a.parameters()], lr=0.01)
+    opt_b = torch.optim.SGD(head_b.parameters(), lr=0.01)
+    for _ in range(iters):
+        h = trunk(torch.randn(8, 4))
+        loss = F.cross_entropy(head_a(h), torch.randint(0, 2, (8,))) + F.mse_loss(head_b(h), torch.randn(8, 1))
+        opt_a.zero_grad()
+        opt_b.zero_grad()
+        loss.backward()
+        opt_a.step()
+        opt_b.step()
+
+
+def test_multi_task_heads_with_their_own_optimizer_are_silent() -> None:
+    with lens.watch() as w:
+        multi_task_shared_trunk(iters=3)
+    assert w.report.findings == ()
