@@ -28,9 +28,10 @@ import pytest
 
 from . import __version__
 from .checks import RULES
-from .findings import SEVERITIES, Finding
+from .findings import SEVERITIES, Finding, severity_rank
 from .report import Report
-from .testing import failing, findings_text
+from . import testing
+from .testing import findings_text
 from .watch import Watch
 
 GROUP = "autograd_lens"
@@ -147,6 +148,7 @@ def lens() -> Iterator[LensWatch]:
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     if not _enabled(item.config):
         return (yield)
+    testing.reset_claims()
     from .watch import watch
 
     fixture_watch = getattr(item, "funcargs", {}).get("lens")
@@ -172,11 +174,12 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 def _judge(item: pytest.Item, report: Any, *, passed: bool) -> None:
     """Record the test's findings; fail a passing test on findings at or above --lens-fail-on."""
     ignore = item.stash.get(_IGNORE_KEY, ())
-    kept = [f for f in report.findings if f.rule not in ignore]
+    kept = [f for f in report.findings if f.rule not in ignore and not testing.claimed(f)]
     item.config.stash[_FINDINGS_KEY].extend((item.nodeid, f) for f in kept)
     if not kept:
         return
-    bad = failing(report, ignore=ignore, fail_on=_fail_on(item.config))
+    limit = severity_rank(_fail_on(item.config))
+    bad = [f for f in kept if severity_rank(f.severity) <= limit]
     if passed and bad:
         pytest.fail(
             f"autograd_lens found {len(bad)} finding{'s' if len(bad) != 1 else ''} at or above "

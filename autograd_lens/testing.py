@@ -525,6 +525,37 @@ def _count(n: int, word: str) -> str:
 # the runtime lens in tests
 # ----------------------------------------------------------------------------------------------
 
+#: Findings that an assertion of this module already judged, as ``(rule, file, line)``; a rule of
+#: None claims every rule at that line. The pytest plugin's ``--lens`` leaves them to the test.
+_claimed: set[tuple[str | None, str, int]] = set()
+
+
+def claimed(f: Finding) -> bool:
+    """Whether an assertion of this module already judged ``f`` (so ``--lens`` leaves it alone)."""
+    if f.site is None:
+        return False
+    return (f.rule, f.site.file, f.site.line) in _claimed or (None, f.site.file, f.site.line) in _claimed
+
+
+def reset_claims() -> None:
+    """Forget what the assertions judged (the pytest plugin calls this before each test)."""
+    _claimed.clear()
+
+
+def _claim(w: Watch) -> None:
+    for f in w.report.findings:
+        if f.site is not None:
+            _claimed.add((f.rule, f.site.file, f.site.line))
+
+
+def _claim_caller() -> None:
+    frame = user_frame()
+    try:
+        if frame is not None:
+            _claimed.add((None, frame.f_code.co_filename, frame.f_lineno))
+    finally:
+        del frame
+
 
 def _check_rules(rules: Iterable[str], who: str) -> tuple[str, ...]:
     if isinstance(rules, str):
@@ -593,8 +624,12 @@ def assert_no_findings(
         raise LensError(f"assert_no_findings() takes a function to run; got {describe(fn)}")
     skip = _check_rules(ignore, "assert_no_findings()")
     level = _check_level(fail_on, "assert_no_findings()")
-    with watch() as w:
-        result = fn(*args, **kwargs)
+    w = watch()
+    try:
+        with w:
+            result = fn(*args, **kwargs)
+    finally:
+        _claim(w)
     _fail_if(w.report, skip, level, f"`{getattr(fn, '__name__', 'fn')}()`")
     return result
 
@@ -620,8 +655,12 @@ def expect_clean(ignore: Iterable[str] = (), *, fail_on: str = "warning") -> Ite
     """
     skip = _check_rules(ignore, "expect_clean()")
     level = _check_level(fail_on, "expect_clean()")
-    with watch() as w:
-        yield w
+    w = watch()
+    try:
+        with w:
+            yield w
+    finally:
+        _claim(w)
     _fail_if(w.report, skip, level, "the `expect_clean()` block")
 
 
@@ -645,8 +684,12 @@ def expect(
             buggy_train_step()
     """
     _check_rules((rule,), "expect()")
-    with watch() as w:
-        yield w
+    w = watch()
+    try:
+        with w:
+            yield w
+    finally:
+        _claim(w)
     report = w.report
     found = report.by_rule(rule)
     if not found:
@@ -721,8 +764,12 @@ def assert_grads_only_for(*args: Any, optimizers: Any = None, **kwargs: Any) -> 
         for o in opts:
             if not isinstance(o, torch.optim.Optimizer):
                 raise LensError(f"assert_grads_only_for(optimizers=...) takes torch.optim optimizers; got {describe(o)}")
-    with watch() as w:
-        result = step_fn(*args, **kwargs)
+    w = watch()
+    try:
+        with w:
+            result = step_fn(*args, **kwargs)
+    finally:
+        _claim(w)
     report = w.report
     names = {w.opt_name(id(o)) for o in opts}
     stepped = {s.optimizer for s in report.steps}
@@ -820,6 +867,7 @@ def assert_gradcheck(
     """
     if not callable(fn):
         raise LensError(f"assert_gradcheck() takes a function to check; got {describe(fn)}")
+    _claim_caller()  # the backward calls made here are the check's own, not the test's
     args = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs) if isinstance(inputs, (list, tuple)) else None
     if args is None:
         raise LensError(f"assert_gradcheck() takes a tensor or a tuple of inputs; got {describe(inputs)}")

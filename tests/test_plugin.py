@@ -217,3 +217,20 @@ def test_breaks():
     result.stdout.fnmatch_lines(
         ["*AssertionError: the test's own failure*", "*Captured autograd_lens call*", lit("error[stray-grad]") + "*"]
     )
+
+
+def test_findings_an_assertion_already_judged_do_not_fail_under_lens(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_gan=GAN_TESTS)
+    pytester.makepyfile(
+        test_expects='''
+import autograd_lens as lens
+from test_gan import gan_step
+
+def test_expected_bug():
+    with lens.expect("stray-grad", optimizer="optimizerG"):
+        gan_step(fixed=False)
+'''
+    )
+    result = pytester.runpytest_inprocess("--lens", "--lens-fail-on", "warning", "test_expects.py")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*= autograd_lens =*", "no findings"])
