@@ -29,8 +29,7 @@ import inspect
 import math
 import re
 import types
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -80,6 +79,7 @@ def assert_reaches(output: torch.Tensor, params: Any) -> None:
         errG = criterion(netD(netG(noise)), ones)
         assert_reaches(errG, netG)
     """
+    __tracebackhide__ = True
     frame = user_frame()
     try:
         ctx = _GraphContext.build(output, params, frame, "assert_reaches")
@@ -133,6 +133,7 @@ def assert_does_not_reach(output: torch.Tensor, params: Any) -> None:
         errD = criterion(netD(fake.detach()), zeros)
         assert_does_not_reach(errD, netG)
     """
+    __tracebackhide__ = True
     frame = user_frame()
     try:
         ctx = _GraphContext.build(output, params, frame, "assert_does_not_reach")
@@ -620,6 +621,7 @@ def assert_no_findings(
 
         assert_no_findings(train_step, netG, netD, ignore=["dead-param"])
     """
+    __tracebackhide__ = True
     if not callable(fn):
         raise LensError(f"assert_no_findings() takes a function to run; got {describe(fn)}")
     skip = _check_rules(ignore, "assert_no_findings()")
@@ -635,6 +637,7 @@ def assert_no_findings(
 
 
 def _fail_if(report: Report, ignore: Sequence[str], fail_on: str, what: str) -> None:
+    __tracebackhide__ = True
     bad = failing(report, ignore=ignore, fail_on=fail_on)
     if bad:
         raise AssertionError(
@@ -642,11 +645,41 @@ def _fail_if(report: Report, ignore: Sequence[str], fail_on: str, what: str) -> 
         )
 
 
-@contextmanager
-def expect_clean(ignore: Iterable[str] = (), *, fail_on: str = "warning") -> Iterator[Watch]:
+class LensBlock:
+    """A ``with`` block run under :func:`autograd_lens.watch` and judged when it ends.
+
+    Made by :func:`expect_clean` and :func:`expect`; ``with`` gives the ``Watch``. When the block
+    raises, the exception goes on unchanged (the lens adds its explanation as a note).
+    """
+
+    def __init__(self, check: Callable[[Watch], None]) -> None:
+        self._check = check
+        self._watch: Watch | None = None
+
+    def __enter__(self) -> Watch:
+        self._watch = watch()
+        return self._watch.__enter__()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        __tracebackhide__ = True
+        w = self._watch
+        assert w is not None
+        try:
+            w.__exit__(exc_type, exc, tb)
+        finally:
+            _claim(w)
+        if exc_type is None:
+            self._check(w)
+
+
+def expect_clean(ignore: Iterable[str] = (), *, fail_on: str = "warning") -> LensBlock:
     """Run the ``with`` block under :func:`autograd_lens.watch`; fail if the lens finds anything.
 
-    Yields the :class:`~autograd_lens.Watch`, so ``w.report`` is at hand after the block.
+    Args:
+        ignore: rule ids to leave out (``["dead-param"]``).
+        fail_on: ``"warning"`` (any finding fails, the default) or ``"error"``.
+
+    The block gives the :class:`~autograd_lens.Watch`, so ``w.report`` is at hand afterwards.
 
     Example::
 
@@ -655,22 +688,20 @@ def expect_clean(ignore: Iterable[str] = (), *, fail_on: str = "warning") -> Ite
     """
     skip = _check_rules(ignore, "expect_clean()")
     level = _check_level(fail_on, "expect_clean()")
-    w = watch()
-    try:
-        with w:
-            yield w
-    finally:
-        _claim(w)
-    _fail_if(w.report, skip, level, "the `expect_clean()` block")
+
+    def check(w: Watch) -> None:
+        __tracebackhide__ = True
+        _fail_if(w.report, skip, level, "the `expect_clean()` block")
+
+    return LensBlock(check)
 
 
-@contextmanager
 def expect(
     rule: str,
     *,
     optimizer: torch.optim.Optimizer | str | None = None,
     params: Any = None,
-) -> Iterator[Watch]:
+) -> LensBlock:
     """Run the ``with`` block under :func:`autograd_lens.watch`; fail unless ``rule`` is found.
 
     Args:
@@ -684,12 +715,18 @@ def expect(
             buggy_train_step()
     """
     _check_rules((rule,), "expect()")
-    w = watch()
-    try:
-        with w:
-            yield w
-    finally:
-        _claim(w)
+    if optimizer is not None and not isinstance(optimizer, (str, torch.optim.Optimizer)):
+        raise LensError(f"expect(optimizer=...) takes an optimizer or its name; got {describe(optimizer)}")
+
+    def check(w: Watch) -> None:
+        __tracebackhide__ = True
+        _check_expected(w, rule, optimizer, params)
+
+    return LensBlock(check)
+
+
+def _check_expected(w: Watch, rule: str, optimizer: torch.optim.Optimizer | str | None, params: Any) -> None:
+    __tracebackhide__ = True
     report = w.report
     found = report.by_rule(rule)
     if not found:
@@ -698,11 +735,8 @@ def expect(
             f"expected a `{rule}` finding in the `expect()` block, but the lens found none "
             f"(rules found: {seen})" + (f"\n\n{findings_text(report.findings)}" if report.findings else "")
         )
-    opt_name = None
     if optimizer is not None:
         opt_name = optimizer if isinstance(optimizer, str) else w.opt_name(id(optimizer))
-        if not isinstance(optimizer, (str, torch.optim.Optimizer)):
-            raise LensError(f"expect(optimizer=...) takes an optimizer or its name; got {describe(optimizer)}")
         found = [f for f in found if f.optimizer == opt_name]
         if not found:
             others = ", ".join(sorted({f"`{f.optimizer}`" for f in report.by_rule(rule)}))
@@ -752,6 +786,7 @@ def assert_grads_only_for(*args: Any, optimizers: Any = None, **kwargs: Any) -> 
 
         assert_grads_only_for(train_step, optimizers=[optimizerD, optimizerG])
     """
+    __tracebackhide__ = True
     if args and (_is_optimizer_spec(args[0])) and optimizers is None:
         optimizers, args = args[0], args[1:]
     if not args or not callable(args[0]):
@@ -865,6 +900,7 @@ def assert_gradcheck(
         w = torch.randn(2, 3, dtype=torch.double, requires_grad=True)
         assert_gradcheck(Linear.apply, (x, w))
     """
+    __tracebackhide__ = True
     if not callable(fn):
         raise LensError(f"assert_gradcheck() takes a function to check; got {describe(fn)}")
     _claim_caller()  # the backward calls made here are the check's own, not the test's
