@@ -78,6 +78,8 @@ class Term:
     root: int
     leaves: set[int]  # leaf ids (parameters) it reaches
     for_groups: frozenset[Any] = frozenset()
+    name: str | None = None  # the variable that holds the term (`actor_loss`), when known
+    top: int | None = None  # the node just below the addition (``root`` seen through linear ops)
 
 
 @dataclass
@@ -139,25 +141,28 @@ def _topo_leaves_first(graph: Graph) -> list[int]:
 
 def _terms(graph: Graph, leaf_ids: dict[int, int]) -> list[Term]:
     roots = [o.node for o in graph.outputs if o.node is not None]
-    term_roots: list[int] = []
-    stack = list(roots)
+    term_roots: list[tuple[int, int]] = []  # (root, top): top is the node just below the addition
+    stack = [(r, r) for r in roots]
     budget = 64
     while stack and budget:
         budget -= 1
-        i = stack.pop()
+        i, top = stack.pop()
         op = graph.nodes[i].op
         ins = graph.inputs_of(i)
         if op in _ADD_OPS and len(ins) > 1:
-            stack.extend(ins)
+            stack.extend((j, j) for j in ins)
         elif op in _LINEAR_OPS and len(ins) == 1 and graph.nodes[ins[0]].kind not in (PARAM, INPUT):
-            stack.append(ins[0])
+            stack.append((ins[0], top))
         else:
-            term_roots.append(i)
+            term_roots.append((i, top))
     term_roots.extend(stack)
     terms = []
-    for r in dict.fromkeys(term_roots):
+    tops: dict[int, int] = {}
+    for r, top in term_roots:
+        tops.setdefault(r, top)
+    for r, top in tops.items():
         up = graph.upstream([r])
-        terms.append(Term(r, {leaf_ids[j] for j in up if j in leaf_ids}))
+        terms.append(Term(r, {leaf_ids[j] for j in up if j in leaf_ids}, top=top))
     return terms
 
 
@@ -267,8 +272,10 @@ def decide(w: Watch, call: BackwardCall, run_opts: frozenset[int]) -> None:
         call.for_opts = f
         return
     groups = frozenset(("opt", o) for o in f)
+    names = getattr(a, "var_of_node", {})
     for t in a.terms:
         t.for_groups = upstream_groups(a, groups, t)
+        t.name = names.get(t.top) if t.top is not None and t.top in names else names.get(t.root)
     # An optimizer of the run that no term is for, yet that the loss reached, is for the terms that
     # reach it: one loss through two networks that each have an optimizer (encoder and decoder,
     # backbone and head) trains both. Only where another term is meant for that optimizer (the

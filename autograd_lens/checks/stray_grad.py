@@ -62,7 +62,25 @@ def finding(w: Watch, step: OptimizerStep, call: BackwardCall, pids: list[int], 
         f"{call_text(call)} is for {opts_text(w, call.for_opts or ())}",
         f"no `zero_grad()` on these parameters between line {call.site.line} and line {step.site.line}",
     ]
-    if leak is not None and leak.var:
+    passing = [
+        t for t in call.terms or ()
+        if t.leaves & set(pids) and ("opt", step.optimizer_key) not in t.for_groups and t.for_groups
+    ]
+    if passing and (leak is None or not leak.var):
+        t = passing[0]
+        term = code(t.name) if t.name else "a term"
+        owners = opts_text(w, [g[1] for g in t.for_groups if g[0] == "opt"])
+        notes[0] = (
+            f"{term} of the loss of {call_text(call)} is for {owners}; it reaches `{step.optimizer}`'s "
+            "parameters only on its way there (pass-through)"
+        )
+        nets = sorted({w.net_name(w.net_of_param(p)) for p in pids if w.net_of_param(p) is not None})
+        frozen = f"`{nets[0]}.requires_grad_(False)`" if len(nets) == 1 else "`requires_grad_(False)` on them"
+        help_ = (
+            f"backward {term} on its own and call `{step.optimizer}.zero_grad()` before the backward meant "
+            f"for `{step.optimizer}`, or compute {term} with {frozen}"
+        )
+    elif leak is not None and leak.var:
         help_ = (
             f"detach `{leak.var}` in the loss for {opts_text(w, call.for_opts or ())}: "
             f"`{leak.consumer_net}({leak.var}.detach())`; or call `{step.optimizer}.zero_grad()` before the "
