@@ -400,6 +400,7 @@ def test_actor_critic_summed_loss_steps_critic_with_actor_gradient() -> None:
     assert f.backward is not None and f.backward.line == line(actor_critic_summed, "loss.backward()")
     assert set(f.params) == {"critic.q.0.weight", "critic.q.0.bias", "critic.q.2.weight", "critic.q.2.bias"}
     assert f.count == 3
+    assert "`actor_loss`" in f.help
     assert "stray-grad" not in {g.rule for g in w.report.findings if g.optimizer == "actor_opt"}
 
 
@@ -716,7 +717,7 @@ def test_gan_zeroed_only_at_the_top_steps_generator_with_discriminator_gradient(
     assert "missing-zero-grad" not in rules(w.report.findings)
 
 
-def encoder_decoder_two_optimizers(iters: int, detach_b: bool = True) -> None:
+def encoder_decoder_two_optimizers(iters: int) -> None:
     encoder, decoder = mlp(6, 3), mlp(3, 6)
     enc_opt = torch.optim.Adam(encoder.parameters(), lr=1e-3)
     dec_opt = torch.optim.SGD(decoder.parameters(), lr=1e-2)

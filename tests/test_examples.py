@@ -25,6 +25,12 @@ SECOND_TIME = "Trying to backward through the graph a second time"
         ("srgan_fixed.py", ("--order",)),
         ("srgan_fixed.py", ("--fused",)),
         ("tbptt_fixed.py", ()),
+        ("actor_critic_fixed.py", ()),
+        ("distillation_fixed.py", ()),
+        ("distillation_fixed.py", ("--no-grad",)),
+        ("grad_accumulation_fixed.py", ()),
+        ("grad_accumulation_fixed.py", ("--accum", "1")),
+        ("custom_function_ctx.py", ("--fixed",)),
     ],
 )
 def test_corrected_examples_are_silent(name: str, args: tuple[str, ...]) -> None:
@@ -171,3 +177,59 @@ def test_examples_run_as_scripts() -> None:
     assert done.returncode == 1 and SECOND_TIME in done.stderr
     assert "autograd_lens" not in done.stderr  # no lens without watch()
 
+
+
+def test_actor_critic_summed_loss() -> None:
+    path = example("actor_critic.py")
+    w, _ = run_example("actor_critic.py")
+    [f] = w.report.findings
+    assert (f.rule, f.severity) == ("stray-grad", "error")
+    assert f.site.line == line_of(path, "critic_opt.step()")
+    assert f.optimizer == "critic_opt"
+    assert f.params == ("critic.net.0.bias", "critic.net.0.weight", "critic.net.2.bias", "critic.net.2.weight")
+    assert f.backward is not None and f.backward.line == line_of(path, "loss.backward()")
+    assert "`actor_loss`" in f.help and "critic.requires_grad_(False)" in f.help
+    assert f.count == 3
+
+
+def test_distillation_teacher_leak() -> None:
+    path = example("distillation.py")
+    w, _ = run_example("distillation.py")
+    [f] = w.report.findings
+    assert (f.rule, f.severity) == ("detach-leak", "warning")
+    assert f.params == ("teacher.0.bias", "teacher.0.weight", "teacher.2.bias", "teacher.2.weight")
+    assert f.tensor == "t_logits"
+    assert f.site.line == line_of(path, "loss.backward()")
+    assert any(lab.site.line == line_of(path, "t_logits = teacher(x)") for lab in f.labels)
+    assert f.extra["for"] == ["optimizer"]
+
+
+def test_missing_zero_grad_example() -> None:
+    path = example("missing_zero_grad.py")
+    w, _ = run_example("missing_zero_grad.py")
+    [f] = w.report.findings
+    assert (f.rule, f.severity) == ("missing-zero-grad", "warning")
+    assert f.site.line == line_of(path, "optimizer.step()")
+    assert f.optimizer == "optimizer"
+    assert f.params == ("model.0.bias", "model.0.weight", "model.2.bias", "model.2.weight")
+    assert f.count == 3
+
+
+def test_dead_param_example() -> None:
+    path = example("dead_param.py")
+    w, _ = run_example("dead_param.py")
+    [f] = w.report.findings
+    assert (f.rule, f.severity) == ("dead-param", "warning")
+    assert f.params == ("model.head.bias", "model.head.weight")
+    assert f.optimizer == "optimizer"
+    assert f.site.line == line_of(path, "optimizer.step()")
+
+
+def test_custom_function_ctx_example() -> None:
+    path = example("custom_function_ctx.py")
+    w, _ = run_example("custom_function_ctx.py")
+    [f] = w.report.findings
+    assert (f.rule, f.severity) == ("ctx-tensor", "warning")
+    assert f.tensor == "y"
+    assert f.extra["function"] == "ScaledTanh"
+    assert f.site.line == line_of(path, "loss.backward()")
