@@ -145,14 +145,25 @@ class ParamNames:
         self.by_id: dict[int, str] = {}
         self.by_ptr: dict[int, tuple[str, str]] = {}  # data_ptr -> (device, name)
         self.module_of: dict[str, str] = {}
+        self.weak: set[int] = set()  # ids named only as a fallback; a module's name replaces them
 
     def __len__(self) -> int:
         return len(self.by_id)
 
-    def add(self, name: str, tensor: torch.Tensor, module: str | None = None) -> None:
+    def add(self, name: str, tensor: torch.Tensor, module: str | None = None, *, weak: bool = False) -> None:
+        """Name ``tensor``. The first name sticks, unless it was given with ``weak=True``."""
         key = id(tensor)
         if key in self.by_id:
-            return
+            if key not in self.weak or weak:
+                return
+            self.weak.discard(key)
+            old = self.by_id[key]
+            self.module_of.pop(old, None)
+            for ptr, (dev, n) in list(self.by_ptr.items()):
+                if n == old:
+                    del self.by_ptr[ptr]
+        elif weak:
+            self.weak.add(key)
         self.by_id[key] = name
         self.module_of[name] = module if module is not None else name.rsplit(".", 1)[0]
         try:

@@ -29,7 +29,6 @@ import pytest
 from . import __version__
 from .checks import RULES
 from .findings import SEVERITIES, Finding, severity_rank
-from .report import Report
 from . import testing
 from .testing import findings_text
 from .watch import Watch
@@ -114,24 +113,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.stash[_IGNORE_KEY] = _marker_ignore(item)
 
 
-class LensWatch(Watch):
-    """The ``Watch`` of the ``lens`` fixture, whose ``report`` also judges the last optimizer steps.
-
-    A plain ``Watch`` decides ``stray-grad`` and ``detach-leak`` for a run of ``step()`` calls when
-    the next backward starts or the watch ends. A test reads ``lens.report`` while the watch is
-    still open, usually right after the last ``step()``, so this report settles that run first.
-    """
-
-    @property
-    def report(self) -> Report:
-        if not self._closed:
-            with self._lock:
-                self._close_run()
-        return self.build_report()
-
-
 @pytest.fixture
-def lens() -> Iterator[LensWatch]:
+def lens() -> Iterator[Watch]:
     """The test body runs under :func:`autograd_lens.watch`; this is its ``Watch``.
 
     Example::
@@ -140,7 +123,7 @@ def lens() -> Iterator[LensWatch]:
             train_step()
             assert lens.report.by_rule("stray-grad") == []
     """
-    with LensWatch({}, {}, {}) as w:
+    with Watch({}, {}, {}) as w:
         yield w
 
 

@@ -38,7 +38,7 @@ from .checks import RULES, get_rule
 from .errors import LensError, describe
 from .findings import ERROR, SEVERITIES, Finding, severity_rank
 from .graph import CUSTOM, INPUT, PARAM, Graph, capture
-from .naming import ParamNames, find_in_frame, tensor_names, user_frame
+from .naming import ParamNames, find_in_frame, local_items, tensor_names, user_frame
 from .report import Report, finding_text
 from .watch import Watch, watch
 
@@ -220,7 +220,7 @@ class _GraphContext:
             return self
         fn_names: dict[int, str] = {}
         if frame is not None:
-            for var, value in list(frame.f_locals.items()):
+            for var, value in local_items(frame):
                 if isinstance(value, torch.Tensor) and value.grad_fn is not None and not var.startswith("_"):
                     fn_names.setdefault(id(value.grad_fn), var)
         node_index: dict[int, int] = {}

@@ -12,7 +12,6 @@ reference, graph nodes only while a backward call is being set up, and stamps li
 from __future__ import annotations
 
 import bisect
-import sys
 import threading
 import types
 import weakref
@@ -211,6 +210,7 @@ class Watch:
         return self.build_report()
 
     def build_report(self, script: str | None = None) -> Report:
+        self._close_run()  # judge the steps since the last backward: the report is read now
         with self._lock:
             findings = tuple(dedupe(self.findings))
             return Report(
@@ -319,8 +319,7 @@ class Watch:
                 pid = id(p)
                 pids.append(pid)
                 self._param_opt.setdefault(pid, st.key)
-                if pid not in self.names.by_id:
-                    self.names.add(f"{st.name}.param_groups[{g}].params[{i}]", p, st.name)
+                self.names.add(f"{st.name}.param_groups[{g}].params[{i}]", p, st.name, weak=True)
                 n += 1
         st.pids = pids
 

@@ -36,7 +36,7 @@ SEVERITY = "error"
 SUMMARY = "a tensor saved for backward was modified in place (e.g. by optimizer.step()) before backward"
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -46,7 +46,7 @@ from ._text import call_text, code, step_text
 
 if TYPE_CHECKING:
     from ..events import BackwardCall
-    from ..walk import StaleSaved, WalkResult
+    from ..walk import StaleSaved
     from ..watch import Watch
 
 _VERSIONS = re.compile(r"is at version (\d+); expected version (\d+)")

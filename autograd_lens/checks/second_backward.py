@@ -42,9 +42,9 @@ RULE = "second-backward"
 SEVERITY = "error"
 SUMMARY = "a backward needs buffers that an earlier backward freed"
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ..findings import Finding, Label, Site
+from ..findings import Finding, Label
 from ._text import call_text, code
 
 if TYPE_CHECKING:
