@@ -756,3 +756,18 @@ def test_multi_task_heads_with_their_own_optimizer_are_silent() -> None:
     with lens.watch() as w:
         multi_task_shared_trunk(iters=3)
     assert w.report.findings == ()
+
+
+def nonleaf_grad_read() -> torch.Tensor | None:
+    layer = nn.Linear(3, 2)
+    h = layer(torch.randn(2, 3))
+    h.sum().backward()
+    return h.grad
+
+
+def test_nonleaf_grad() -> None:
+    with lens.watch() as w:
+        assert nonleaf_grad_read() is None
+    [f] = w.report.findings
+    assert (f.rule, f.severity) == ("nonleaf-grad", "warning")
+    assert f.site.line == line(nonleaf_grad_read, "return h.grad")
