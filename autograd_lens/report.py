@@ -156,24 +156,34 @@ class Report:
         return self.text()
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        if not self.findings:
-            if not self.backwards and not self.steps:
-                yield Text("autograd_lens: no autograd activity was seen (no backward call, no optimizer step).")
-            else:
-                yield Text("autograd_lens: no findings.", style="green")
-        for f in self.findings:
-            yield finding_renderable(f)
-            yield Text("")
-        if self.backwards:
-            yield flow_table(self)
-        if self.steps:
-            yield step_table(self)
-        n_err, n_warn = len(self.errors), len(self.warnings)
-        if self.findings:
-            yield Text(
+        yield from renderables(self)
+
+
+def renderables(report: Report, *, totals: bool = True) -> list[Any]:
+    """The terminal view, piece by piece: findings, flow table, step table, and (with ``totals``)
+    the line that counts errors and warnings."""
+    out: list[Any] = []
+    if not report.findings:
+        if not report.backwards and not report.steps:
+            out.append(Text("autograd_lens: no autograd activity was seen (no backward call, no optimizer step)."))
+        else:
+            out.append(Text("autograd_lens: no findings.", style="green"))
+    for f in report.findings:
+        out.append(finding_renderable(f))
+        out.append(Text(""))
+    if report.backwards:
+        out.append(flow_table(report))
+    if report.steps:
+        out.append(step_table(report))
+    n_err, n_warn = len(report.errors), len(report.warnings)
+    if totals and report.findings:
+        out.append(
+            Text(
                 f"{n_err} error{'s' if n_err != 1 else ''}, {n_warn} warning{'s' if n_warn != 1 else ''}",
                 style="bold red" if n_err else "bold yellow",
             )
+        )
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,15 +251,17 @@ def finding_renderable(f: Finding) -> Group:
 
 def flow_table(report: Report) -> Table:
     nets = list(report.networks) or sorted({n for b in report.backwards for n in b.networks})
-    table = Table(title="gradient flow: which networks each backward reaches", title_justify="left")
+    title = "gradient flow: which networks each backward reaches"
+    table = Table(title=title, title_justify="left", min_width=len(title))
     table.add_column("backward site")
     table.add_column("calls", justify="right")
+    table.add_column("params", justify="right")
     for n in nets:
         table.add_column(n)
     styles = {"reached": "green", "detached": "cyan", "not reached": "dim"}
     for b in report.backwards:
         src = b.site.source
-        row = [f"{_short_path(b.site.file)}:{b.site.line} {src}".strip(), str(b.count)]
+        row = [f"{_short_path(b.site.file)}:{b.site.line} {src}".strip(), str(b.count), str(b.params_reached)]
         for n in nets:
             state = b.networks.get(n, "not reached")
             label = {"detached": "stopped at detach"}.get(state, state)
@@ -259,7 +271,8 @@ def flow_table(report: Report) -> Table:
 
 
 def step_table(report: Report) -> Table:
-    table = Table(title="optimizer steps: where their gradients came from", title_justify="left")
+    title = "optimizer steps: where their gradients came from"
+    table = Table(title=title, title_justify="left", min_width=len(title))
     table.add_column("optimizer")
     table.add_column("step site")
     table.add_column("steps", justify="right")
