@@ -12,6 +12,8 @@ from autograd_lens.errors import LensError
 
 from . import exit_codes
 from .draw import draw
+from .explain import explain, rules
+from .trace import trace
 
 
 class LensGroup(click.Group):
@@ -21,6 +23,9 @@ class LensGroup(click.Group):
         try:
             return super().invoke(ctx)
         except LensError as exc:
+            detail = getattr(exc, "detail", None)
+            if detail:
+                click.echo(str(detail).rstrip("\n"), err=True)
             message = " ".join(str(exc).split())
             click.echo(f"lens: error: {message}", err=True)
             ctx.exit(exit_codes.USAGE)
@@ -36,7 +41,10 @@ def main() -> None:
     """See PyTorch autograd graphs and find out why your gradients are wrong."""
 
 
+main.add_command(trace)
 main.add_command(draw)
+main.add_command(explain)
+main.add_command(rules)
 
 
 if __name__ == "__main__":  # pragma: no cover

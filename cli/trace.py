@@ -1,0 +1,243 @@
+"""``lens trace``: run a script (or ``-m MODULE``) under the lens, as ``python`` would run it.
+
+Findings are printed to stderr as they happen; at the end the report goes to the terminal (stderr,
+or the JSON on stdout with ``--format json``) and to ``--out`` (``report.json`` and ``graphs/``).
+The work is done by :mod:`autograd_lens.runner` and :mod:`autograd_lens.output`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+import click
+from rich.console import Console
+from rich.text import Text
+
+from autograd_lens import output, runner
+from autograd_lens.errors import LensError
+from autograd_lens.findings import ERROR, Finding
+from autograd_lens.report import Report, renderables
+
+from . import exit_codes
+
+FAIL_ON = runner.FAIL_ON
+FORMATS = ("text", "json")
+
+
+def _rule_list(values: Sequence[str]) -> tuple[str, ...]:
+    """``("a,b", "c")`` -> ``("a", "b", "c")``, checked against the known rules."""
+    ids = [part.strip() for v in values for part in v.split(",") if part.strip()]
+    return runner.check_rules(ids)
+
+
+def _console(stream: TextIO) -> Console:
+    """A rich console on ``stream``: the terminal's width, or 100 columns when it is not a terminal."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    width = None if tty else int(os.environ.get("COLUMNS", "100") or 100)
+    return Console(file=stream, width=width, highlight=False, soft_wrap=False, emoji=False)
+
+
+def _rel(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return rel if not rel.startswith("..") else path
+
+
+def _live_line(f: Finding) -> Text:
+    """``lens: error[stray-grad] train.py:71: message``, coloured by severity."""
+    if f.site is not None:
+        f = dataclasses.replace(f, site=dataclasses.replace(f.site, file=_rel(f.site.file)))
+    style = "bold red" if f.severity == ERROR else "bold yellow"
+    head, _, rest = f.short().partition(" ")
+    line = Text("lens: ", style="dim")
+    line.append(head, style=style)
+    line.append(" " + rest)
+    return line
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _summary(result: runner.RunResult, fail_on: str) -> str:
+    """One line: what was found, how the script ended, and the exit status."""
+    report = result.report
+    if not report.backwards and not report.steps and not report.findings:
+        found = "no autograd activity (no backward call, no optimizer step)"
+    else:
+        if report.findings:
+            found = f"{_plural(len(report.errors), 'error')}, {_plural(len(report.warnings), 'warning')}"
+        else:
+            found = "no findings"
+        found += f" in {_plural(len(report.backwards), 'backward site')}"
+    if result.interrupted:
+        how = "interrupted by Ctrl-C; the report covers what ran"
+    elif result.exception is not None:
+        how = f"the script raised {type(result.exception).__name__}"
+    elif result.script_status != 0:
+        how = f"the script exited with status {result.script_status}"
+    elif result.failing:
+        how = f"findings at or above --fail-on {fail_on}"
+    else:
+        how = None
+    tail = f"; exit status {result.exit_status} ({how})" if how else ""
+    return f"lens: {found}{tail}"
+
+
+def _files_line(written: output.Written, draw: bool) -> str:
+    text = f"lens: wrote {written.report_path}"
+    if written.graphs_written:
+        svgs = sum(1 for g in written.report.graphs if g.get("svg"))
+        json_only = "" if svgs == written.graphs_written else f" ({written.graphs_written - svgs} as .json only)"
+        text += f" and {_plural(written.graphs_written, 'graph')}{json_only} in {written.out_dir / output.GRAPHS_DIR}{os.sep}"
+    if written.graphs_skipped:
+        text += f" ({written.graphs_skipped} more not drawn: --max-graphs)"
+    elif not draw:
+        text += " (graphs not drawn: --no-graphs)"
+    return text
+
+
+@click.command(
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        "ignore_unknown_options": True,
+        "allow_interspersed_args": False,
+    },
+    epilog=exit_codes.TRACE_HELP,
+)
+@click.option(
+    "-m",
+    "module",
+    is_flag=True,
+    help="SCRIPT is a module name, run as `python -m MODULE` would.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    default=Path("lens-out"),
+    show_default=True,
+    help="Folder for report.json and graphs/.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="text",
+    show_default=True,
+    help="Report in the terminal as text (stderr) or JSON (stdout; the script's stdout goes to stderr).",
+)
+@click.option(
+    "--fail-on",
+    type=click.Choice(FAIL_ON),
+    default="error",
+    show_default=True,
+    help="Least severe finding that makes the exit status 1.",
+)
+@click.option("--select", multiple=True, metavar="RULE,...", help="Report only these rules (see `lens rules`).")
+@click.option("--ignore", multiple=True, metavar="RULE,...", help="Do not report these rules.")
+@click.option("-q", "--quiet", is_flag=True, help="No findings while running and no report; only the summary.")
+@click.option("--no-graphs", is_flag=True, help="Do not write graphs/.")
+@click.option(
+    "--max-graphs",
+    type=click.IntRange(min=0),
+    metavar="N",
+    default=output.DEFAULT_MAX_GRAPHS,
+    show_default=True,
+    help="Most graphs written (one per backward site; those with findings first).",
+)
+@click.argument("script", metavar="SCRIPT")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def trace(
+    ctx: click.Context,
+    module: bool,
+    out_dir: Path,
+    fmt: str,
+    fail_on: str,
+    select: tuple[str, ...],
+    ignore: tuple[str, ...],
+    quiet: bool,
+    no_graphs: bool,
+    max_graphs: int,
+    script: str,
+    args: tuple[str, ...],
+) -> None:
+    """Run SCRIPT under the lens, as `python SCRIPT ARGS...` would.
+
+    \b
+      lens trace train.py --epochs 1 --lr 0.1
+      lens trace -m pkg.train --epochs 1
+
+    Arguments after SCRIPT (or -m MODULE) are the program's own. Findings are printed to stderr
+    as they happen; at the end the report is printed, and written to --out: report.json, and
+    graphs/<file>_<line>.svg and .json for the first graph of each backward site.
+    """
+    if script.startswith("-") and script != "-":
+        raise click.NoSuchOption(script, ctx=ctx)
+    selected = _rule_list(select)
+    ignored = _rule_list(ignore)
+    program = runner.load_module(script) if module else runner.load_script(script)
+    output.prepare(out_dir)
+
+    err = _console(sys.stderr)
+
+    def on_finding(f: Finding) -> None:
+        err.print(_live_line(f), soft_wrap=True)
+
+    result = runner.run(
+        program,
+        args,
+        on_finding=None if quiet else on_finding,
+        select=selected,
+        ignore=ignored,
+        fail_on=fail_on,
+        stdout_to_stderr=fmt == "json",
+    )
+    result.print_exception()
+
+    warned: list[str] = []
+    try:
+        written = output.write(
+            result.report,
+            out_dir,
+            result.graphs,
+            sites=result.graph_sites(),
+            draw=not no_graphs,
+            max_graphs=max_graphs,
+            warn=warned.append,
+        )
+    except LensError as exc:
+        _show_report(result.report, err, fmt, quiet)
+        err.print(_summary(result, fail_on), soft_wrap=True, markup=False)
+        raise exc
+    _show_report(written.report, err, fmt, quiet)
+    for text in warned:
+        err.print(Text("lens: warning: ", style="bold yellow") + Text(text), soft_wrap=True)
+    err.print(_summary(result, fail_on), soft_wrap=True, markup=False)
+    err.print(_files_line(written, not no_graphs), soft_wrap=True, markup=False)
+    ctx.exit(result.exit_status)
+
+
+def _show_report(report: Report, err: Console, fmt: str, quiet: bool) -> None:
+    """The JSON on stdout, or the text view on stderr (nothing with ``--quiet`` or an empty report)."""
+    if fmt == "json":
+        click.echo(report.to_json())
+        return
+    if quiet or not (report.findings or report.backwards or report.steps):
+        return
+    err.print()
+    err.rule(f"autograd_lens report: {report.script}", align="left", style="dim")
+    for part in renderables(report, totals=False):
+        err.print(part)
