@@ -430,9 +430,17 @@ def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _is_machinery(tb: types.TracebackType) -> bool:
+def _in(tb: types.TracebackType, modules: tuple[str, ...]) -> bool:
     mod = tb.tb_frame.f_globals.get("__name__", "") or ""
-    return any(mod == m or mod.startswith(m + ".") for m in _MACHINERY)
+    return any(mod == m or mod.startswith(m + ".") for m in modules)
+
+
+def _is_machinery(tb: types.TracebackType) -> bool:
+    return _in(tb, _MACHINERY)
+
+
+def _is_lens(tb: types.TracebackType) -> bool:
+    return _in(tb, ("autograd_lens",))
 
 
 def _user_traceback(tb: types.TracebackType | None, main_globals: dict[str, Any]) -> types.TracebackType | None:
@@ -449,9 +457,9 @@ def _user_traceback(tb: types.TracebackType | None, main_globals: dict[str, Any]
     # the lens's frames between user code and torch are dropped; trailing ones (where the error was
     # raised) stay, so that a failure of the lens itself remains visible
     end = len(entries)
-    while end > 0 and _is_machinery(entries[end - 1]):
+    while end > 0 and _is_lens(entries[end - 1]):
         end -= 1
-    kept = [t for t in entries[:end] if not _is_machinery(t)] + entries[end:]
+    kept = [t for t in entries[:end] if not _is_lens(t)] + entries[end:]
     new: types.TracebackType | None = None
     for t in reversed(kept):
         new = types.TracebackType(new, t.tb_frame, t.tb_lasti, t.tb_lineno)
