@@ -249,35 +249,65 @@ def finding_renderable(f: Finding) -> Group:
     return Group(*(Text(text, style=style) for style, text in finding_lines(f)))
 
 
+def _site_namer(report: Report) -> Any:
+    """``name(file, line)``: ``"train.py:56"`` when file names are unambiguous in the report, else
+    the path relative to the current folder."""
+    import os
+
+    files = {b.site.file for b in report.backwards} | {s.site.file for s in report.steps}
+    files |= {k.rpartition(":")[0] for s in report.steps for k in s.sources}
+    short = {_short_path(f) for f in files}
+    bases = {os.path.basename(f) for f in short}
+    unique = len(bases) == len(short)
+
+    def name(file: str, line: int | str) -> str:
+        path = _short_path(file)
+        return f"{os.path.basename(path) if unique else path}:{line}"
+
+    return name
+
+
 def flow_table(report: Report) -> Table:
+    """Each backward site against each network: reached, stopped at a detach, not reached."""
     nets = list(report.networks) or sorted({n for b in report.backwards for n in b.networks})
+    name = _site_namer(report)
     title = "gradient flow: which networks each backward reaches"
     table = Table(title=title, title_justify="left", min_width=len(title))
-    table.add_column("backward site")
+    table.add_column("backward", overflow="fold")
+    table.add_column("at", no_wrap=True)
     table.add_column("calls", justify="right")
-    table.add_column("params", justify="right")
+    if not nets:
+        table.add_column("params", justify="right")
     for n in nets:
-        table.add_column(n)
+        table.add_column(n, no_wrap=True)
     styles = {"reached": "green", "detached": "cyan", "not reached": "dim"}
     for b in report.backwards:
-        src = b.site.source
-        row = [f"{_short_path(b.site.file)}:{b.site.line} {src}".strip(), str(b.count), str(b.params_reached)]
+        what = b.site.source or (", ".join(b.roots) + (" (backward)" if b.kind == "backward" else " (grad)"))
+        row: list[Any] = [Text(what), Text(name(b.site.file, b.site.line)), str(b.count)]
+        if not nets:
+            row.append(str(b.params_reached))
         for n in nets:
             state = b.networks.get(n, "not reached")
             label = {"detached": "stopped at detach"}.get(state, state)
-            row.append(f"[{styles.get(state, '')}]{label}[/]")
+            row.append(Text(label, style=styles.get(state, "")))
         table.add_row(*row)
     return table
 
 
 def step_table(report: Report) -> Table:
+    """Each ``step()`` site: how many steps, and which backward sites its gradients came from."""
+    name = _site_namer(report)
     title = "optimizer steps: where their gradients came from"
     table = Table(title=title, title_justify="left", min_width=len(title))
-    table.add_column("optimizer")
-    table.add_column("step site")
+    table.add_column("optimizer", no_wrap=True)
+    table.add_column("step at", no_wrap=True)
     table.add_column("steps", justify="right")
-    table.add_column("gradients from backward at")
+    table.add_column("gradients from the backward at")
     for s in report.steps:
-        srcs = ", ".join(f"{k} (x{v})" for k, v in s.sources.items()) or "no gradient"
-        table.add_row(s.optimizer, f"{_short_path(s.site.file)}:{s.site.line}", str(s.count), srcs)
+        parts = []
+        for key, n in s.sources.items():
+            file, _, line = key.rpartition(":")
+            parts.append(f"{name(file, line) if file else key} (x{n})")
+        srcs = ", ".join(parts) or "no gradient"
+        table.add_row(Text(s.optimizer), Text(name(s.site.file, s.site.line)), str(s.count), Text(srcs))
     return table
