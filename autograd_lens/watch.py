@@ -264,14 +264,14 @@ class Watch:
         for steps in by.values():
             sources: dict[str, int] = {}
             for s in steps:
-                seen = set()
-                for prov in s.provenance.values():
-                    for cid in prov:
-                        c = calls.get(cid)
-                        if c is not None and cid not in seen:
-                            seen.add(cid)
-                for cid in seen:
-                    key = f"{_rel(calls[cid].site.file)}:{calls[cid].site.line}"
+                # each step counts once per backward site it took gradient from
+                sites = {
+                    f"{_rel(c.site.file)}:{c.site.line}"
+                    for prov in s.provenance.values()
+                    for c in (calls.get(cid) for cid in prov)
+                    if c is not None
+                }
+                for key in sites:
                     sources[key] = sources.get(key, 0) + 1
             yield StepSummary(steps[0].optimizer, steps[0].site, len(steps), sources, steps[0].n_params)
 
@@ -554,6 +554,10 @@ class Watch:
             result = go()
         except BaseException as exc:
             call.error = _exc_text(exc)
+            if walk.graph is not None and occurrence == 0 and self.keep_graphs:
+                # the failing call's graph, as it was when the backward started (freed parts marked)
+                call.graph_key = f"{_rel(site.file)}:{site.line}"
+                self.graphs.setdefault(call.graph_key, walk.graph)
             if isinstance(exc, Exception) and not getattr(exc, "_autograd_lens_explained", False):
                 f = checks.explain_exception(self, exc, site, (call, roots, walk, local_names))
                 if f is not None:

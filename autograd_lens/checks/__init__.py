@@ -209,7 +209,7 @@ _NOGRAD = "does not require grad and does not have a grad_fn"
 def explain_exception(w: Watch, exc: BaseException, site: Site | None, ctx: Any) -> Finding | None:
     """A finding that explains an autograd error, or None if it is not one the lens knows."""
     text = str(exc)
-    first = text.split("\n", 1)[0]
+    first = text.split("\n", 1)[0].split(". ", 1)[0].rstrip(".")  # PyTorch's first sentence
     call = roots = walk = None
     names: dict[int, str] = {}
     if isinstance(ctx, tuple):
