@@ -385,6 +385,8 @@ def _saved_of(node: Any, names: ParamNames) -> tuple[tuple[SavedTensor, ...], bo
         is_list = isinstance(raw, (list, tuple))
         for i, sv in enumerate(raw if is_list else (raw,)):
             data = sv.data
+            if data is not None and not isinstance(data, torch.Tensor):
+                continue  # packed by saved-tensor hooks (e.g. non-reentrant checkpointing)
             if data is None:
                 # Released by a backward, or an optional tensor never given. An optional that was
                 # never given has a getter that returns None without raising.
@@ -424,6 +426,10 @@ def _released(node: Any, raw_attr: str) -> bool:
 
 
 def _ctx_tensors(node: Any) -> tuple[str, ...]:
+    """Tensors a user-defined ``autograd.Function`` keeps on ``ctx`` (torch's own are trusted)."""
+    forward_cls = getattr(node, "_forward_cls", None)
+    if forward_cls is not None and getattr(forward_cls, "__module__", "").startswith("torch."):
+        return ()
     try:
         attrs = vars(node)
     except TypeError:

@@ -163,7 +163,7 @@ def _stale_saved(w: Watch, nodes: list[Any], markers: list[tuple[int, int, froze
             raw = getattr(fn, attr)
             for sv in raw if isinstance(raw, (list, tuple)) else (raw,):
                 data = sv.data
-                if data is None:
+                if not isinstance(data, torch.Tensor):
                     continue
                 try:
                     pid = ptr_to_pid.get((str(data.device), data.data_ptr()))

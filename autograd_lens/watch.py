@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import threading
 import types
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -37,6 +38,7 @@ from .hooks import (
 from .hooks.patches import BACKWARD_ENGINE_AVAILABLE, patch_backward
 from .naming import ParamNames, find_in_frame, local_items, user_frame
 from .report import BackwardSummary, Report, StepSummary, dedupe
+from .walk import WalkResult
 
 _serial = iter(range(1, 1 << 62))
 
@@ -116,6 +118,7 @@ class Watch:
         self.findings: list[Finding] = []
         self.graphs: dict[str, Graph] = {}
         self.error: BaseException | None = None
+        self.internal_errors: list[str] = []  # failures of the lens itself (never raised)
         self._seen_keys: set[Any] = set()
         self._params: dict[int, _ParamState] = {}
         self._param_opt: dict[int, int] = {}  # pid -> optimizer key
@@ -163,10 +166,11 @@ class Watch:
         self.intent = intent_mod.Intent.from_spec(self._intent_spec, self)
         try:
             patch_backward(self.hooks, self._on_engine, self._on_api)
-            register_global_module_hooks(self.hooks, self._on_forward_pre, self._on_forward_post)
-            register_global_optimizer_hooks(self.hooks, self._on_step_pre, self._on_step_post)
-            patch_zero_grad(self.hooks, self._on_zero_grad)
-            watch_warnings(self.hooks, self._on_warning)
+            g = self._guard
+            register_global_module_hooks(self.hooks, g(self._on_forward_pre), g(self._on_forward_post))
+            register_global_optimizer_hooks(self.hooks, g(self._on_step_pre), g(self._on_step_post))
+            patch_zero_grad(self.hooks, g(self._on_zero_grad))
+            watch_warnings(self.hooks, g(self._on_warning))
         except Exception:
             self.hooks.remove()
             raise
@@ -183,21 +187,43 @@ class Watch:
                 if self in _active:
                     _active.remove(self)
 
+    # ------------------------------------------------------------------------------------------
+    # failures of the lens itself: recorded, reported once, never raised into the user's code
+    # ------------------------------------------------------------------------------------------
+    def _internal(self, exc: BaseException) -> None:
+        self.internal_errors.append(f"{type(exc).__name__}: {exc}")
+        if len(self.internal_errors) == 1:
+            warnings.warn(
+                f"autograd_lens: internal error, the analysis may be incomplete: {type(exc).__name__}: {exc}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def _guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                self._internal(exc)
+                return None
+
+        return guarded
+
     def close(self, exc: BaseException | None = None) -> None:
         """Finish the analysis (hooks stay until ``__exit__``)."""
         if self._closed:
             return
         self._closed = True
-        self._close_run()
+        self._guard(self._close_run)()
         if exc is not None and not isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
             self.error = exc
             if not getattr(exc, "_autograd_lens_explained", False):
                 site = _site_from_traceback(exc)
-                f = checks.explain_exception(self, exc, site, None)
+                f = self._guard(checks.explain_exception)(self, exc, site, None)
                 if f is not None:
                     self._add(f)
                     _attach_note(exc, f)
-        for f in checks.dead_params(self):
+        for f in self._guard(checks.dead_params)(self) or ():
             self._add(f)
         self._probe = None
 
@@ -517,7 +543,9 @@ class Watch:
             raise
 
     def _on_engine(self, run: Callable[..., Any], t_outputs: Any, args: tuple, kwargs: dict, accumulate: bool) -> Any:
-        if getattr(self._tls, "in_backward", False) or self._closed:
+        if getattr(self._tls, "in_backward", False) or self._closed or _inside_backward():
+            # a backward started from inside another one (reentrant checkpointing, hooks):
+            # part of the outer call
             return run(t_outputs, *args, **kwargs)
         retain = bool(args[1]) if len(args) > 1 else bool(kwargs.get("keep_graph", False))
         return self._backward(lambda: run(t_outputs, *args, **kwargs), t_outputs, retain, accumulate,
@@ -547,7 +575,11 @@ class Watch:
         with self._lock:
             self.calls.append(call)
         detail = occurrence < self.detail
-        walk = self._walk(roots, call, detail, local_names)
+        try:
+            walk = self._walk(roots, call, detail, local_names)
+        except Exception as exc:
+            self._internal(exc)
+            walk = WalkResult()
         self._tls.in_backward = True
         self._current.append(call)
         try:
@@ -559,7 +591,7 @@ class Watch:
                 call.graph_key = f"{_rel(site.file)}:{site.line}"
                 self.graphs.setdefault(call.graph_key, walk.graph)
             if isinstance(exc, Exception) and not getattr(exc, "_autograd_lens_explained", False):
-                f = checks.explain_exception(self, exc, site, (call, roots, walk, local_names))
+                f = self._guard(checks.explain_exception)(self, exc, site, (call, roots, walk, local_names))
                 if f is not None:
                     self._add(f)
                     _attach_note(exc, f)
@@ -567,9 +599,12 @@ class Watch:
         finally:
             self._current.pop()
             self._tls.in_backward = False
-        self._stamp_roots(roots, call)
-        for f in checks.after_backward(self, call, walk):
-            self._add(f)
+        try:
+            self._stamp_roots(roots, call)
+            for f in list(checks.after_backward(self, call, walk)):
+                self._add(f)
+        except Exception as exc:
+            self._internal(exc)
         return result
 
     def _stamp_roots(self, roots: Sequence[torch.Tensor], call: BackwardCall) -> None:
@@ -595,7 +630,7 @@ class Watch:
         self._params[pid] = st
         if p.requires_grad and p.is_leaf:
             try:
-                self.hooks.add(p.register_post_accumulate_grad_hook(self._on_accumulated))
+                self.hooks.add(p.register_post_accumulate_grad_hook(self._guard(self._on_accumulated)))
             except RuntimeError:
                 pass
         return st
@@ -705,8 +740,11 @@ class Watch:
         if not self._run:
             return
         run, self._run = self._run, []
-        for f in checks.judge_run(self, run):
-            self._add(f)
+        try:
+            for f in list(checks.judge_run(self, run)):
+                self._add(f)
+        except Exception as exc:
+            self._internal(exc)
 
     # used by checks -------------------------------------------------------------------------
     def call(self, call_id: int) -> BackwardCall | None:
@@ -753,6 +791,12 @@ class Watch:
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
+
+
+def _inside_backward() -> bool:
+    """True while a graph task runs on this thread (autograd's device threads included)."""
+    current = getattr(torch._C, "_current_graph_task_id", None)
+    return current is not None and current() != -1
 
 
 def _compiling() -> bool:

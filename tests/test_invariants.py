@@ -207,3 +207,34 @@ def test_user_autograd_error_propagates_unchanged_with_a_note() -> None:
     notes = "\n".join(getattr(info.value, "__notes__", []))
     assert "error[second-backward]" in notes
     assert [f.rule for f in w.report.findings] == ["second-backward"]
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_checkpointed_model_is_watched_without_findings(reentrant: bool) -> None:
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with lens.watch() as w:
+        for _ in range(3):
+            opt.zero_grad()
+            loss = checkpoint(net, torch.randn(5, 4, requires_grad=True), use_reentrant=reentrant).sum()
+            loss.backward()
+            opt.step()
+    assert w.report.findings == ()
+    assert len(w.calls) == 3  # the recomputation's inner backward belongs to the outer call
+    assert w.internal_errors == []
+
+
+def test_a_failure_inside_the_lens_never_reaches_the_users_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    import autograd_lens.walk
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("lens bug")
+
+    monkeypatch.setattr(autograd_lens.walk, "walk_graph", broken)
+    bare = train(3, watched=False)
+    with pytest.warns(RuntimeWarning, match="autograd_lens: internal error.*lens bug"):
+        seen = train(3, watched=True)
+    assert all(torch.equal(a, b) for a, b in zip(bare, seen))

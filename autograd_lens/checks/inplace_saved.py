@@ -112,6 +112,8 @@ def find_culprit(roots: list[torch.Tensor], w: Watch) -> tuple[str, str, str | N
                 if "inplace" in str(exc):
                     raw = getattr(fn, attr)
                     data = raw.data if not isinstance(raw, (list, tuple)) else None
+                    if not isinstance(data, torch.Tensor):
+                        data = None
                     pname = None
                     if data is not None:
                         pname = w.names.name_of(data) or w.names.name_of_storage(data)
