@@ -22,6 +22,7 @@ class BackwardCall:
     retain_graph: bool
     create_graph: bool = False
     occurrence: int = 0  # how many calls at this site came before
+    forwards: int = 0  # network forwards that had run when the call was made
     reached: set[int] = field(default_factory=set)  # ids of leaves whose .grad it wrote
     leaves: set[int] = field(default_factory=set)  # ids of all leaves in its graph
     networks: dict[str, str] = field(default_factory=dict)  # network -> reached/detached/not reached

@@ -128,6 +128,7 @@ class Watch:
         self._ranges: list[ForwardRange] = []  # ordered by start seq
         self._range_starts: list[int] = []
         self._net_outputs: OrderedDict[tuple[str, int], int] = OrderedDict()  # storage -> net key
+        self._forwards = 0  # network forwards run so far
         self._tls = threading.local()
         self._current: list[BackwardCall] = []
         self._site_counts: dict[tuple[str, int], int] = {}
@@ -316,6 +317,12 @@ class Watch:
             for name, opt in find_in_frame(frame, torch.optim.Optimizer).items():
                 if id(opt) not in self._opts:
                     self._add_opt(opt, name)
+            # a parameter of no network kept in a variable (`log_alpha` of SAC): named by it
+            for name, value in local_items(frame):
+                if isinstance(value, torch.Tensor) and not name.startswith("_") and id(value) in self._param_opt:
+                    key = id(value)
+                    if key not in self.names.by_id or key in self.names.weak:
+                        self.names.add(name, value, name)
             frame = frame.f_back
             depth += 1
 
@@ -495,6 +502,8 @@ class Watch:
         if entry is None:
             return
         key, depth, start, site, detached = entry
+        if depth == 0:
+            self._forwards += 1
         end = self._seq_now()
         if start is None or end is None:
             return
@@ -571,6 +580,7 @@ class Watch:
             retain_graph=retain,
             create_graph=create_graph,
             occurrence=occurrence,
+            forwards=self._forwards,
         )
         with self._lock:
             self.calls.append(call)

@@ -48,7 +48,11 @@ def finding(w: Watch, call: BackwardCall, walk: WalkResult) -> Finding | None:
     olds = []
     for cid in walk.prev:
         c = w.call(cid)
-        if c is not None and c.id != call.id and c.retain_graph and (c.site.file, c.site.line) == (call.site.file, call.site.line):
+        if c is None or c.id == call.id or not c.retain_graph:
+            continue
+        # an earlier iteration: the same site, and a network ran forward again since then (calls of
+        # one iteration over a shared graph, e.g. one per task in a comprehension, are intended)
+        if (c.site.file, c.site.line) == (call.site.file, call.site.line) and c.forwards < call.forwards:
             olds.append(c)
     if not olds:
         return None
