@@ -23,6 +23,10 @@ class BackwardCall:
     create_graph: bool = False
     occurrence: int = 0  # how many calls at this site came before
     forwards: int = 0  # network forwards that had run when the call was made
+    #: networks it reached that were in eval mode (``module.training`` False) when it ran, and
+    #: whether every network it reached was
+    eval_nets: tuple[str, ...] = ()
+    all_eval: bool = False
     reached: set[int] = field(default_factory=set)  # ids of leaves whose .grad it wrote
     leaves: set[int] = field(default_factory=set)  # ids of all leaves in its graph
     networks: dict[str, str] = field(default_factory=dict)  # network -> reached/detached/not reached

@@ -258,6 +258,13 @@ def decide(w: Watch, call: BackwardCall, run_opts: frozenset[int]) -> None:
         call.for_opts = declared
         return
     reached = frozenset(o for o in (w.param_opt(p) for p in call.reached) if o is not None)
+    if call.all_eval:
+        # every network it went through was in eval mode: an evaluation (a validation loss, a
+        # saliency map), not training, for the optimizers that train those networks in train mode
+        evaluated = reached & w.trained_opts
+        if evaluated:
+            call.for_opts = reached - evaluated
+            return
     f = reached & run_opts or reached
     if len(f) <= 1:
         call.for_opts = f

@@ -129,6 +129,8 @@ class Watch:
         self._range_starts: list[int] = []
         self._net_outputs: OrderedDict[tuple[str, int], int] = OrderedDict()  # storage -> net key
         self._forwards = 0  # network forwards run so far
+        # optimizers whose parameters a backward through networks in training mode reached
+        self.trained_opts: set[int] = set()
         self._tls = threading.local()
         self._current: list[BackwardCall] = []
         self._site_counts: dict[tuple[str, int], int] = {}
@@ -611,11 +613,29 @@ class Watch:
             self._tls.in_backward = False
         try:
             self._stamp_roots(roots, call)
+            self._note_mode(call)
             for f in list(checks.after_backward(self, call, walk)):
                 self._add(f)
         except Exception as exc:
             self._internal(exc)
         return result
+
+    def _note_mode(self, call: BackwardCall) -> None:
+        """Which networks the call reached in eval mode; which optimizers it trained in train mode."""
+        nets = {self._param_net.get(p) for p in call.reached} - {None}
+        evals = []
+        for key in nets:
+            net = self._nets.get(key)
+            m = net.ref() if net is not None else None
+            if m is not None and not m.training:
+                evals.append(net.name)
+        call.eval_nets = tuple(sorted(evals))
+        call.all_eval = bool(nets) and len(evals) == len(nets)
+        if not call.all_eval:
+            for p in call.reached:
+                o = self._param_opt.get(p)
+                if o is not None:
+                    self.trained_opts.add(o)
 
     def _stamp_roots(self, roots: Sequence[torch.Tensor], call: BackwardCall) -> None:
         if call.retain_graph:

@@ -4,7 +4,9 @@
 Follows every gradient into `optimizer.step()`: which backward call wrote it. When a step consumes
 gradient from a backward that is for another optimizer (by time: the first optimizer to step after
 it among those it reached; by structure when time cannot tell), it names the step, the backward,
-the optimizer and the parameters.
+the optimizer and the parameters. A backward through networks that were all in eval mode (a
+validation loss, a saliency map) is an evaluation: it is for none of the optimizers that train
+those networks in train mode, so a step that applies its gradient is reported too.
 
 ## Why is this bad?
 The parameters move in a direction computed for another objective. In a GAN that forgets
@@ -62,6 +64,12 @@ def finding(w: Watch, step: OptimizerStep, call: BackwardCall, pids: list[int], 
         f"{call_text(call)} is for {opts_text(w, call.for_opts or ())}",
         f"no `zero_grad()` on these parameters between line {call.site.line} and line {step.site.line}",
     ]
+    if call.all_eval and call.eval_nets:
+        nets = ", ".join(code(n) for n in call.eval_nets)
+        notes[0] = (
+            f"{call_text(call)} ran with {nets} in eval mode: an evaluation, not a training step of "
+            f"`{step.optimizer}`, which trains {nets} in train mode"
+        )
     passing = [
         t for t in call.terms or ()
         if t.leaves & set(pids) and ("opt", step.optimizer_key) not in t.for_groups and t.for_groups
@@ -85,6 +93,11 @@ def finding(w: Watch, step: OptimizerStep, call: BackwardCall, pids: list[int], 
             f"detach `{leak.var}` in the loss for {opts_text(w, call.for_opts or ())}: "
             f"`{leak.consumer_net}({leak.var}.detach())`; or call `{step.optimizer}.zero_grad()` before the "
             f"backward meant for `{step.optimizer}`"
+        )
+    elif call.all_eval and call.eval_nets:
+        help_ = (
+            f"compute gradients for evaluation with `torch.autograd.grad(...)` (it leaves `.grad` alone), or "
+            f"call `{step.optimizer}.zero_grad()` before the backward calls that `{step.optimizer}.step()` consumes"
         )
     else:
         help_ = (
