@@ -1180,6 +1180,17 @@ def autocast_bf16(iters: int = 3) -> None:
         optimizer.step()
 
 
+def fine_tune_in_eval_mode(iters: int = 3) -> None:
+    model = Classifier()
+    model.eval()  # BatchNorm statistics stay frozen while the weights train
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    for _ in range(iters):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(real_images()), torch.randint(0, 3, (8,)))
+        loss.backward()
+        optimizer.step()
+
+
 # ----------------------------------------------------------------------------------------------
 # supervised training: buggy loops
 # ----------------------------------------------------------------------------------------------
@@ -1274,6 +1285,7 @@ CORRECT: list[Callable[[], None]] = [
     lbfgs,
     custom_optimizer,
     autocast_bf16,
+    fine_tune_in_eval_mode,
 ]
 
 
