@@ -11,7 +11,7 @@ from typing import Any
 from .findings import Site
 
 
-@dataclass
+@dataclass(slots=True)
 class BackwardCall:
     """One ``.backward()`` / ``torch.autograd.backward()`` / ``torch.autograd.grad()`` call."""
 
@@ -28,7 +28,6 @@ class BackwardCall:
     eval_nets: tuple[str, ...] = ()
     all_eval: bool = False
     reached: set[int] = field(default_factory=set)  # ids of leaves whose .grad it wrote
-    leaves: set[int] = field(default_factory=set)  # ids of all leaves in its graph
     networks: dict[str, str] = field(default_factory=dict)  # network -> reached/detached/not reached
     error: str | None = None
     graph_key: str | None = None
@@ -43,7 +42,7 @@ class BackwardCall:
         return src if src else f"backward at line {self.site.line}"
 
 
-@dataclass
+@dataclass(slots=True)
 class OptimizerStep:
     """One ``optimizer.step()``: which gradient it consumed, by backward call."""
 
@@ -55,6 +54,9 @@ class OptimizerStep:
     repeated: dict[int, tuple[int, ...]]  # param id -> call ids this optimizer had applied before
     n_params: int
     after_call: int  # number of backward calls before this step
+    #: once the run of steps is judged, the per-parameter detail above is dropped and these remain
+    sources: frozenset[str] = frozenset()  # backward sites "file:line" it took gradient from
+    stepped: frozenset[int] = frozenset()  # ids of the parameters it stepped with a gradient
 
     @property
     def label(self) -> str:

@@ -6,6 +6,7 @@ Views (terminal, JSON) live in :mod:`autograd_lens.report`; a finding only holds
 from __future__ import annotations
 
 import linecache
+import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -13,6 +14,15 @@ ERROR = "error"
 WARNING = "warning"
 SEVERITIES = (ERROR, WARNING)
 _RANK = {ERROR: 0, WARNING: 1}
+
+
+def rel_path(path: str) -> str:
+    """``path`` relative to the working directory when it lies below it, else as given."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return rel if not rel.startswith("..") else path
 
 
 def severity_rank(severity: str) -> int:

@@ -396,7 +396,10 @@ def _saved_of(node: Any, names: ParamNames) -> tuple[tuple[SavedTensor, ...], bo
                 continue
             param = by_id.get(id(data)) if by_id else None
             if param is None and by_ptr:
-                hit = by_ptr.get(data.data_ptr())
+                try:
+                    hit = by_ptr.get(data.data_ptr())
+                except RuntimeError:  # no storage (fake tensors under torch.compile)
+                    hit = None
                 if hit is not None and hit[0] == str(data.device):
                     param = hit[1]
             out.append(

@@ -55,6 +55,9 @@ def local_items(frame: types.FrameType) -> list[tuple[str, Any]]:
         and type(snapshot) is dict
         and frame.f_code.co_flags & _CO_OPTIMIZED
         and snapshot is not frame.f_globals
+        # held by the frame, `snapshot` and getrefcount's argument only: nobody else has it (a
+        # function that kept `locals()` holds this very dict, and keeps it as Python leaves it)
+        and sys.getrefcount(snapshot) <= 3
     ):
         snapshot.clear()
     return items
@@ -116,23 +119,6 @@ def find_in_frame(frame: types.FrameType | None, kind: type) -> dict[str, Any]:
                 ids.add(id(item))
                 found[f"{name}.{attr}"] = item
     return found
-
-
-def modules_from(spec: Any) -> dict[str, torch.nn.Module]:
-    """Normalise a ``params=`` style argument to named modules (``{}`` for a dict of tensors)."""
-    if spec is None:
-        return {}
-    if isinstance(spec, torch.nn.Module):
-        return {type(spec).__name__.lower(): spec}
-    if isinstance(spec, Mapping):
-        return {str(k): v for k, v in spec.items() if isinstance(v, torch.nn.Module)}
-    if isinstance(spec, (list, tuple)):
-        out: dict[str, torch.nn.Module] = {}
-        for i, m in enumerate(spec):
-            if isinstance(m, torch.nn.Module):
-                out[f"{type(m).__name__.lower()}{i if i else ''}"] = m
-        return out
-    return {}
 
 
 class ParamNames:
@@ -229,12 +215,15 @@ def _var_name_for(obj: Any, frame: types.FrameType | None) -> str | None:
     return None
 
 
-def tensor_names(frame: types.FrameType | None) -> dict[int, str]:
-    """``id(tensor) -> variable name`` for the tensors held directly by the frame's locals."""
+def tensor_names(frame: types.FrameType | None, *, grad_fns: bool = False) -> dict[int, str]:
+    """``id(tensor) -> variable name`` for the tensors held by the frame's locals; with
+    ``grad_fns``, also ``id(tensor.grad_fn) -> name``. Names starting with ``_`` are skipped."""
     out: dict[int, str] = {}
     if frame is None:
         return out
     for name, value in local_items(frame):
-        if isinstance(value, torch.Tensor) and id(value) not in out:
-            out[id(value)] = name
+        if isinstance(value, torch.Tensor) and not name.startswith("_"):
+            out.setdefault(id(value), name)
+            if grad_fns and value.grad_fn is not None:
+                out.setdefault(id(value.grad_fn), name)
     return out

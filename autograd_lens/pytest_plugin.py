@@ -28,7 +28,7 @@ import pytest
 
 from . import __version__
 from .checks import RULES
-from .findings import SEVERITIES, Finding, severity_rank
+from .findings import SEVERITIES, Finding, rel_path, severity_rank
 from . import testing
 from .testing import findings_text
 from .watch import Watch
@@ -181,7 +181,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line("no findings")
         return
     for nodeid, f in found:
-        site = f"{_rel(f.site.file)}:{f.site.line}" if f.site else "?"
+        site = f"{rel_path(f.site.file)}:{f.site.line}" if f.site else "?"
         times = f" (x{f.count})" if f.count > 1 else ""
         terminalreporter.write_line(f"{nodeid}  {f.severity}[{f.rule}]  {site}{times}")
     n_err = sum(1 for _, f in found if f.severity == "error")
@@ -190,13 +190,3 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         f"{'s' if len(found) - n_err != 1 else ''} in {len({n for n, _ in found})} test"
         f"{'s' if len({n for n, _ in found}) != 1 else ''}"
     )
-
-
-def _rel(path: str) -> str:
-    import os
-
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return rel if not rel.startswith("..") else path

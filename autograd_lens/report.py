@@ -15,7 +15,7 @@ from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from .findings import ERROR, WARNING, Finding, Label, Site, severity_rank
+from .findings import ERROR, WARNING, Finding, Label, Site, rel_path, severity_rank
 
 SCHEMA = "autograd_lens.report/1"
 
@@ -191,16 +191,6 @@ def renderables(report: Report, *, totals: bool = True) -> list[Any]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _short_path(path: str) -> str:
-    import os
-
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return rel if not rel.startswith("..") else path
-
-
 def finding_lines(f: Finding) -> list[tuple[str, str]]:
     """The finding as (style, text) lines; the single source of the text and rich views."""
     lines: list[tuple[str, str]] = []
@@ -208,7 +198,7 @@ def finding_lines(f: Finding) -> list[tuple[str, str]]:
     times = f" (x{f.count})" if f.count > 1 else ""
     lines.append((sev_style, f"{f.severity}[{f.rule}]: {f.message}{times}"))
     if f.site is not None:
-        lines.append(("blue", f"  --> {_short_path(f.site.file)}:{f.site.line}"))
+        lines.append(("blue", f"  --> {rel_path(f.site.file)}:{f.site.line}"))
     labels = list(f.labels)
     if f.site is not None and not any(lab.primary for lab in labels):
         labels.append(Label(f.site, "", primary=True))
@@ -227,7 +217,7 @@ def finding_lines(f: Finding) -> list[tuple[str, str]]:
             mark = ("^" if lab.primary else "-") * max(1, len(stripped))
             lines.append((sev_style if lab.primary else "blue", f"{pad} | {' ' * indent}{mark} {lab.text}".rstrip()))
     for lab in other:
-        lines.append(("blue", f"  --> {_short_path(lab.site.file)}:{lab.site.line}: {lab.text}"))
+        lines.append(("blue", f"  --> {rel_path(lab.site.file)}:{lab.site.line}: {lab.text}"))
     for note in f.notes:
         lines.append(("", f"   = note: {note}"))
     if f.help:
@@ -256,12 +246,12 @@ def _site_namer(report: Report) -> Any:
 
     files = {b.site.file for b in report.backwards} | {s.site.file for s in report.steps}
     files |= {k.rpartition(":")[0] for s in report.steps for k in s.sources}
-    short = {_short_path(f) for f in files}
+    short = {rel_path(f) for f in files}
     bases = {os.path.basename(f) for f in short}
     unique = len(bases) == len(short)
 
     def name(file: str, line: int | str) -> str:
-        path = _short_path(file)
+        path = rel_path(file)
         return f"{os.path.basename(path) if unique else path}:{line}"
 
     return name

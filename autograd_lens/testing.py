@@ -36,7 +36,7 @@ import torch
 
 from .checks import RULES, get_rule
 from .errors import LensError, describe
-from .findings import ERROR, SEVERITIES, Finding, severity_rank
+from .findings import ERROR, SEVERITIES, Finding, rel_path, severity_rank
 from .graph import CUSTOM, INPUT, PARAM, Graph, capture
 from .naming import ParamNames, find_in_frame, local_items, tensor_names, user_frame
 from .report import Report, finding_text
@@ -824,10 +824,10 @@ def assert_grads_only_for(*args: Any, optimizers: Any = None, **kwargs: Any) -> 
     lines = []
     for f in stray:
         meant = ", ".join(f"`{o}`" for o in f.extra.get("for", ())) or "another optimizer"
-        src = f"{_rel(f.backward.file)}:{f.backward.line}" if f.backward else "an unknown site"
+        src = f"{rel_path(f.backward.file)}:{f.backward.line}" if f.backward else "an unknown site"
         code = f.backward.source if f.backward else ""
         lines.append(
-            f"`{f.optimizer}.step()` at {_rel(f.site.file) if f.site else '?'}:{f.site.line if f.site else '?'} "
+            f"`{f.optimizer}.step()` at {rel_path(f.site.file) if f.site else '?'}:{f.site.line if f.site else '?'} "
             f"applied gradient from `{code or 'backward'}` ({src}), which is meant for {meant}, "
             f"in {_count(len(f.params), 'parameter')}: {_names(list(f.params))}"
         )
@@ -844,20 +844,6 @@ def _is_optimizer_spec(x: Any) -> bool:
         return True
     return isinstance(x, (list, tuple)) and bool(x) and all(isinstance(o, torch.optim.Optimizer) for o in x)
 
-
-def _rel(path: str) -> str:
-    import os
-
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return rel if not rel.startswith("..") else path
-
-
-# ----------------------------------------------------------------------------------------------
-# gradcheck for custom autograd.Functions
-# ----------------------------------------------------------------------------------------------
 
 _WRONG_COUNT = re.compile(r"function (\w+) returned an incorrect number of gradients \(expected (\d+), got (\d+)\)")
 _WRONG_SHAPE = re.compile(

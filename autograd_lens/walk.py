@@ -90,6 +90,7 @@ def walk_graph(
     last_marker = markers[-1][0] if markers else -1
     stamp_value = (call.id, call.retain_graph)
     STAMP, ROOT = w.stamp_keys
+    parameter = torch.nn.Parameter
     stack: list[tuple[Any, int]] = [(fn, 0) for fn in _root_nodes(roots)]
     seen: set[int] = set()
     old_nodes: list[Any] = []
@@ -109,7 +110,8 @@ def walk_graph(
             # leaves are shared by every graph and never freed: no stamps
             var = fn.variable
             res.leaves.add(id(var))
-            w.ensure_param(var)
+            if isinstance(var, parameter) or w.param_opt(id(var)) is not None:
+                w.ensure_param(var)  # not for per-step inputs that require grad
             continue
         md = fn.metadata
         st = md.get(STAMP)

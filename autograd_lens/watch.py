@@ -25,8 +25,8 @@ import torch
 from . import checks
 from . import intent as intent_mod
 from .errors import LensError, describe
-from .events import BackwardCall, ForwardRange, OptimizerStep, ZeroGrad
-from .findings import Finding, Site
+from .events import BackwardCall, ForwardRange, OptimizerStep
+from .findings import Finding, Site, rel_path
 from .graph import Graph, capture
 from .hooks import (
     HookSet,
@@ -36,22 +36,20 @@ from .hooks import (
     watch_warnings,
 )
 from .hooks.patches import BACKWARD_ENGINE_AVAILABLE, patch_backward
-from .naming import ParamNames, find_in_frame, local_items, user_frame
+from .naming import ParamNames, find_in_frame, local_items, tensor_names, user_frame
 from .report import BackwardSummary, Report, StepSummary, dedupe
 from .walk import WalkResult
 
 _serial = iter(range(1, 1 << 62))
+
+#: Backward calls and steps a watch keeps one by one; older ones are folded into per-site totals.
+FOLD_AT = 20_000
 
 #: How many occurrences of each backward site get a full graph snapshot and leak analysis.
 DETAIL_PER_SITE = 2
 
 _active: list[Watch] = []
 _active_lock = threading.Lock()
-
-
-def active() -> Watch | None:
-    """The innermost active ``watch()``, or None."""
-    return _active[-1] if _active else None
 
 
 class _ParamState:
@@ -114,11 +112,17 @@ class Watch:
         self.names = ParamNames()
         self.calls: list[BackwardCall] = []
         self.steps: list[OptimizerStep] = []
-        self.zero_grads: list[ZeroGrad] = []
         self.findings: list[Finding] = []
         self.graphs: dict[str, Graph] = {}
-        self.error: BaseException | None = None
+        self.error: str | None = None  # the exception that ended the block, as text
         self.internal_errors: list[str] = []  # failures of the lens itself (never raised)
+        self.excluded: set[int] = set()  # leaves a backward left out on purpose (`inputs=`)
+        self._interned: dict[Any, Any] = {}
+        # events beyond FOLD_AT are folded into per-site totals (long runs stay bounded)
+        self._calls_dropped = 0
+        self._steps_dropped = 0
+        self._folded_calls: dict[tuple[str, int], BackwardSummary] = {}
+        self._folded_steps: dict[tuple[int, str, int], StepSummary] = {}
         self._seen_keys: set[Any] = set()
         self._params: dict[int, _ParamState] = {}
         self._param_opt: dict[int, int] = {}  # pid -> optimizer key
@@ -132,7 +136,7 @@ class Watch:
         # optimizers whose parameters a backward through networks in training mode reached
         self.trained_opts: set[int] = set()
         self._tls = threading.local()
-        self._current: list[BackwardCall] = []
+        self._inflight: list[tuple[BackwardCall, set[int]]] = []  # running calls and their leaves
         self._site_counts: dict[tuple[str, int], int] = {}
         self.site_terms: dict[tuple[str, int], Any] = {}
         self.site_leaks: dict[tuple[str, int], Any] = {}  # backward site -> leaks found there  # backward site -> terms decided there
@@ -142,7 +146,6 @@ class Watch:
         self._probe: torch.Tensor | None = None
         self._entered = False
         self._closed = False
-        self._frame: types.FrameType | None = None
         self._lock = threading.RLock()
         serial = next(_serial)
         # node.metadata keys: (call id, retained) of the last backward through a node; call id of a
@@ -219,7 +222,7 @@ class Watch:
         self._closed = True
         self._guard(self._close_run)()
         if exc is not None and not isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
-            self.error = exc
+            self.error = _exc_text(exc)
             if not getattr(exc, "_autograd_lens_explained", False):
                 site = _site_from_traceback(exc)
                 f = self._guard(checks.explain_exception)(self, exc, site, None)
@@ -250,7 +253,7 @@ class Watch:
                 networks=tuple(self.network_names()),
                 script=script,
                 status="error" if self.error is not None else "ok",
-                error=_exc_text(self.error) if self.error is not None else None,
+                error=self.error,
             )
 
     def network_names(self) -> list[str]:
@@ -262,47 +265,30 @@ class Watch:
         return names
 
     def _backward_summaries(self) -> Iterable[BackwardSummary]:
-        by_site: dict[tuple[str, int], list[BackwardCall]] = {}
-        for c in self.calls:
-            by_site.setdefault((c.site.file, c.site.line), []).append(c)
-        nets = self.network_names()
-        for calls in by_site.values():
-            first = calls[0]
-            state: dict[str, str] = {}
-            for c in calls:
-                for n in nets:
-                    s = c.networks.get(n, "not reached")
-                    prev = state.get(n)
-                    if prev != "reached" and not (prev == "detached" and s == "not reached"):
-                        state[n] = s
-            yield BackwardSummary(
-                site=first.site,
-                count=len(calls),
-                roots=first.roots,
-                retain_graph=any(c.retain_graph for c in calls),
-                kind=first.kind,
-                networks=state,
-                params_reached=max(len(c.reached) for c in calls),
-            )
+        out = dict(self._folded_calls)
+        for key, summary in _summarise_calls(self.calls, self.network_names()).items():
+            out[key] = _merge_backward(out.get(key), summary)
+        return out.values()
 
     def _step_summaries(self) -> Iterable[StepSummary]:
-        by: dict[tuple[int, str, int], list[OptimizerStep]] = {}
-        for s in self.steps:
-            by.setdefault((s.optimizer_key, s.site.file, s.site.line), []).append(s)
-        calls = {c.id: c for c in self.calls}
-        for steps in by.values():
-            sources: dict[str, int] = {}
-            for s in steps:
-                # each step counts once per backward site it took gradient from
-                sites = {
-                    f"{_rel(c.site.file)}:{c.site.line}"
-                    for prov in s.provenance.values()
-                    for c in (calls.get(cid) for cid in prov)
-                    if c is not None
-                }
-                for key in sites:
-                    sources[key] = sources.get(key, 0) + 1
-            yield StepSummary(steps[0].optimizer, steps[0].site, len(steps), sources, steps[0].n_params)
+        out = dict(self._folded_steps)
+        for key, summary in _summarise_steps(self.steps).items():
+            out[key] = _merge_steps(out.get(key), summary)
+        return out.values()
+
+    def _fold(self) -> None:
+        """Keep the event lists bounded: the oldest half becomes per-site totals."""
+        if len(self.calls) > FOLD_AT:
+            old, self.calls = self.calls[: FOLD_AT // 2], self.calls[FOLD_AT // 2 :]
+            self._calls_dropped += len(old)
+            for key, summary in _summarise_calls(old, self.network_names()).items():
+                self._folded_calls[key] = _merge_backward(self._folded_calls.get(key), summary)
+        judged = len(self.steps) - len(self._run)
+        if judged > FOLD_AT:
+            old, self.steps = self.steps[: FOLD_AT // 2], self.steps[FOLD_AT // 2 :]
+            self._steps_dropped += len(old)
+            for key, summary in _summarise_steps(old).items():
+                self._folded_steps[key] = _merge_steps(self._folded_steps.get(key), summary)
 
     # ------------------------------------------------------------------------------------------
     # names
@@ -338,6 +324,8 @@ class Watch:
         self.names.add_module(name, mod)
         for pid in net.pids:
             self._param_net.setdefault(pid, net.key)
+        for p in mod.parameters():
+            self.ensure_param(p)  # also for leaves a walk cannot see (reentrant checkpointing)
         return net
 
     def _add_opt(self, opt: torch.optim.Optimizer, name: str) -> _OptState:
@@ -348,14 +336,13 @@ class Watch:
 
     def _refresh_opt(self, st: _OptState, opt: torch.optim.Optimizer) -> None:
         pids = []
-        n = 0
         for g, group in enumerate(opt.param_groups):
             for i, p in enumerate(group["params"]):
                 pid = id(p)
                 pids.append(pid)
                 self._param_opt.setdefault(pid, st.key)
                 self.names.add(f"{st.name}.param_groups[{g}].params[{i}]", p, st.name, weak=True)
-                n += 1
+                self.ensure_param(p)
         st.pids = pids
 
     def _opt_for(self, opt: torch.optim.Optimizer) -> _OptState:
@@ -540,18 +527,22 @@ class Watch:
         try:
             return run(*args, **kwargs)
         except Exception as exc:
-            if not getattr(exc, "_autograd_lens_explained", False):
-                frame = user_frame()
-                try:
-                    site, names = _frame_site(frame), _tensor_vars(frame)
-                finally:
-                    del frame
-                roots = args[0] if args else kwargs.get("tensors", kwargs.get("outputs"))
-                f = checks.explain_exception(self, exc, site, {"roots": roots, "names": names})
-                if f is not None:
-                    self._add(f)
-                    _attach_note(exc, f)
+            if not self._closed and not getattr(exc, "_autograd_lens_explained", False):
+                self._guard(self._explain_api_error)(exc, args, kwargs)
             raise
+
+    def _explain_api_error(self, exc: Exception, args: tuple, kwargs: dict) -> None:
+        """An error raised before the engine ran (e.g. a non-scalar root without `gradient=`)."""
+        frame = user_frame()
+        try:
+            site, names = _frame_site(frame), tensor_names(frame, grad_fns=True)
+        finally:
+            del frame
+        roots = args[0] if args else kwargs.get("tensors", kwargs.get("outputs"))
+        f = checks.explain_exception(self, exc, site, {"roots": roots, "names": names})
+        if f is not None:
+            self._add(f)
+            _attach_note(exc, f)
 
     def _on_engine(self, run: Callable[..., Any], t_outputs: Any, args: tuple, kwargs: dict, accumulate: bool) -> Any:
         if getattr(self._tls, "in_backward", False) or self._closed or _inside_backward():
@@ -559,48 +550,76 @@ class Watch:
             # part of the outer call
             return run(t_outputs, *args, **kwargs)
         retain = bool(args[1]) if len(args) > 1 else bool(kwargs.get("keep_graph", False))
-        return self._backward(lambda: run(t_outputs, *args, **kwargs), t_outputs, retain, accumulate,
-                              create_graph=bool(args[2]) if len(args) > 2 else False)
+        return self._backward(
+            lambda: run(t_outputs, *args, **kwargs),
+            t_outputs,
+            retain,
+            accumulate,
+            create_graph=bool(args[2]) if len(args) > 2 else bool(kwargs.get("create_graph", False)),
+            inputs=args[3] if len(args) > 3 else kwargs.get("inputs"),
+        )
 
-    def _backward(self, go: Callable[[], Any], t_outputs: Any, retain: bool, accumulate: bool, *, create_graph: bool = False) -> Any:
-        frame = user_frame()
+    def _backward(
+        self,
+        go: Callable[[], Any],
+        t_outputs: Any,
+        retain: bool,
+        accumulate: bool,
+        *,
+        create_graph: bool = False,
+        inputs: Any = None,
+    ) -> Any:
         try:
-            site = _frame_site(frame)
-            local_names = _tensor_vars(frame)
-        finally:
-            del frame
+            frame = user_frame()
+            try:
+                site = _frame_site(frame)
+                local_names = tensor_names(frame, grad_fns=True)
+            finally:
+                del frame
+        except Exception as exc:
+            self._internal(exc)
+            site, local_names = Site("<unknown>", 0), {}
+        site = self._intern(site)
         self._close_run()
         roots = [t for t in _as_seq(t_outputs) if isinstance(t, torch.Tensor)]
         key = (site.file, site.line)
-        occurrence = self._site_counts.get(key, 0)
-        self._site_counts[key] = occurrence + 1
-        call = BackwardCall(
-            id=len(self.calls) + 1,
-            site=site,
-            kind="backward" if accumulate else "grad",
-            roots=tuple(local_names.get(id(t), f"<{_shape(t)}>") for t in roots),
-            retain_graph=retain,
-            create_graph=create_graph,
-            occurrence=occurrence,
-            forwards=self._forwards,
-        )
         with self._lock:
+            occurrence = self._site_counts.get(key, 0)
+            self._site_counts[key] = occurrence + 1
+            call = BackwardCall(
+                id=self._calls_dropped + len(self.calls) + 1,
+                site=site,
+                kind="backward" if accumulate else "grad",
+                roots=tuple(local_names.get(id(t), f"<{_shape(t)}>") for t in roots),
+                retain_graph=retain,
+                create_graph=create_graph,
+                occurrence=occurrence,
+                forwards=self._forwards,
+            )
             self.calls.append(call)
+            if len(self.calls) > FOLD_AT:
+                self._fold()
         detail = occurrence < self.detail
         try:
             walk = self._walk(roots, call, detail, local_names)
+            if inputs:
+                # leaves left out by `inputs=` get no gradient on purpose
+                chosen = {id(t) for t in _as_seq(inputs) if isinstance(t, torch.Tensor)}
+                self.excluded |= walk.leaves - chosen
         except Exception as exc:
             self._internal(exc)
             walk = WalkResult()
         self._tls.in_backward = True
-        self._current.append(call)
+        running = (call, walk.leaves)
+        with self._lock:
+            self._inflight.append(running)
         try:
             result = go()
         except BaseException as exc:
             call.error = _exc_text(exc)
             if walk.graph is not None and occurrence == 0 and self.keep_graphs:
                 # the failing call's graph, as it was when the backward started (freed parts marked)
-                call.graph_key = f"{_rel(site.file)}:{site.line}"
+                call.graph_key = f"{rel_path(site.file)}:{site.line}"
                 self.graphs.setdefault(call.graph_key, walk.graph)
             if isinstance(exc, Exception) and not getattr(exc, "_autograd_lens_explained", False):
                 f = self._guard(checks.explain_exception)(self, exc, site, (call, roots, walk, local_names))
@@ -609,9 +628,11 @@ class Watch:
                     _attach_note(exc, f)
             raise
         finally:
-            self._current.pop()
+            with self._lock:
+                self._inflight.remove(running)
             self._tls.in_backward = False
         try:
+            call.reached = self._intern(frozenset(call.reached))
             self._stamp_roots(roots, call)
             self._note_mode(call)
             for f in list(checks.after_backward(self, call, walk)):
@@ -667,15 +688,22 @@ class Watch:
 
     def _on_accumulated(self, p: torch.Tensor) -> None:
         st = self._params.get(id(p))
-        if st is None or not self._current:
+        inflight = self._inflight
+        if st is None or not inflight:
             return None
-        call = self._current[-1]
+        if len(inflight) == 1:
+            call = inflight[0][0]
+        else:  # backward calls running in several threads: the one whose graph holds p
+            pid = id(p)
+            call = next((c for c, leaves in reversed(inflight) if pid in leaves), inflight[-1][0])
         g = p.grad
         same = st.grad_ref is not None and st.grad_ref() is g
         if not same or (g is not None and g._version != st.grad_version + 1):
             if not (same is False and call.create_graph and st.grad_ref is not None and st.grad_ref() is None):
                 st.ledger = []
         st.ledger.append(call.id)
+        if len(st.ledger) > 64:  # a .grad never zeroed: keep the recent history only
+            del st.ledger[:-32]
         st.ever = True
         if g is not None:
             st.grad_ref = weakref.ref(g)
@@ -684,6 +712,8 @@ class Watch:
         return None
 
     def _on_warning(self, message: object, filename: str, lineno: int) -> None:
+        if self._closed:
+            return
         f = checks.nonleaf_grad.from_warning(message, filename, lineno)
         if f is not None:
             self._add(f)
@@ -692,6 +722,8 @@ class Watch:
     # zero_grad and steps
     # ------------------------------------------------------------------------------------------
     def _on_zero_grad(self, obj: Any, set_to_none: bool) -> None:
+        if self._closed or _compiling():
+            return
         params = obj.parameters() if isinstance(obj, torch.nn.Module) else (
             p for g in obj.param_groups for p in g["params"]
         )
@@ -700,11 +732,9 @@ class Watch:
             if st is not None:
                 st.ledger = []
                 st.grad_ref = None
-        if len(self.zero_grads) < 10000:
-            self.zero_grads.append(ZeroGrad(_site(), type(obj).__name__, len(self.calls)))
 
     def _on_step_pre(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        if self._closed:
+        if self._closed or _compiling():
             return
         st = self._opt_for(opt)
         if st.steps == 0 or len(st.pids) != sum(len(g["params"]) for g in opt.param_groups):
@@ -738,14 +768,14 @@ class Watch:
                 ps.applied[st.key] = set(prov)
         n_params = sum(len(g["params"]) for g in opt.param_groups)
         step = OptimizerStep(
-            index=len(self.steps),
+            index=self._steps_dropped + len(self.steps),
             optimizer=st.name,
             optimizer_key=st.key,
             site=site,
             provenance=provenance,
             repeated=repeated,
             n_params=n_params,
-            after_call=len(self.calls),
+            after_call=self._calls_dropped + len(self.calls),
         )
         with self._lock:
             self.steps.append(step)
@@ -754,7 +784,7 @@ class Watch:
             self._add(f)
 
     def _on_step_post(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        if self._closed or not self.steps:
+        if self._closed or not self.steps or _compiling():
             return
         step = self.steps[-1]
         if step.optimizer_key != id(opt):
@@ -775,12 +805,36 @@ class Watch:
                 self._add(f)
         except Exception as exc:
             self._internal(exc)
+        for step in run:  # judged: keep what the report needs, drop the per-parameter detail
+            step.sources = self._intern(frozenset(
+                f"{rel_path(c.site.file)}:{c.site.line}"
+                for prov in step.provenance.values()
+                for c in (self.call(cid) for cid in set(prov))
+                if c is not None
+            ))
+            step.stepped = self._intern(frozenset(step.provenance))
+            step.provenance = {}
+            step.repeated = {}
+        if len(self.steps) - len(self._run) > FOLD_AT:
+            self._fold()
+
+    def _intern(self, value: Any) -> Any:
+        """One shared object for equal values (a loop repeats the same sets every iteration)."""
+        return self._interned.setdefault(value, value)
 
     # used by checks -------------------------------------------------------------------------
     def call(self, call_id: int) -> BackwardCall | None:
-        i = call_id - 1
+        """The backward call with this id, while it is kept (None once folded into totals)."""
+        i = call_id - 1 - self._calls_dropped
         if 0 <= i < len(self.calls) and self.calls[i].id == call_id:
             return self.calls[i]
+        return None
+
+    def step(self, index: int) -> OptimizerStep | None:
+        """The optimizer step with this index, while it is kept."""
+        i = index - self._steps_dropped
+        if 0 <= i < len(self.steps) and self.steps[i].index == index:
+            return self.steps[i]
         return None
 
     def step_markers(self) -> list[tuple[int, int, frozenset[int]]]:
@@ -806,7 +860,7 @@ class Watch:
         local_names: dict[int, str],
         node_index: dict[int, int],
     ) -> Graph:
-        title = f"{call.site.source or 'backward'}  ({_rel(call.site.file)}:{call.site.line})"
+        title = f"{call.site.source or 'backward'}  ({rel_path(call.site.file)}:{call.site.line})"
         return capture(
             roots,
             names=self.names,
@@ -821,6 +875,70 @@ class Watch:
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
+
+
+_STRENGTH = {"reached": 2, "detached": 1, "not reached": 0}
+
+
+def _summarise_calls(calls: Sequence[BackwardCall], nets: Sequence[str]) -> dict[tuple[str, int], BackwardSummary]:
+    by_site: dict[tuple[str, int], list[BackwardCall]] = {}
+    for c in calls:
+        by_site.setdefault((c.site.file, c.site.line), []).append(c)
+    out = {}
+    for key, group in by_site.items():
+        first = group[0]
+        state: dict[str, str] = {}
+        for c in group:
+            for n in nets:
+                s = c.networks.get(n, "not reached")
+                if _STRENGTH[s] >= _STRENGTH.get(state.get(n, "not reached"), 0):
+                    state[n] = s
+        out[key] = BackwardSummary(
+            site=first.site,
+            count=len(group),
+            roots=first.roots,
+            retain_graph=any(c.retain_graph for c in group),
+            kind=first.kind,
+            networks=state,
+            params_reached=max(len(c.reached) for c in group),
+        )
+    return out
+
+
+def _merge_backward(a: BackwardSummary | None, b: BackwardSummary) -> BackwardSummary:
+    if a is None:
+        return b
+    state = dict(a.networks)
+    for n, s in b.networks.items():
+        if _STRENGTH[s] >= _STRENGTH.get(state.get(n, "not reached"), 0):
+            state[n] = s
+    return BackwardSummary(
+        a.site, a.count + b.count, a.roots, a.retain_graph or b.retain_graph, a.kind, state,
+        max(a.params_reached, b.params_reached),
+    )
+
+
+def _summarise_steps(steps: Sequence[OptimizerStep]) -> dict[tuple[int, str, int], StepSummary]:
+    by: dict[tuple[int, str, int], list[OptimizerStep]] = {}
+    for s in steps:
+        by.setdefault((s.optimizer_key, s.site.file, s.site.line), []).append(s)
+    out = {}
+    for key, group in by.items():
+        sources: dict[str, int] = {}
+        for s in group:
+            for site in s.sources:  # each step counts once per backward site it took gradient from
+                sources[site] = sources.get(site, 0) + 1
+        out[key] = StepSummary(group[0].optimizer, group[0].site, len(group), sources, group[0].n_params)
+    return out
+
+
+def _merge_steps(a: StepSummary | None, b: StepSummary) -> StepSummary:
+    if a is None:
+        return b
+    sources = dict(a.sources)
+    for k, v in b.sources.items():
+        sources[k] = sources.get(k, 0) + v
+    return StepSummary(a.optimizer, a.site, a.count + b.count, sources, a.params)
 
 
 def _inside_backward() -> bool:
@@ -883,20 +1001,6 @@ def _caller_site() -> Site:
         del frame
 
 
-def _tensor_vars(frame: types.FrameType | None) -> dict[int, str]:
-    """``id(tensor)`` and ``id(tensor.grad_fn)`` -> variable name, for the frame's tensors."""
-    out: dict[int, str] = {}
-    if frame is None:
-        return out
-    for name, value in local_items(frame):
-        if isinstance(value, torch.Tensor) and not name.startswith("_"):
-            out.setdefault(id(value), name)
-            fn = value.grad_fn
-            if fn is not None:
-                out.setdefault(id(fn), name)
-    return out
-
-
 def _site_from_traceback(exc: BaseException) -> Site | None:
     tb = exc.__traceback__
     last = None
@@ -922,21 +1026,6 @@ def _exc_text(exc: BaseException | None) -> str | None:
         return None
     first = str(exc).split("\n", 1)[0]
     return f"{type(exc).__name__}: {first}"
-
-
-def _rel(path: str) -> str:
-    import os
-
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return rel if not rel.startswith("..") else path
-
-
-# ----------------------------------------------------------------------------------------------
-# public entry point
-# ----------------------------------------------------------------------------------------------
 
 
 def watch(

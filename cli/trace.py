@@ -20,7 +20,7 @@ from rich.text import Text
 
 from autograd_lens import output, runner
 from autograd_lens.errors import LensError
-from autograd_lens.findings import ERROR, Finding
+from autograd_lens.findings import ERROR, Finding, rel_path
 from autograd_lens.report import Report, renderables
 
 from . import exit_codes
@@ -45,18 +45,10 @@ def _console(stream: TextIO) -> Console:
     return Console(file=stream, width=width, highlight=False, soft_wrap=False, emoji=False)
 
 
-def _rel(path: str) -> str:
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return rel if not rel.startswith("..") else path
-
-
 def _live_line(f: Finding) -> Text:
     """``lens: error[stray-grad] train.py:71: message``, coloured by severity."""
     if f.site is not None:
-        f = dataclasses.replace(f, site=dataclasses.replace(f.site, file=_rel(f.site.file)))
+        f = dataclasses.replace(f, site=dataclasses.replace(f.site, file=rel_path(f.site.file)))
     style = "bold red" if f.severity == ERROR else "bold yellow"
     head, _, rest = f.short().partition(" ")
     line = Text("lens: ", style="dim")

@@ -238,3 +238,40 @@ def test_a_failure_inside_the_lens_never_reaches_the_users_code(monkeypatch: pyt
     with pytest.warns(RuntimeWarning, match="autograd_lens: internal error.*lens bug"):
         seen = train(3, watched=True)
     assert all(torch.equal(a, b) for a, b in zip(bare, seen))
+
+
+def test_watches_that_end_out_of_order_leave_nothing_behind() -> None:
+    import contextlib
+
+    before = _global_state()
+    net = nn.Linear(3, 1)
+    a, b = lens.watch(), lens.watch()
+    stack_a, stack_b = contextlib.ExitStack(), contextlib.ExitStack()
+    stack_a.enter_context(a)
+    stack_b.enter_context(b)
+    net(torch.randn(2, 3)).sum().backward()
+    stack_a.close()  # the outer one ends first
+    net(torch.randn(2, 3)).sum().backward()  # b still watches, a passes through
+    stack_b.close()
+    assert _global_state() == before
+    assert len(a.calls) == 1 and len(b.calls) == 2
+
+
+def test_long_runs_fold_old_events_into_totals(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setattr(sys.modules["autograd_lens.watch"], "FOLD_AT", 40)
+    net = nn.Linear(3, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    with lens.watch() as w:
+        for _ in range(150):
+            opt.zero_grad()
+            net(torch.randn(2, 3)).sum().backward()
+            opt.step()
+    assert len(w.calls) <= 40 and len(w.steps) <= 41
+    report = w.report
+    [b] = report.backwards
+    [s] = report.steps
+    assert b.count == 150 and b.networks == {"net": "reached"}
+    assert s.count == 150 and list(s.sources.values()) == [150]
+    assert report.findings == ()

@@ -29,7 +29,7 @@ from . import (
     stray_grad,
 )
 from .. import intent
-from ..findings import Finding, Site
+from ..findings import Finding, Site, rel_path
 
 if TYPE_CHECKING:
     from ..events import BackwardCall, OptimizerStep
@@ -103,7 +103,7 @@ def after_backward(w: Watch, call: BackwardCall, walk: WalkResult) -> Iterable[F
         yield from inplace_saved.from_stale(w, call, walk.stale_saved, failed=False)
     _networks(w, call, walk)
     if walk.graph is not None:
-        key = f"{_rel(call.site.file)}:{call.site.line}"
+        key = f"{rel_path(call.site.file)}:{call.site.line}"
         if call.occurrence == 0 and w.keep_graphs:
             w.graphs[key] = walk.graph
             call.graph_key = key
@@ -247,13 +247,3 @@ def _tensors(x: Any) -> list[torch.Tensor]:
     if isinstance(x, torch.Tensor):
         return [x]
     return [t for t in x if isinstance(t, torch.Tensor)]
-
-
-def _rel(path: str) -> str:
-    import os
-
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return rel if not rel.startswith("..") else path

@@ -48,14 +48,14 @@ def findings(w: Watch) -> list[Finding]:
     out = []
     got: dict[int, set[int]] = {}
     for s in w.steps:
-        got.setdefault(s.optimizer_key, set()).update(s.provenance)
+        got.setdefault(s.optimizer_key, set()).update(s.stepped or s.provenance)
     for st in list(w.opts().values()):
         if st.steps == 0 or st.first_site is None:
             continue
         dead = []
         for pid in st.no_grad:
             ps = w.param_states().get(pid)
-            if (ps is not None and ps.ever) or pid in got.get(st.key, ()):
+            if (ps is not None and ps.ever) or pid in got.get(st.key, ()) or pid in w.excluded:
                 continue
             dead.append(w.param_name(pid))
         if not dead:

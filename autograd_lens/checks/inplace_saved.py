@@ -59,7 +59,9 @@ def from_stale(w: Watch, call: BackwardCall, stale: list[StaleSaved], failed: bo
         by_step.setdefault(s.step_index, []).append(s)
     out = []
     for step_index, items in by_step.items():
-        step = w.steps[step_index]
+        step = w.step(step_index)
+        if step is None:
+            continue
         names = sorted({w.param_name(s.pid) for s in items})
         first = items[0]
         opt = w.opts().get(step.optimizer_key)

@@ -77,7 +77,13 @@ def explain(w: Watch, call: BackwardCall, walk: WalkResult, exc_text: str) -> Fi
     net = w.net_name(rng.net) if rng is not None else None
     var = top.var if top is not None else None
     shared = code(var) if var else (f"the output of {code(net)}" if net else f"`{top.op}`" if top else "part of the graph")
-    same_site = earlier.site.file == call.site.file and earlier.site.line == call.site.line
+    # the same line in an earlier iteration: a network forward ran in between (not a loop over
+    # several losses, nor `y.backward(); y.backward()` on one line)
+    same_site = (
+        earlier.site.file == call.site.file
+        and earlier.site.line == call.site.line
+        and earlier.forwards < call.forwards
+    )
     labels = [] if same_site else [Label(earlier.site, "frees the graph it went through (no `retain_graph=True`)")]
     if rng is not None and rng.site is not None:
         what = f"{shared} is produced here by {code(net)}" if var else f"{code(net)} runs here"

@@ -18,24 +18,42 @@ __all__ = ["HookSet", "BACKWARD_ENGINE_AVAILABLE"]
 
 
 class _Patch:
-    """Replaces ``owner.name`` by ``value`` and puts the original back on ``remove()``."""
+    """Replaces ``owner.name`` by ``value`` and puts the original back on ``remove()``.
+
+    Watches may end out of order (two threads, an ``ExitStack``): a patch removed while another
+    one sits on top of it stays in the chain as a pass-through (the watch behind it is closed), and
+    the patch on top, when removed, skips every removed patch below it.
+    """
 
     def __init__(self, owner: Any, name: str, value: Any) -> None:
         self.owner = owner
         self.name = name
         self.original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+        try:
+            value.__autograd_lens_patch__ = self
+        except AttributeError:
+            pass
         setattr(owner, name, value)
         self.value = value
         self.removed = False
+
+    def _current(self) -> Any:
+        if isinstance(self.owner, type):
+            return self.owner.__dict__.get(self.name)
+        return getattr(self.owner, self.name, None)
 
     def remove(self) -> None:
         if self.removed:
             return
         self.removed = True
-        if getattr(self.owner, self.name, None) is self.value or (
-            isinstance(self.owner, type) and self.owner.__dict__.get(self.name) is self.value
-        ):
-            setattr(self.owner, self.name, self.original)
+        if self._current() is not self.value:
+            return  # another patch is on top: it will skip this one when it goes
+        target = self.original
+        below = getattr(target, "__autograd_lens_patch__", None)
+        while below is not None and below.removed:
+            target = below.original
+            below = getattr(target, "__autograd_lens_patch__", None)
+        setattr(self.owner, self.name, target)
 
 
 _ACTIVE_LOCK = threading.Lock()
