@@ -274,7 +274,10 @@ def decide(w: Watch, call: BackwardCall, run_opts: frozenset[int]) -> None:
         cached = w.site_terms.get((call.site.file, call.site.line))
         if cached is not None:
             call.terms = cached
-            call.for_opts = frozenset(o for t in cached for g in t.for_groups for o in [g[1]] if g[0] == "opt")
+            covered = frozenset(o for t in cached for g in t.for_groups for o in [g[1]] if g[0] == "opt")
+            seen = frozenset(p for t in cached for p in t.leaves)
+            hidden = frozenset(o for o in f if not any(w.param_opt(p) == o for p in seen))
+            call.for_opts = covered | hidden
             return
         call.for_opts = f
         return
@@ -292,8 +295,12 @@ def decide(w: Watch, call: BackwardCall, run_opts: frozenset[int]) -> None:
         for t in a.terms:
             if g in _term_groups(a, t):
                 t.for_groups = t.for_groups | {g}
+    # Optimizers the backward reached through parts of the graph no walk can see (a reentrant
+    # checkpoint, a compiled region) cannot be split by structure: time decides for them.
+    seen = {g for t in a.terms for g in _term_groups(a, t)}
+    hidden = frozenset(g[1] for g in groups - seen)
     call.terms = a.terms
-    call.for_opts = frozenset(g[1] for t in a.terms for g in t.for_groups if g[0] == "opt") or f
+    call.for_opts = (frozenset(g[1] for t in a.terms for g in t.for_groups if g[0] == "opt") | hidden) or f
     w.site_terms[(call.site.file, call.site.line)] = a.terms
 
 

@@ -275,3 +275,25 @@ def test_long_runs_fold_old_events_into_totals(monkeypatch: pytest.MonkeyPatch) 
     assert b.count == 150 and b.networks == {"net": "reached"}
     assert s.count == 150 and list(s.sources.values()) == [150]
     assert report.findings == ()
+
+
+def test_reentrant_checkpoint_of_one_of_two_networks_is_not_stray() -> None:
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    G = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+    D = nn.Linear(8, 1)
+    oG = torch.optim.SGD(G.parameters(), lr=0.1)
+    oD = torch.optim.SGD(D.parameters(), lr=0.1)
+    with lens.watch() as w:
+        for _ in range(3):
+            h = checkpoint(G, torch.randn(5, 4, requires_grad=True), use_reentrant=True)
+            loss = D(h).mean()
+            oG.zero_grad()
+            oD.zero_grad()
+            loss.backward()
+            oG.step()
+            oD.step()
+    report = w.report
+    assert report.findings == ()
+    assert report.backwards[0].networks == {"G": "reached", "D": "reached"}
