@@ -138,8 +138,10 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     if fixture_watch is not None:
         try:
             result = yield
-        finally:
-            _judge(item, fixture_watch.report, passed=True)
+        except BaseException:
+            _judge(item, fixture_watch.report, passed=False)  # the test's own failure comes first
+            raise
+        _judge(item, fixture_watch.report, passed=True)
         return result
     w = watch()
     w.__enter__()

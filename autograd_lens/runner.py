@@ -411,16 +411,16 @@ def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
             os.dup2(2, 1)
     except (AttributeError, OSError, ValueError):
         saved_fd = None
-    saved_stdout = sys.stdout
+    saved_stdout, saved_stderr = sys.stdout, sys.stderr
     if saved_fd is None:
         sys.stdout = sys.stderr
     try:
         yield
     finally:
         _flush(sys.stdout)
-        if saved_fd is None:
-            sys.stdout = saved_stdout
-        else:
+        # the program may have replaced or closed sys.stdout: the report goes to the real one
+        sys.stdout, sys.stderr = saved_stdout, saved_stderr
+        if saved_fd is not None:
             os.dup2(saved_fd, 1)
             os.close(saved_fd)
 

@@ -225,7 +225,12 @@ def trace(
 def _show_report(report: Report, err: Console, fmt: str, quiet: bool) -> None:
     """The JSON on stdout, or the text view on stderr (nothing with ``--quiet`` or an empty report)."""
     if fmt == "json":
-        click.echo(report.to_json())
+        text = report.to_json() + "\n"
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except (ValueError, OSError):  # the program closed sys.stdout; file descriptor 1 is open
+            os.write(1, text.encode())
         return
     if quiet or not (report.findings or report.backwards or report.steps):
         return

@@ -151,6 +151,23 @@ def test_clean(lens):
     result.assert_outcomes(passed=2)
 
 
+def test_a_failing_test_with_the_fixture_shows_its_own_failure_under_lens(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_gan=GAN_TESTS)
+    pytester.makepyfile(
+        test_own_failure='''
+from test_gan import gan_step
+
+def test_fails_for_its_own_reason(lens):
+    gan_step(fixed=False)
+    assert 1 + 1 == 3, "the test's own assertion"
+'''
+    )
+    result = pytester.runpytest_inprocess("--lens", "test_own_failure.py")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*the test's own assertion*"])
+    result.stdout.no_fnmatch_line("*Failed: autograd_lens found*")
+
+
 def test_marker_ignores_rules_and_rejects_unknown_ones(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_gan=GAN_TESTS)
     pytester.makepyfile(
