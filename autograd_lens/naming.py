@@ -18,9 +18,22 @@ import torch
 _PACKAGE_PREFIX = __name__.rsplit(".", 1)[0]
 
 
+def _library_dirs() -> tuple[str, ...]:
+    import sysconfig
+
+    dirs = {sysconfig.get_paths().get(k) for k in ("purelib", "platlib")}
+    return tuple(sorted(d.rstrip("/") + "/" for d in dirs if d))
+
+
+_LIBRARY_DIRS = _library_dirs()
+
+
 def user_frame(skip_modules: tuple[str, ...] = ()) -> types.FrameType | None:
-    """The innermost frame that belongs neither to the lens nor to torch (nor to ``skip_modules``)."""
+    """The innermost frame of the user's code: not the lens, not torch (nor ``skip_modules``), and,
+    where there is one, not an installed library either (``accelerator.backward(loss)`` is reported
+    at the user's line, not inside the library)."""
     frame = sys._getframe(1)
+    library_frame = None
     while frame is not None:
         mod = frame.f_globals.get("__name__", "")
         if not (
@@ -31,9 +44,12 @@ def user_frame(skip_modules: tuple[str, ...] = ()) -> types.FrameType | None:
             or mod == "contextlib"
             or mod in skip_modules
         ):
-            return frame
+            if not frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
+                return frame
+            if library_frame is None:
+                library_frame = frame
         frame = frame.f_back
-    return None
+    return library_frame
 
 
 _CO_OPTIMIZED = 0x0001
