@@ -5,6 +5,7 @@ Views (terminal, JSON) live in :mod:`autograd_lens.report`; a finding only holds
 
 from __future__ import annotations
 
+import functools
 import linecache
 import os
 from dataclasses import dataclass, field, replace
@@ -18,8 +19,13 @@ _RANK = {ERROR: 0, WARNING: 1}
 
 def rel_path(path: str) -> str:
     """``path`` relative to the working directory when it lies below it, else as given."""
+    return _rel_path(path, os.getcwd())
+
+
+@functools.lru_cache(maxsize=1024)
+def _rel_path(path: str, cwd: str) -> str:
     try:
-        rel = os.path.relpath(path)
+        rel = os.path.relpath(path, cwd)
     except ValueError:
         return path
     return rel if not rel.startswith("..") else path

@@ -118,6 +118,7 @@ class Watch:
         self.internal_errors: list[str] = []  # failures of the lens itself (never raised)
         self.excluded: set[int] = set()  # leaves a backward left out on purpose (`inputs=`)
         self._interned: dict[Any, Any] = {}
+        self._not_networks: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # no parameters
         # events beyond FOLD_AT are folded into per-site totals (long runs stay bounded)
         self._calls_dropped = 0
         self._steps_dropped = 0
@@ -458,8 +459,9 @@ class Watch:
             return
         net = self._nets.get(id(module))
         if net is None or net.ref() is not module:
-            if not _is_network(module):
-                stack.append(None)  # a loss or other module without parameters
+            if module in self._not_networks or not _is_network(module):
+                self._not_networks.add(module)  # a loss or other module without parameters
+                stack.append(None)
                 return
             frame = user_frame(("torch.nn.modules.module",))
             try:
@@ -806,10 +808,10 @@ class Watch:
         except Exception as exc:
             self._internal(exc)
         for step in run:  # judged: keep what the report needs, drop the per-parameter detail
+            cids = {cid for prov in step.provenance.values() for cid in prov}
             step.sources = self._intern(frozenset(
                 f"{rel_path(c.site.file)}:{c.site.line}"
-                for prov in step.provenance.values()
-                for c in (self.call(cid) for cid in set(prov))
+                for c in (self.call(cid) for cid in cids)
                 if c is not None
             ))
             step.stepped = self._intern(frozenset(step.provenance))
