@@ -379,14 +379,14 @@ def _saved_of(node: Any, names: ParamNames) -> tuple[tuple[SavedTensor, ...], bo
     freed = False
     by_id = names.by_id
     by_ptr = names.by_ptr
+    dtypes = _DTYPE_NAMES
+    tensor = torch.Tensor
     for attr in attrs:
         raw = getattr(node, attr)
         label = attr[11:]  # strip "_raw_saved_"
-        is_list = isinstance(raw, (list, tuple))
-        for i, sv in enumerate(raw if is_list else (raw,)):
+        is_list = type(raw) is list or type(raw) is tuple
+        for i, sv in enumerate(raw) if is_list else ((0, raw),):
             data = sv.data
-            if data is not None and not isinstance(data, torch.Tensor):
-                continue  # packed by saved-tensor hooks (e.g. non-reentrant checkpointing)
             if data is None:
                 # Released by a backward, or an optional tensor never given. An optional that was
                 # never given has a getter that returns None without raising.
@@ -394,6 +394,8 @@ def _saved_of(node: Any, names: ParamNames) -> tuple[tuple[SavedTensor, ...], bo
                     freed = True
                     out.append(SavedTensor(f"{label}[{i}]" if is_list else label, None, None, 0, True))
                 continue
+            if not isinstance(data, tensor):
+                continue  # packed by saved-tensor hooks (e.g. non-reentrant checkpointing)
             param = by_id.get(id(data)) if by_id else None
             if param is None and by_ptr:
                 try:
@@ -402,11 +404,12 @@ def _saved_of(node: Any, names: ParamNames) -> tuple[tuple[SavedTensor, ...], bo
                     hit = None
                 if hit is not None and hit[0] == str(data.device):
                     param = hit[1]
+            dt = data.dtype
             out.append(
                 SavedTensor(
                     f"{label}[{i}]" if is_list else label,
-                    tuple(data.shape),
-                    _DTYPE_NAMES.get(data.dtype) or _dtype(data.dtype),
+                    data.shape,  # torch.Size: a tuple
+                    dtypes.get(dt) or _dtype(dt),
                     data.nbytes,
                     False,
                     param,
@@ -499,11 +502,13 @@ def _capture(
     # a stack of (autograd node, graph id); nodes are held only while the walk runs
     stack: list[tuple[Any, int]] = []
 
-    def visit(fn: Any) -> tuple[int, bool]:
+    dtypes = _DTYPE_NAMES
+
+    def visit(fn: Any) -> int:
         key = id(fn)
         nid = index.get(key)
         if nid is not None:
-            return nid, False
+            return nid
         nid = len(rows)
         index[key] = nid
         op = type(fn).__name__
@@ -521,7 +526,7 @@ def _capture(
             modules.append(module)
             if leaf_ids is not None:
                 leaf_ids[nid] = id(var)
-            return nid, True
+            return nid
         if isinstance(fn, backward_cfunction):
             kind = COMPILED if op.startswith("CompiledFunction") else CUSTOM
         else:
@@ -530,7 +535,8 @@ def _capture(
         meta = fn._input_metadata
         if meta:
             m0 = meta[0]
-            shape, dtype = tuple(m0.shape), _dtype(m0.dtype)
+            dt = m0.dtype
+            shape, dtype = tuple(m0.shape), dtypes.get(dt) or _dtype(dt)
         else:
             shape = dtype = None
         rows.append(
@@ -539,12 +545,12 @@ def _capture(
         )
         modules.append(None)
         stack.append((fn, nid))
-        return nid, True
+        return nid
 
     for i, t in enumerate(tensors):
         oname = output_names[i] if output_names and i < len(output_names) else f"output{i if i else ''}"
         root = _node_of(t)
-        nid = visit(root)[0] if root is not None else None
+        nid = visit(root) if root is not None else None
         outputs.append(Output(oname, nid, tuple(t.shape), _dtype(t.dtype)))
 
     fn = None
@@ -552,7 +558,7 @@ def _capture(
         fn, dst = stack.pop()
         for nxt, _ in fn.next_functions:
             if nxt is not None:
-                edges.append((visit(nxt)[0], dst))
+                edges.append((visit(nxt), dst))
     del fn
     unique_edges = tuple(dict.fromkeys(edges))
     if names.by_id:
