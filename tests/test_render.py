@@ -214,7 +214,7 @@ def test_tree_text(two_nets: Graph) -> None:
     lines = text.splitlines()
     assert all(len(line) <= 100 for line in lines)
     assert lines[0].startswith("autograd graph")
-    assert "loss () float32 output" in text
+    assert "loss scalar float32 output" in text
     for op in ("MeanBackward0", "AddmmBackward0", "NativeLayerNormBackward0", "TanhBackward0"):
         assert op in text
     assert "netA.0.weight (6, 4) param" in text

@@ -126,9 +126,10 @@ def _q(text: object) -> str:
     return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def _shape(shape: tuple[int, ...] | None) -> str:
+def shape_text(shape: tuple[int, ...] | None, unknown: str = "?") -> str:
+    """``(3,)``, ``(16, 8)``, ``scalar``, or ``unknown`` when the shape is not known."""
     if shape is None:
-        return "?"
+        return unknown
     if not shape:
         return "scalar"
     if len(shape) == 1:
@@ -460,7 +461,7 @@ def _saved_lines(node: Node) -> str:
     lines = []
     freed = [s.name for s in node.saved if s.freed]
     for s in [s for s in node.saved if not s.freed][:MAX_SAVED_LINES]:
-        text = f"{_esc(s.name)} {_esc(_shape(s.shape))}"
+        text = f"{_esc(s.name)} {_esc(shape_text(s.shape))}"
         if s.param:
             text += f" = <B>{_esc(s.param)}</B>"
         lines.append("<BR/>" + _small(text))
@@ -521,12 +522,12 @@ class _Emitter:
             fill, border = colours
             top = _top(n.module) or _top(n.name) or "?"
             used.setdefault("params", {})[top] = colours
-            label = f"<B>{_esc(n.name or 'parameter')}</B><BR/>{_small(_esc(_shape(n.shape)))}"
+            label = f"<B>{_esc(n.name or 'parameter')}</B><BR/>{_small(_esc(shape_text(n.shape)))}"
         elif kind == "input":
             fill, border = INPUT_FILL, INPUT_BORDER
             used["input"] = True
             shape_attr = "invhouse"
-            label = f"<B>{_esc(n.name or 'input')}</B><BR/>{_small(_esc(_shape(n.shape)))}"
+            label = f"<B>{_esc(n.name or 'input')}</B><BR/>{_small(_esc(shape_text(n.shape)))}"
         else:
             if kind == "custom":
                 fill, border = CUSTOM_FILL, CUSTOM_BORDER
@@ -546,7 +547,7 @@ class _Emitter:
                 style = "rounded,filled"
             label = head
             if n.shape is not None:
-                label += "<BR/>" + _small("→ " + _esc(_shape(n.shape)), "#64748b")
+                label += "<BR/>" + _small("→ " + _esc(shape_text(n.shape)), "#64748b")
             if self.show_saved and n.saved:
                 label += _saved_lines(n)
             if n.ctx_tensors:
@@ -589,7 +590,7 @@ class _Emitter:
             if params and len(params) <= 4:
                 for p in params:
                     short = (p.name or "?").rsplit(".", 1)[-1]
-                    label += "<BR/>" + _small(f"{_esc(short)} {_esc(_shape(p.shape))}")
+                    label += "<BR/>" + _small(f"{_esc(short)} {_esc(shape_text(p.shape))}")
         else:
             self.used["fold"] = True
             tops = {_top(m.module) for m in members}
@@ -758,7 +759,7 @@ def to_dot(
         )
     for j, out in enumerate(graph.outputs):
         em.used["output"] = True
-        label = f"<B>{_esc(out.name)}</B><BR/>{_small(_esc(_shape(out.shape)) + ' ' + _esc(out.dtype))}"
+        label = f"<B>{_esc(out.name)}</B><BR/>{_small(_esc(shape_text(out.shape)) + ' ' + _esc(out.dtype))}"
         stmts.append(
             f'o{j} [shape=box style="rounded,filled,bold" fillcolor="{OUTPUT_FILL}" color="{OUTPUT_BORDER}" '
             f"peripheries=2 label=<{label}>]"

@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.text import Text
 from rich.tree import Tree
 
+from .dot import shape_text
+
 if TYPE_CHECKING:
     from ..graph import Graph, Node
 
@@ -37,11 +39,7 @@ _TAG_STYLES = {
 
 
 def _shape(shape: tuple[int, ...] | None) -> str:
-    if shape is None:
-        return ""
-    if len(shape) == 1:
-        return f"({shape[0]},)"
-    return "(" + ", ".join(str(d) for d in shape) + ")"
+    return shape_text(shape, unknown="")
 
 
 def _node_text(node: Node, highlights: dict[int, list[tuple[str, str]]], flat: bool) -> Text:
@@ -74,7 +72,7 @@ def _node_text(node: Node, highlights: dict[int, list[tuple[str, str]]], flat: b
                 elif s.param:
                     parts.append(f"{s.name}={s.param}")
                 else:
-                    parts.append(f"{s.name}{_shape(s.shape)}")
+                    parts.append(f"{s.name} {_shape(s.shape)}")
             more = len(node.saved) - 3
             text.append("  saved: " + ", ".join(parts) + (f" +{more}" if more > 0 else ""), style="dim")
     if node.freed:
