@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import LensError, describe
-from .graph import INPUT, PARAM, Graph
+from .graph import COMPILED, CUSTOM, INPUT, PARAM, Graph
 
 if TYPE_CHECKING:
     from .events import BackwardCall
@@ -272,7 +272,9 @@ def decide(w: Watch, call: BackwardCall, run_opts: frozenset[int]) -> None:
     a: Analysis | None = call.analysis
     if a is None:
         cached = w.site_terms.get((call.site.file, call.site.line))
-        if cached is not None:
+        # cached terms serve a call only when they know every parameter it reached (the networks
+        # at a site can be made anew, e.g. one per trial, and their ids then differ)
+        if cached is not None and call.reached <= {p for t in cached for p in t.leaves}:
             call.terms = cached
             covered = frozenset(o for t in cached for g in t.for_groups for o in [g[1]] if g[0] == "opt")
             seen = frozenset(p for t in cached for p in t.leaves)
@@ -298,7 +300,8 @@ def decide(w: Watch, call: BackwardCall, run_opts: frozenset[int]) -> None:
     # Optimizers the backward reached through parts of the graph no walk can see (a reentrant
     # checkpoint, a compiled region) cannot be split by structure: time decides for them.
     seen = {g for t in a.terms for g in _term_groups(a, t)}
-    hidden = frozenset(g[1] for g in groups - seen)
+    opaque = any(n.kind in (CUSTOM, COMPILED) for n in a.graph.nodes)
+    hidden = frozenset(g[1] for g in groups - seen) if opaque else frozenset()
     call.terms = a.terms
     call.for_opts = (frozenset(g[1] for t in a.terms for g in t.for_groups if g[0] == "opt") | hidden) or f
     w.site_terms[(call.site.file, call.site.line)] = a.terms

@@ -18,22 +18,9 @@ import torch
 _PACKAGE_PREFIX = __name__.rsplit(".", 1)[0]
 
 
-def _library_dirs() -> tuple[str, ...]:
-    import sysconfig
-
-    dirs = {sysconfig.get_paths().get(k) for k in ("purelib", "platlib")}
-    return tuple(sorted(d.rstrip("/") + "/" for d in dirs if d))
-
-
-_LIBRARY_DIRS = _library_dirs()
-
-
 def user_frame(skip_modules: tuple[str, ...] = ()) -> types.FrameType | None:
-    """The innermost frame of the user's code: not the lens, not torch (nor ``skip_modules``), and,
-    where there is one, not an installed library either (``accelerator.backward(loss)`` is reported
-    at the user's line, not inside the library)."""
+    """The innermost frame that belongs neither to the lens nor to torch (nor to ``skip_modules``)."""
     frame = sys._getframe(1)
-    library_frame = None
     while frame is not None:
         mod = frame.f_globals.get("__name__", "")
         if not (
@@ -44,12 +31,9 @@ def user_frame(skip_modules: tuple[str, ...] = ()) -> types.FrameType | None:
             or mod == "contextlib"
             or mod in skip_modules
         ):
-            if not frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
-                return frame
-            if library_frame is None:
-                library_frame = frame
+            return frame
         frame = frame.f_back
-    return library_frame
+    return None
 
 
 _CO_OPTIMIZED = 0x0001
@@ -66,16 +50,21 @@ def local_items(frame: types.FrameType) -> list[tuple[str, Any]]:
     """
     snapshot = frame.f_locals
     items = list(snapshot.items())
+    code = frame.f_code
     if (
         sys.version_info < (3, 13)
         and type(snapshot) is dict
-        and frame.f_code.co_flags & _CO_OPTIMIZED
+        and code.co_flags & _CO_OPTIMIZED
         and snapshot is not frame.f_globals
+        and frame.f_trace is None  # a tracer may copy the snapshot back into the frame
         # held by the frame, `snapshot` and getrefcount's argument only: nobody else has it (a
         # function that kept `locals()` holds this very dict, and keeps it as Python leaves it)
         and sys.getrefcount(snapshot) <= 3
     ):
-        snapshot.clear()
+        # only the entries Python rebuilds from the frame's variables; names that `exec` put in
+        # the snapshot live nowhere else and stay
+        for name in (*code.co_varnames, *code.co_cellvars, *code.co_freevars):
+            snapshot.pop(name, None)
     return items
 
 
@@ -93,11 +82,12 @@ def _candidates(frame: types.FrameType | None) -> Iterable[tuple[str, Any]]:
 
 
 def _is_plain_object(value: Any) -> bool:
-    return (
-        hasattr(value, "__dict__")
-        and not isinstance(value, (type, types.ModuleType, types.FunctionType, torch.nn.Module))
-        and not isinstance(value, torch.optim.Optimizer)
-    )
+    if isinstance(value, (type, types.ModuleType, types.FunctionType, torch.nn.Module, torch.optim.Optimizer)):
+        return False
+    try:
+        return isinstance(vars(value), dict)
+    except Exception:  # no __dict__, or a __getattr__ that raises
+        return False
 
 
 def find_in_frame(frame: types.FrameType | None, kind: type) -> dict[str, Any]:
@@ -128,7 +118,7 @@ def find_in_frame(frame: types.FrameType | None, kind: type) -> dict[str, Any]:
     for name, obj in nested:
         try:
             attrs = vars(obj)
-        except TypeError:
+        except Exception:
             continue
         for attr, item in list(attrs.items()):
             if isinstance(item, kind) and id(item) not in ids:

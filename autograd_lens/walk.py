@@ -138,7 +138,12 @@ def walk_graph(
     if old_nodes:
         res.stale_saved = _stale_saved(w, old_nodes, markers)
     old_nodes.clear()
+    site = (call.site.file, call.site.line)
+    known = w.site_leaves.get(site)
+    if not detail and known is not None and not res.leaves <= known:
+        detail = True  # networks made anew at this site (a new trial, a re-initialised model)
     if detail and not res.truncated:
+        w.site_leaves[site] = (known or set()) | res.leaves
         index: dict[int, int] = {}
         res.graph = w.snapshot(roots, call, res.leaf_ids, local_names, index)
         for fid, nid in index.items():

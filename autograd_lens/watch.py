@@ -65,7 +65,7 @@ class _ParamState:
 
 
 class _OptState:
-    __slots__ = ("key", "ref", "name", "pids", "steps", "first_site", "no_grad")
+    __slots__ = ("key", "ref", "name", "pids", "steps", "first_site", "no_grad", "with_grad")
 
     def __init__(self, opt: torch.optim.Optimizer, name: str) -> None:
         self.key = id(opt)
@@ -77,6 +77,7 @@ class _OptState:
         # parameters that require grad and were stepped with `.grad` None (the optimizer may be
         # gone by the time dead parameters are judged, on exit)
         self.no_grad: set[int] = set()
+        self.with_grad: set[int] = set()  # parameters it stepped with a gradient, at any time
 
 
 class _NetState:
@@ -124,7 +125,7 @@ class Watch:
         self._steps_dropped = 0
         self._folded_calls: dict[tuple[str, int], BackwardSummary] = {}
         self._folded_steps: dict[tuple[int, str, int], StepSummary] = {}
-        self._seen_keys: set[Any] = set()
+        self._finding_at: dict[Any, int] = {}  # finding key -> index in self.findings
         self._params: dict[int, _ParamState] = {}
         self._param_opt: dict[int, int] = {}  # pid -> optimizer key
         self._param_net: dict[int, int] = {}  # pid -> network key
@@ -132,15 +133,18 @@ class Watch:
         self._nets: dict[int, _NetState] = {}
         self._ranges: list[ForwardRange] = []  # ordered by start seq
         self._range_starts: list[int] = []
-        self._net_outputs: OrderedDict[tuple[str, int], int] = OrderedDict()  # storage -> net key
+        # storage of recent network outputs -> (network key, weak reference to the output)
+        self._net_outputs: OrderedDict[tuple[str, int], tuple[int, weakref.ref]] = OrderedDict()
         self._forwards = 0  # network forwards run so far
         # optimizers whose parameters a backward through networks in training mode reached
         self.trained_opts: set[int] = set()
         self._tls = threading.local()
-        self._inflight: list[tuple[BackwardCall, set[int]]] = []  # running calls and their leaves
+        # running backward calls: the call, its leaves, the thread that started it
+        self._inflight: list[tuple[BackwardCall, set[int], int]] = []
         self._site_counts: dict[tuple[str, int], int] = {}
-        self.site_terms: dict[tuple[str, int], Any] = {}
-        self.site_leaks: dict[tuple[str, int], Any] = {}  # backward site -> leaks found there  # backward site -> terms decided there
+        self.site_terms: dict[tuple[str, int], Any] = {}  # backward site -> terms decided there
+        self.site_leaves: dict[tuple[str, int], set[int]] = {}  # leaves seen in detail, per site
+        self.site_leaks: dict[tuple[str, int], Any] = {}  # backward site -> leaks found there
         self.pending: list[BackwardCall] = []  # calls not yet judged by a run of steps
         self._run: list[OptimizerStep] = []  # steps since the last backward call
         self._step_markers: list[tuple[int, int, frozenset[int]]] = []  # (seq, step index, pids)
@@ -167,7 +171,7 @@ class Watch:
                 self._add_net(mod, name)
             for name, opt in self._explicit_optimizers.items():
                 self._add_opt(opt, name)
-            self._scan_frame(frame)
+            self._guard(self._scan_frame)(frame)
         finally:
             del frame
         self.intent = intent_mod.Intent.from_spec(self._intent_spec, self)
@@ -324,7 +328,8 @@ class Watch:
         self._nets[net.key] = net
         self.names.add_module(name, mod)
         for pid in net.pids:
-            self._param_net.setdefault(pid, net.key)
+            if not self._owner_alive(self._nets, self._param_net.get(pid)):
+                self._param_net[pid] = net.key
         for p in mod.parameters():
             self.ensure_param(p)  # also for leaves a walk cannot see (reentrant checkpointing)
         return net
@@ -341,10 +346,17 @@ class Watch:
             for i, p in enumerate(group["params"]):
                 pid = id(p)
                 pids.append(pid)
-                self._param_opt.setdefault(pid, st.key)
+                if not self._owner_alive(self._opts, self._param_opt.get(pid)):
+                    self._param_opt[pid] = st.key
                 self.names.add(f"{st.name}.param_groups[{g}].params[{i}]", p, st.name, weak=True)
                 self.ensure_param(p)
         st.pids = pids
+
+    @staticmethod
+    def _owner_alive(owners: Mapping[int, Any], key: int | None) -> bool:
+        """Whether the network/optimizer ``key`` still exists (ids are reused once objects die)."""
+        owner = owners.get(key) if key is not None else None
+        return owner is not None and owner.ref() is not None
 
     def _opt_for(self, opt: torch.optim.Optimizer) -> _OptState:
         st = self._opts.get(id(opt))
@@ -423,10 +435,16 @@ class Watch:
     # findings
     # ------------------------------------------------------------------------------------------
     def _add(self, f: Finding) -> None:
+        """Keep one finding per rule and site, counted (a loop repeats a bug every iteration)."""
         with self._lock:
-            self.findings.append(f)
-            first = f.key not in self._seen_keys
-            self._seen_keys.add(f.key)
+            at = self._finding_at.get(f.key)
+            first = at is None
+            if first:
+                self._finding_at[f.key] = len(self.findings)
+                self.findings.append(f)
+            else:
+                kept = self.findings[at]
+                self.findings[at] = kept.counted(kept.count + f.count)
         if first and self.on_finding is not None:
             try:
                 self.on_finding(f)
@@ -478,9 +496,10 @@ class Watch:
                     key = (str(a.device), a.untyped_storage().data_ptr())
                 except RuntimeError:
                     continue
-                src = self._net_outputs.get(key)
-                if src is not None and src != net.key:
-                    detached.add(src)
+                hit = self._net_outputs.get(key)
+                # the output must still exist: a freed one's memory can hold a fresh input
+                if hit is not None and hit[0] != net.key and hit[1]() is not None:
+                    detached.add(hit[0])
         stack.append((net.key, depth, self._seq_now(), _caller_site(), detached))
 
     def _on_forward_post(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
@@ -511,7 +530,7 @@ class Watch:
                     k = (str(t.device), t.untyped_storage().data_ptr())
                 except RuntimeError:
                     continue
-                self._net_outputs[k] = key
+                self._net_outputs[k] = (key, weakref.ref(t))
                 self._net_outputs.move_to_end(k)
             while len(self._net_outputs) > 256:
                 self._net_outputs.popitem(last=False)
@@ -604,15 +623,15 @@ class Watch:
         detail = occurrence < self.detail
         try:
             walk = self._walk(roots, call, detail, local_names)
-            if inputs:
-                # leaves left out by `inputs=` get no gradient on purpose
+            if inputs and accumulate:
+                # leaves left out by `backward(inputs=...)` get no gradient on purpose
                 chosen = {id(t) for t in _as_seq(inputs) if isinstance(t, torch.Tensor)}
                 self.excluded |= walk.leaves - chosen
         except Exception as exc:
             self._internal(exc)
             walk = WalkResult()
         self._tls.in_backward = True
-        running = (call, walk.leaves)
+        running = (call, walk.leaves, threading.get_ident())
         with self._lock:
             self._inflight.append(running)
         try:
@@ -695,9 +714,12 @@ class Watch:
             return None
         if len(inflight) == 1:
             call = inflight[0][0]
-        else:  # backward calls running in several threads: the one whose graph holds p
+        else:  # backward calls running in several threads: this thread's, else one holding p
+            me = threading.get_ident()
             pid = id(p)
-            call = next((c for c, leaves in reversed(inflight) if pid in leaves), inflight[-1][0])
+            call = next((c for c, _, t in reversed(inflight) if t == me), None) or next(
+                (c for c, leaves, _ in reversed(inflight) if pid in leaves), inflight[-1][0]
+            )
         g = p.grad
         same = st.grad_ref is not None and st.grad_ref() is g
         if not same or (g is not None and g._version != st.grad_version + 1):
@@ -815,6 +837,9 @@ class Watch:
                 if c is not None
             ))
             step.stepped = self._intern(frozenset(step.provenance))
+            opt = self._opts.get(step.optimizer_key)
+            if opt is not None:
+                opt.with_grad |= step.stepped
             step.provenance = {}
             step.repeated = {}
         if len(self.steps) - len(self._run) > FOLD_AT:

@@ -46,9 +46,9 @@ if TYPE_CHECKING:
 
 def findings(w: Watch) -> list[Finding]:
     out = []
-    got: dict[int, set[int]] = {}
-    for s in w.steps:
-        got.setdefault(s.optimizer_key, set()).update(s.stepped or s.provenance)
+    got: dict[int, set[int]] = {key: set(st.with_grad) for key, st in w.opts().items()}
+    for s in w.steps:  # steps of the run not judged yet
+        got.setdefault(s.optimizer_key, set()).update(s.provenance)
     for st in list(w.opts().values()):
         if st.steps == 0 or st.first_site is None:
             continue

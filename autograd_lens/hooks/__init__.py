@@ -50,7 +50,8 @@ class _Patch:
             return  # another patch is on top: it will skip this one when it goes
         target = self.original
         below = getattr(target, "__autograd_lens_patch__", None)
-        while below is not None and below.removed:
+        # (a user's functools.wraps copy of a lens wrapper carries the attribute too: not ours)
+        while below is not None and below.removed and below.value is target:
             target = below.original
             below = getattr(target, "__autograd_lens_patch__", None)
         setattr(self.owner, self.name, target)
