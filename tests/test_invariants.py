@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 import warnings
 import weakref
 
@@ -297,3 +298,57 @@ def test_reentrant_checkpoint_of_one_of_two_networks_is_not_stray() -> None:
     report = w.report
     assert report.findings == ()
     assert report.backwards[0].networks == {"G": "reached", "D": "reached"}
+
+
+def test_a_bug_repeated_every_iteration_is_one_counted_finding() -> None:
+    torch.manual_seed(0)
+    netG, netD = G(), D()
+    optimizerG = torch.optim.Adam(netG.parameters())
+    optimizerD = torch.optim.Adam(netD.parameters())
+    criterion = nn.BCELoss()
+    with lens.watch() as w:
+        for _ in range(30):
+            netD.zero_grad()
+            fake = netG(torch.randn(4, 8, 1, 1))
+            criterion(netD(fake), torch.zeros(4)).backward(retain_graph=True)
+            optimizerD.step()
+            criterion(netD(fake), torch.ones(4)).backward()
+            optimizerG.step()
+    assert len(w.findings) == len({f.key for f in w.findings}) <= 4
+    [stray] = w.report.by_rule("stray-grad")
+    assert stray.count == 30 and stray.optimizer == "optimizerG"
+
+
+def test_networks_made_anew_at_the_same_site_are_judged_anew() -> None:
+    import runpy
+
+    ns = runpy.run_path(str(Path(__file__).parents[1] / "examples" / "actor_critic.py"), run_name="actor_critic")
+    with lens.watch() as w:
+        for _ in range(3):  # three trials, fresh networks and optimizers each, same lines
+            ns["main"]()
+    assert [(f.rule, f.count) for f in w.report.findings] == [("stray-grad", 9)]
+
+
+def test_autograd_grad_does_not_hide_dead_parameters() -> None:
+    torch.manual_seed(0)
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Linear(3, 3)
+            self.unused = nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)
+
+    model = Model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with lens.watch() as w:
+        for _ in range(2):
+            opt.zero_grad()
+            x = torch.randn(2, 3, requires_grad=True)
+            torch.autograd.grad(model.unused(x).sum(), [x])  # a saliency map through `unused`
+            model(x).sum().backward()
+            opt.step()
+    [dead] = w.report.by_rule("dead-param")
+    assert dead.params == ("model.unused.bias", "model.unused.weight")
