@@ -251,6 +251,17 @@ def _is_param_feed(graph: Graph, nid: int) -> bool:
     return False
 
 
+def analysis_of(w: Watch, call: BackwardCall) -> Analysis | None:
+    """The call's analysis, made from its graph snapshot the first time it is needed."""
+    held = call.analysis
+    if isinstance(held, tuple):
+        graph, leaf_ids, var_of_node = held
+        held = analyse(w, graph, leaf_ids)
+        held.var_of_node = var_of_node  # type: ignore[attr-defined]
+        call.analysis = held
+    return held
+
+
 def decide(w: Watch, call: BackwardCall, run_opts: frozenset[int]) -> None:
     """Fill ``call.for_opts`` (and ``call.terms`` when split by structure)."""
     declared = w.intent.lookup(call)
@@ -269,7 +280,7 @@ def decide(w: Watch, call: BackwardCall, run_opts: frozenset[int]) -> None:
     if len(f) <= 1:
         call.for_opts = f
         return
-    a: Analysis | None = call.analysis
+    a = analysis_of(w, call)
     if a is None:
         cached = w.site_terms.get((call.site.file, call.site.line))
         # cached terms serve a call only when they know every parameter it reached (the networks

@@ -142,11 +142,14 @@ class ParamNames:
     def __len__(self) -> int:
         return len(self.by_id)
 
-    def add(self, name: str, tensor: torch.Tensor, module: str | None = None, *, weak: bool = False) -> None:
-        """Name ``tensor``. The first name sticks, unless it was given with ``weak=True``."""
+    def add(
+        self, name: str, tensor: torch.Tensor, module: str | None = None, *, weak: bool = False, force: bool = False
+    ) -> None:
+        """Name ``tensor``. The first name sticks, unless it was given with ``weak=True``, or this
+        one comes with ``force=True`` (a new module whose parameters may reuse dead ones' ids)."""
         key = id(tensor)
         if key in self.by_id:
-            if key not in self.weak or weak:
+            if not force and (key not in self.weak or weak):
                 return
             self.weak.discard(key)
             old = self.by_id[key]
@@ -154,19 +157,19 @@ class ParamNames:
             for ptr, (dev, n) in list(self.by_ptr.items()):
                 if n == old:
                     del self.by_ptr[ptr]
-        elif weak:
+        if weak:
             self.weak.add(key)
         self.by_id[key] = name
         self.module_of[name] = module if module is not None else name.rsplit(".", 1)[0]
         try:
-            self.by_ptr.setdefault(tensor.data_ptr(), (str(tensor.device), name))
+            self.by_ptr[tensor.data_ptr()] = (str(tensor.device), name)
         except RuntimeError:  # tensors without storage (meta, some subclasses)
             pass
 
-    def add_module(self, prefix: str, module: torch.nn.Module) -> None:
+    def add_module(self, prefix: str, module: torch.nn.Module, *, force: bool = False) -> None:
         for qual, p in module.named_parameters(remove_duplicate=True):
             owner = qual.rsplit(".", 1)[0] if "." in qual else ""
-            self.add(f"{prefix}.{qual}", p, f"{prefix}.{owner}" if owner else prefix)
+            self.add(f"{prefix}.{qual}", p, f"{prefix}.{owner}" if owner else prefix, force=force)
 
     def name_of(self, tensor: torch.Tensor) -> str | None:
         return self.by_id.get(id(tensor))

@@ -140,7 +140,7 @@ def walk_graph(
     old_nodes.clear()
     site = (call.site.file, call.site.line)
     known = w.site_leaves.get(site)
-    if not detail and known is not None and not res.leaves <= known:
+    if not detail and (known is None or not res.leaves <= known):
         detail = True  # networks made anew at this site (a new trial, a re-initialised model)
     if detail and not res.truncated:
         w.site_leaves[site] = (known or set()) | res.leaves

@@ -65,13 +65,14 @@ class _ParamState:
 
 
 class _OptState:
-    __slots__ = ("key", "ref", "name", "pids", "steps", "first_site", "no_grad", "with_grad")
+    __slots__ = ("key", "ref", "name", "pids", "pidset", "steps", "first_site", "no_grad", "with_grad")
 
     def __init__(self, opt: torch.optim.Optimizer, name: str) -> None:
         self.key = id(opt)
         self.ref = weakref.ref(opt)
         self.name = name
         self.pids: list[int] = []
+        self.pidset: set[int] = set()
         self.steps = 0
         self.first_site: Site | None = None
         # parameters that require grad and were stepped with `.grad` None (the optimizer may be
@@ -305,10 +306,10 @@ class Watch:
             found = find_in_frame(frame, torch.nn.Module)
             inner = {id(sub) for m in found.values() for sub in m.modules() if sub is not m}
             for name, mod in found.items():
-                if id(mod) not in self._nets and id(mod) not in inner and _is_network(mod):
+                if not self._known(self._nets, mod) and id(mod) not in inner and _is_network(mod):
                     self._add_net(mod, name)
             for name, opt in find_in_frame(frame, torch.optim.Optimizer).items():
-                if id(opt) not in self._opts:
+                if not self._known(self._opts, opt):
                     self._add_opt(opt, name)
             # a parameter of no network kept in a variable (`log_alpha` of SAC): named by it
             for name, value in local_items(frame):
@@ -319,17 +320,25 @@ class Watch:
             frame = frame.f_back
             depth += 1
 
+    @staticmethod
+    def _known(states: Mapping[int, Any], obj: Any) -> bool:
+        """Whether ``obj`` itself (not a dead object that had its id) is registered."""
+        st = states.get(id(obj))
+        return st is not None and st.ref() is obj
+
     def _add_net(self, mod: torch.nn.Module, name: str) -> _NetState:
-        used = {n.name for n in self._nets.values()}
+        # the names of live networks are taken; a dead one's name can be given again
+        used = {n.name for n in self._nets.values() if n.ref() is not None}
         base, i = name, 2
         while name in used:
             name, i = f"{base}#{i}", i + 1
         net = _NetState(mod, name)
         self._nets[net.key] = net
-        self.names.add_module(name, mod)
+        self.names.add_module(name, mod, force=True)
         for pid in net.pids:
-            if not self._owner_alive(self._nets, self._param_net.get(pid)):
+            if not self._owns(self._nets, self._param_net.get(pid), pid):
                 self._param_net[pid] = net.key
+        self._forget_sites()
         for p in mod.parameters():
             self.ensure_param(p)  # also for leaves a walk cannot see (reentrant checkpointing)
         return net
@@ -338,6 +347,7 @@ class Watch:
         st = _OptState(opt, name)
         self._opts[st.key] = st
         self._refresh_opt(st, opt)
+        self._forget_sites()
         return st
 
     def _refresh_opt(self, st: _OptState, opt: torch.optim.Optimizer) -> None:
@@ -346,17 +356,31 @@ class Watch:
             for i, p in enumerate(group["params"]):
                 pid = id(p)
                 pids.append(pid)
-                if not self._owner_alive(self._opts, self._param_opt.get(pid)):
+                if not self._owns(self._opts, self._param_opt.get(pid), pid, st):
                     self._param_opt[pid] = st.key
                 self.names.add(f"{st.name}.param_groups[{g}].params[{i}]", p, st.name, weak=True)
                 self.ensure_param(p)
         st.pids = pids
+        st.pidset = set(pids)
 
     @staticmethod
-    def _owner_alive(owners: Mapping[int, Any], key: int | None) -> bool:
-        """Whether the network/optimizer ``key`` still exists (ids are reused once objects die)."""
+    def _owns(owners: Mapping[int, Any], key: int | None, pid: int, asking: Any = None, *, alive: bool = True) -> bool:
+        """Whether network/optimizer ``key`` holds parameter ``pid`` (and, with ``alive``, still
+        exists). Ids are reused once objects die: a new parameter can have a dead one's id, a new
+        optimizer a dead one's; a registration is only replaced by a live owner that holds it."""
         owner = owners.get(key) if key is not None else None
-        return owner is not None and owner.ref() is not None
+        if owner is None or owner is asking or (alive and owner.ref() is None):
+            return False
+        held = owner.pidset if isinstance(owner, _OptState) else owner.pids
+        return pid in held
+
+    def _forget_sites(self) -> None:
+        """A network or optimizer is new: what was learnt per backward site may be about dead ones.
+        The steps so far are judged first, with what is known about the ones they belong to."""
+        self._close_run()
+        self.site_terms.clear()
+        self.site_leaves.clear()
+        self.site_leaks.clear()
 
     def _opt_for(self, opt: torch.optim.Optimizer) -> _OptState:
         st = self._opts.get(id(opt))
@@ -391,16 +415,18 @@ class Watch:
 
     def group_of(self, pid: int) -> tuple[str, int] | None:
         """The owner a parameter's gradient is for: its optimizer, else its network."""
-        o = self._param_opt.get(pid)
+        o = self.param_opt(pid)
         if o is not None:
             return ("opt", o)
-        n = self._param_net.get(pid)
+        n = self.net_of_param(pid)
         if n is not None:
             return ("net", n)
         return None
 
     def net_of_param(self, pid: int) -> int | None:
-        return self._param_net.get(pid)
+        """The network holding parameter ``pid`` (None if it is none, or is gone)."""
+        key = self._param_net.get(pid)
+        return key if self._owns(self._nets, key, pid, alive=False) else None
 
     def net_of_seq(self, seq: int | None) -> int | None:
         """The network whose forward created the node with sequence number ``seq``."""
@@ -488,7 +514,12 @@ class Watch:
                 del frame
             net = self._nets.get(id(module))
             if net is None or net.ref() is not module:
-                net = self._add_net(module, type(module).__name__)
+                # a part of a known network called on its own (`model.head(x)`) belongs to it
+                owner = self._nets.get(self.net_of_param(id(next(module.parameters()))))
+                if owner is not None and owner.ref() is not None:
+                    net = owner
+                else:
+                    net = self._add_net(module, type(module).__name__)
         detached: set[int] = set()
         for a in args:
             if isinstance(a, torch.Tensor) and a.grad_fn is None and not a.requires_grad:
@@ -877,7 +908,9 @@ class Watch:
         return self._params
 
     def param_opt(self, pid: int) -> int | None:
-        return self._param_opt.get(pid)
+        """The optimizer that steps parameter ``pid`` (None if it is none, or is gone)."""
+        key = self._param_opt.get(pid)
+        return key if self._owns(self._opts, key, pid, alive=False) else None
 
     def snapshot(
         self,

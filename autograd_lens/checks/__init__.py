@@ -109,9 +109,8 @@ def after_backward(w: Watch, call: BackwardCall, walk: WalkResult) -> Iterable[F
             call.graph_key = key
         yield from ctx_tensor.findings(call, walk.graph)
         if call.kind == "backward" and call.reached:
-            a = intent.analyse(w, walk.graph, walk.leaf_ids)
-            a.var_of_node = walk.var_of_node  # type: ignore[attr-defined]
-            call.analysis = a
+            # analysed when judged: by then the optimizers that step these parameters are known
+            call.analysis = (walk.graph, walk.leaf_ids, walk.var_of_node)
     if call.kind == "backward" and call.reached:
         w.pending.append(call)
         if len(w.pending) > 256:
@@ -157,8 +156,9 @@ def judge_run(w: Watch, run: list[OptimizerStep]) -> Iterable[Finding]:
                 still.append(c)
                 continue
             intent.decide(w, c, run_opts)
-        if c.analysis is not None:
-            found = detach_leak.leaks(w, c, c.analysis)
+        a = intent.analysis_of(w, c)
+        if a is not None:
+            found = detach_leak.leaks(w, c, a)
             leaks_by_call[c.id] = found
             yield from detach_leak.findings(w, c, found)
             if found:
