@@ -125,7 +125,7 @@ class Watch:
         self._calls_dropped = 0
         self._steps_dropped = 0
         self._folded_calls: dict[tuple[str, int], BackwardSummary] = {}
-        self._folded_steps: dict[tuple[int, str, int], StepSummary] = {}
+        self._folded_steps: dict[tuple[str, str, int], StepSummary] = {}
         self._finding_at: dict[Any, int] = {}  # finding key -> index in self.findings
         self._params: dict[int, _ParamState] = {}
         self._param_opt: dict[int, int] = {}  # pid -> optimizer key
@@ -263,7 +263,8 @@ class Watch:
             )
 
     def network_names(self) -> list[str]:
-        names = [n.name for n in self._nets.values()]
+        # a network made anew under the same variable (one per trial) keeps its name: one column
+        names = list(dict.fromkeys(n.name for n in self._nets.values()))
         for o in self._opts.values():
             # parameters in an optimizer but in no known network form a network of their own
             if any(p not in self._param_net for p in o.pids) and o.name not in names:
@@ -978,10 +979,10 @@ def _merge_backward(a: BackwardSummary | None, b: BackwardSummary) -> BackwardSu
     )
 
 
-def _summarise_steps(steps: Sequence[OptimizerStep]) -> dict[tuple[int, str, int], StepSummary]:
-    by: dict[tuple[int, str, int], list[OptimizerStep]] = {}
-    for s in steps:
-        by.setdefault((s.optimizer_key, s.site.file, s.site.line), []).append(s)
+def _summarise_steps(steps: Sequence[OptimizerStep]) -> dict[tuple[str, str, int], StepSummary]:
+    by: dict[tuple[str, str, int], list[OptimizerStep]] = {}
+    for s in steps:  # by name: an optimizer made anew under the same variable is one row
+        by.setdefault((s.optimizer, s.site.file, s.site.line), []).append(s)
     out = {}
     for key, group in by.items():
         sources: dict[str, int] = {}
