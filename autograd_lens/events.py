@@ -1,4 +1,4 @@
-"""The event log of a ``watch()``: backward calls, optimizer steps, zero_grad calls, forward ranges.
+"""The event log of a ``watch()``: backward calls, optimizer steps, forward ranges.
 
 Events are plain data. They hold ids and names, never tensors or autograd nodes.
 """
@@ -36,10 +36,6 @@ class BackwardCall:
     terms: list[Any] | None = None
     analysis: Any = None  # compact graph data kept while the call may still be judged
 
-    @property
-    def label(self) -> str:
-        src = self.site.source
-        return src if src else f"backward at line {self.site.line}"
 
 
 @dataclass(slots=True)
@@ -53,24 +49,10 @@ class OptimizerStep:
     provenance: dict[int, tuple[int, ...]]  # param id -> backward call ids in its .grad
     repeated: dict[int, tuple[int, ...]]  # param id -> call ids this optimizer had applied before
     n_params: int
-    after_call: int  # number of backward calls before this step
     #: once the run of steps is judged, the per-parameter detail above is dropped and these remain
     sources: frozenset[str] = frozenset()  # backward sites "file:line" it took gradient from
     stepped: frozenset[int] = frozenset()  # ids of the parameters it stepped with a gradient
 
-    @property
-    def label(self) -> str:
-        src = self.site.source
-        return src if src else f"{self.optimizer}.step()"
-
-
-@dataclass(frozen=True)
-class ZeroGrad:
-    """A ``zero_grad()`` call on an optimizer or a module."""
-
-    site: Site
-    target: str
-    after_call: int
 
 
 @dataclass(frozen=True)

@@ -236,3 +236,14 @@ def tensor_names(frame: types.FrameType | None, *, grad_fns: bool = False) -> di
             if grad_fns and value.grad_fn is not None:
                 out.setdefault(id(value.grad_fn), name)
     return out
+
+
+def tensors_in(obj: Any) -> list[torch.Tensor]:
+    """The tensors in ``obj``: a tensor, a list or tuple, a dict's values (else none)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return [t for t in obj if isinstance(t, torch.Tensor)]
+    return []

@@ -36,7 +36,7 @@ from .hooks import (
     watch_warnings,
 )
 from .hooks.patches import BACKWARD_ENGINE_AVAILABLE, patch_backward
-from .naming import ParamNames, find_in_frame, local_items, tensor_names, user_frame
+from .naming import ParamNames, find_in_frame, local_items, tensor_names, tensors_in, user_frame
 from .report import BackwardSummary, Report, StepSummary, dedupe
 from .walk import WalkResult
 
@@ -384,23 +384,19 @@ class Watch:
         self.site_leaks.clear()
 
     def _opt_for(self, opt: torch.optim.Optimizer) -> _OptState:
-        st = self._opts.get(id(opt))
-        if st is not None and st.ref() is opt:
-            return st
-        frame = user_frame()
-        try:
-            self._scan_frame(frame)
-        finally:
-            del frame
-        st = self._opts.get(id(opt))
-        if st is None or st.ref() is not opt:
-            st = self._add_opt(opt, f"{type(opt).__name__}#{len(self._opts) + 1}")
-        return st
+        """The optimizer's state; a new one is named from the caller's variables first."""
+        if not self._known(self._opts, opt):
+            frame = user_frame()
+            try:
+                self._scan_frame(frame)
+            finally:
+                del frame
+        return self._opt_for_known(opt)
 
     def _opt_for_known(self, opt: torch.optim.Optimizer) -> _OptState:
-        st = self._opts.get(id(opt))
-        if st is not None and st.ref() is opt:
-            return st
+        """The optimizer's state, registered under a generic name if it is new."""
+        if self._known(self._opts, opt):
+            return self._opts[id(opt)]
         return self._add_opt(opt, f"{type(opt).__name__}#{len(self._opts) + 1}")
 
     def param_name(self, pid: int) -> str:
@@ -557,7 +553,7 @@ class Watch:
             del self._ranges[:4096]
             del self._range_starts[:4096]
         if depth == 0:
-            for t in _tensors_in(output):
+            for t in tensors_in(output):
                 try:
                     k = (str(t.device), t.untyped_storage().data_ptr())
                 except RuntimeError:
@@ -634,7 +630,7 @@ class Watch:
             site, local_names = Site("<unknown>", 0), {}
         site = self._intern(site)
         self._close_run()
-        roots = [t for t in _as_seq(t_outputs) if isinstance(t, torch.Tensor)]
+        roots = tensors_in(t_outputs)
         key = (site.file, site.line)
         with self._lock:
             occurrence = self._site_counts.get(key, 0)
@@ -657,7 +653,7 @@ class Watch:
             walk = self._walk(roots, call, detail, local_names)
             if inputs and accumulate:
                 # leaves left out by `backward(inputs=...)` get no gradient on purpose
-                chosen = {id(t) for t in _as_seq(inputs) if isinstance(t, torch.Tensor)}
+                chosen = {id(t) for t in tensors_in(inputs)}
                 self.excluded |= walk.leaves - chosen
         except Exception as exc:
             self._internal(exc)
@@ -831,7 +827,6 @@ class Watch:
             provenance=provenance,
             repeated=repeated,
             n_params=n_params,
-            after_call=self._calls_dropped + len(self.calls),
         )
         with self._lock:
             self.steps.append(step)
@@ -1018,22 +1013,6 @@ def _compiling() -> bool:
 def _is_network(mod: torch.nn.Module) -> bool:
     # containers of no parameters (e.g. a loss module) are not networks
     return next(iter(mod.parameters()), None) is not None
-
-
-def _tensors_in(obj: Any) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        return [t for t in obj if isinstance(t, torch.Tensor)]
-    if isinstance(obj, dict):
-        return [t for t in obj.values() if isinstance(t, torch.Tensor)]
-    return []
-
-
-def _as_seq(x: Any) -> Sequence[Any]:
-    if isinstance(x, (list, tuple)):
-        return x
-    return (x,)
 
 
 def _shape(t: torch.Tensor) -> str:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-import torch
 
 from . import (
     ctx_tensor,
@@ -30,6 +29,7 @@ from . import (
 )
 from .. import intent
 from ..findings import Finding, Site, rel_path
+from ..naming import tensors_in
 
 if TYPE_CHECKING:
     from ..events import BackwardCall, OptimizerStep
@@ -231,19 +231,11 @@ def explain_exception(w: Watch, exc: BaseException, site: Site | None, ctx: Any)
             return inplace_saved.from_stale(w, call, walk.stale_saved, failed=True, exc_text=first)[0]
         return inplace_saved.explain_plain(w, call, list(roots or []), first)
     if _NONSCALAR in text:
-        return nonscalar_backward.finding(site, _tensors(roots), names)
+        return nonscalar_backward.finding(site, tensors_in(roots), names)
     if _NOGRAD in text:
-        return no_grad_path.finding(w, site, _tensors(roots), names)
+        return no_grad_path.finding(w, site, tensors_in(roots), names)
     return None
 
 
 def dead_params(w: Watch) -> list[Finding]:
     return dead_param.findings(w)
-
-
-def _tensors(x: Any) -> list[torch.Tensor]:
-    if x is None:
-        return []
-    if isinstance(x, torch.Tensor):
-        return [x]
-    return [t for t in x if isinstance(t, torch.Tensor)]
