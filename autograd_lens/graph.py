@@ -492,7 +492,6 @@ def _capture(
     input_names = input_names or {}
     index: dict[int, int] = node_index if node_index is not None else {}  # id(node) -> graph id
     rows: list[list[Any]] = []  # fields of Node, module and seq filled after the walk
-    modules: list[str | None] = []
     edges: list[tuple[int, int]] = []
     outputs: list[Output] = []
     name_of = names.by_id.get
@@ -523,7 +522,6 @@ def _capture(
                 kind = INPUT
                 pname = input_names.get(id(var))
             rows.append([nid, op, kind, pname, module, tuple(var.shape), _dtype(var.dtype), (), False, None, ()])
-            modules.append(module)
             if leaf_ids is not None:
                 leaf_ids[nid] = id(var)
             return nid
@@ -543,7 +541,6 @@ def _capture(
             [nid, op, kind, None, None, shape, dtype, saved_t, freed, fn._sequence_nr(),
              _ctx_tensors(fn) if kind == CUSTOM else ()]
         )
-        modules.append(None)
         stack.append((fn, nid))
         return nid
 
@@ -562,7 +559,7 @@ def _capture(
     del fn
     unique_edges = tuple(dict.fromkeys(edges))
     if names.by_id:
-        _assign_modules(rows, modules, unique_edges)
+        _assign_modules(rows, unique_edges)
     nodes = tuple(Node(*r) for r in rows)
     return Graph(nodes, unique_edges, tuple(outputs), title)
 
@@ -583,7 +580,7 @@ def _common_prefix(mods: list[str]) -> str | None:
     return ".".join(parts)
 
 
-def _assign_modules(rows: list[list[Any]], module: list[str | None], edges: tuple[tuple[int, int], ...]) -> None:
+def _assign_modules(rows: list[list[Any]], edges: tuple[tuple[int, int], ...]) -> None:
     """Attribute op nodes to modules (``rows[i][4]``): the module of a parameter they consume
     (through view ops), else the common module of their inputs, in forward order."""
     inputs: list[list[int]] = [[] for _ in rows]
@@ -595,19 +592,18 @@ def _assign_modules(rows: list[list[Any]], module: list[str | None], edges: tupl
         direct_mods = []
         other_mods = []
         for src in inputs[i]:
-            if rows[src][2] == PARAM and module[src]:
-                direct_mods.append(module[src])
+            if rows[src][2] == PARAM and rows[src][4]:
+                direct_mods.append(rows[src][4])
             elif view_param[src]:
                 direct_mods.append(view_param[src])
-            elif module[src]:
-                other_mods.append(module[src])
+            elif rows[src][4]:
+                other_mods.append(rows[src][4])
         if direct_mods:
             if rows[i][1] in _VIEW_OPS and len(direct_mods) == 1 and not other_mods:
                 view_param[i] = direct_mods[0]
-            module[i] = _common_prefix(direct_mods)
+            rows[i][4] = _common_prefix(direct_mods)
         elif other_mods:
-            module[i] = _common_prefix(other_mods)
-        rows[i][4] = module[i]
+            rows[i][4] = _common_prefix(other_mods)
 
 
 def _as_tensor_list(tensors: tuple[Any, ...]) -> list[torch.Tensor]:

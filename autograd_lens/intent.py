@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import LensError, describe
+from . import graph as graph_mod
 from .graph import COMPILED, CUSTOM, INPUT, PARAM, Graph
 
 if TYPE_CHECKING:
@@ -29,11 +30,8 @@ _ADD_OPS = frozenset({"AddBackward0", "SubBackward0"})
 _LINEAR_OPS = frozenset(
     {"MulBackward0", "DivBackward0", "NegBackward0", "MeanBackward0", "SumBackward0", "AddBackward1", "SubBackward1", "MulBackward1", "DivBackward1"}
 )
-_VIEW_OPS = frozenset(
-    {"TBackward0", "ViewBackward0", "ExpandBackward0", "PermuteBackward0", "TransposeBackward0",
-     "UnsqueezeBackward0", "SqueezeBackward0", "SqueezeBackward1", "ReshapeAliasBackward0",
-     "UnsafeViewBackward0", "ToCopyBackward0", "AliasBackward0", "CloneBackward0"}
-)
+# the view ops of module attribution, and copies that still feed one parameter unchanged
+_VIEW_OPS = graph_mod._VIEW_OPS | {"AliasBackward0", "CloneBackward0"}
 
 
 class Intent:
