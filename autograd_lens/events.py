@@ -1,4 +1,5 @@
-"""The event log of a ``watch()``: backward calls, optimizer steps, forward ranges.
+"""The event log of a ``watch()``: backward calls and optimizer steps (forward ranges live in the
+registry).
 
 Events are plain data. They hold ids and names, never tensors or autograd nodes.
 """
@@ -52,16 +53,3 @@ class OptimizerStep:
     #: once the run of steps is judged, the per-parameter detail above is dropped and these remain
     sources: frozenset[str] = frozenset()  # backward sites "file:line" it took gradient from
     stepped: frozenset[int] = frozenset()  # ids of the parameters it stepped with a gradient
-
-
-
-@dataclass(frozen=True)
-class ForwardRange:
-    """The autograd sequence numbers a network's forward created (``start``..``end``)."""
-
-    start: int
-    end: int
-    net: int
-    depth: int
-    site: Site | None
-    detached_from: frozenset[int]  # networks whose outputs came in detached

@@ -11,7 +11,6 @@ reference, graph nodes only while a backward call is being set up, and stamps li
 
 from __future__ import annotations
 
-import bisect
 import threading
 import types
 import warnings
@@ -25,7 +24,7 @@ import torch
 from . import checks
 from . import intent as intent_mod
 from .errors import LensError, describe
-from .events import BackwardCall, ForwardRange, OptimizerStep
+from .events import BackwardCall, OptimizerStep
 from .findings import Finding, Site, rel_path
 from .graph import Graph, capture
 from .hooks import (
@@ -36,7 +35,8 @@ from .hooks import (
     watch_warnings,
 )
 from .hooks.patches import BACKWARD_ENGINE_AVAILABLE, patch_backward
-from .naming import ParamNames, find_in_frame, local_items, tensor_names, tensors_in, user_frame
+from .naming import find_in_frame, tensor_names, tensors_in, user_frame
+from .registry import ForwardRange, NetInfo, OptInfo, Registry, is_network
 from .report import BackwardSummary, Report, StepSummary, dedupe
 from .walk import WalkResult
 
@@ -49,6 +49,9 @@ FOLD_AT = 20_000
 DETAIL_PER_SITE = 2
 
 _active: list[Watch] = []
+
+#: Reads the number the next autograd node will get, without making a node (torch >= 2.1).
+_PEEK_SEQ = getattr(getattr(torch._C, "_autograd", None), "_get_sequence_nr", None)
 _active_lock = threading.Lock()
 
 
@@ -62,33 +65,6 @@ class _ParamState:
         self.grad_version = -1
         self.ever = False
         self.applied: dict[int, set[int]] = {}  # optimizer key -> call ids already applied
-
-
-class _OptState:
-    __slots__ = ("key", "ref", "name", "pids", "pidset", "steps", "first_site", "no_grad", "with_grad")
-
-    def __init__(self, opt: torch.optim.Optimizer, name: str) -> None:
-        self.key = id(opt)
-        self.ref = weakref.ref(opt)
-        self.name = name
-        self.pids: list[int] = []
-        self.pidset: set[int] = set()
-        self.steps = 0
-        self.first_site: Site | None = None
-        # parameters that require grad and were stepped with `.grad` None (the optimizer may be
-        # gone by the time dead parameters are judged, on exit)
-        self.no_grad: set[int] = set()
-        self.with_grad: set[int] = set()  # parameters it stepped with a gradient, at any time
-
-
-class _NetState:
-    __slots__ = ("key", "ref", "name", "pids")
-
-    def __init__(self, module: torch.nn.Module, name: str) -> None:
-        self.key = id(module)
-        self.ref = weakref.ref(module)
-        self.name = name
-        self.pids: set[int] = {id(p) for p in module.parameters()}
 
 
 class Watch:
@@ -111,7 +87,8 @@ class Watch:
         self.on_finding = on_finding
         self.keep_graphs = graphs
         self.hooks = HookSet()
-        self.names = ParamNames()
+        self.reg = Registry(on_param=self.ensure_param, on_change=self._forget_sites)
+        self.names = self.reg.names
         self.calls: list[BackwardCall] = []
         self.steps: list[OptimizerStep] = []
         self.findings: list[Finding] = []
@@ -120,7 +97,6 @@ class Watch:
         self.internal_errors: list[str] = []  # failures of the lens itself (never raised)
         self.excluded: set[int] = set()  # leaves a backward left out on purpose (`inputs=`)
         self._interned: dict[Any, Any] = {}
-        self._not_networks: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # no parameters
         # events beyond FOLD_AT are folded into per-site totals (long runs stay bounded)
         self._calls_dropped = 0
         self._steps_dropped = 0
@@ -128,12 +104,6 @@ class Watch:
         self._folded_steps: dict[tuple[str, str, int], StepSummary] = {}
         self._finding_at: dict[Any, int] = {}  # finding key -> index in self.findings
         self._params: dict[int, _ParamState] = {}
-        self._param_opt: dict[int, int] = {}  # pid -> optimizer key
-        self._param_net: dict[int, int] = {}  # pid -> network key
-        self._opts: dict[int, _OptState] = {}
-        self._nets: dict[int, _NetState] = {}
-        self._ranges: list[ForwardRange] = []  # ordered by start seq
-        self._range_starts: list[int] = []
         # storage of recent network outputs -> (network key, weak reference to the output)
         self._net_outputs: OrderedDict[tuple[str, int], tuple[int, weakref.ref]] = OrderedDict()
         self._forwards = 0  # network forwards run so far
@@ -165,14 +135,15 @@ class Watch:
         if self._entered:
             raise LensError("a watch() can be entered only once; make a new one with lens.watch()")
         self._entered = True
-        self._probe = torch.zeros(1, requires_grad=True)
+        if _PEEK_SEQ is None:
+            self._probe = torch.zeros(1, requires_grad=True)
         frame = user_frame()
         try:
             for name, mod in self._explicit_modules.items():
-                self._add_net(mod, name)
+                self.reg.add_net(mod, name)
             for name, opt in self._explicit_optimizers.items():
-                self._add_opt(opt, name)
-            self._guard(self._scan_frame)(frame)
+                self.reg.add_opt(opt, name)
+            self._guard(self.reg.scan_frame)(frame)
         finally:
             del frame
         self.intent = intent_mod.Intent.from_spec(self._intent_spec, self)
@@ -263,13 +234,7 @@ class Watch:
             )
 
     def network_names(self) -> list[str]:
-        # a network made anew under the same variable (one per trial) keeps its name: one column
-        names = list(dict.fromkeys(n.name for n in self._nets.values()))
-        for o in self._opts.values():
-            # parameters in an optimizer but in no known network form a network of their own
-            if any(p not in self._param_net for p in o.pids) and o.name not in names:
-                names.append(o.name)
-        return names
+        return self.reg.network_names()
 
     def _backward_summaries(self) -> Iterable[BackwardSummary]:
         out = dict(self._folded_calls)
@@ -301,79 +266,7 @@ class Watch:
     # names
     # ------------------------------------------------------------------------------------------
     def _scan_frame(self, frame: types.FrameType | None) -> None:
-        """Name networks and optimizers from the variables of ``frame`` (and its callers)."""
-        depth = 0
-        while frame is not None and depth < 4:
-            found = find_in_frame(frame, torch.nn.Module)
-            inner = {id(sub) for m in found.values() for sub in m.modules() if sub is not m}
-            for name, mod in found.items():
-                if not self._known(self._nets, mod) and id(mod) not in inner and _is_network(mod):
-                    self._add_net(mod, name)
-            for name, opt in find_in_frame(frame, torch.optim.Optimizer).items():
-                if not self._known(self._opts, opt):
-                    self._add_opt(opt, name)
-            # a parameter of no network kept in a variable (`log_alpha` of SAC): named by it
-            for name, value in local_items(frame):
-                if isinstance(value, torch.Tensor) and not name.startswith("_") and id(value) in self._param_opt:
-                    key = id(value)
-                    if key not in self.names.by_id or key in self.names.weak:
-                        self.names.add(name, value, name)
-            frame = frame.f_back
-            depth += 1
-
-    @staticmethod
-    def _known(states: Mapping[int, Any], obj: Any) -> bool:
-        """Whether ``obj`` itself (not a dead object that had its id) is registered."""
-        st = states.get(id(obj))
-        return st is not None and st.ref() is obj
-
-    def _add_net(self, mod: torch.nn.Module, name: str) -> _NetState:
-        # the names of live networks are taken; a dead one's name can be given again
-        used = {n.name for n in self._nets.values() if n.ref() is not None}
-        base, i = name, 2
-        while name in used:
-            name, i = f"{base}#{i}", i + 1
-        net = _NetState(mod, name)
-        self._nets[net.key] = net
-        self.names.add_module(name, mod, force=True)
-        for pid in net.pids:
-            if not self._owns(self._nets, self._param_net.get(pid), pid):
-                self._param_net[pid] = net.key
-        self._forget_sites()
-        for p in mod.parameters():
-            self.ensure_param(p)  # also for leaves a walk cannot see (reentrant checkpointing)
-        return net
-
-    def _add_opt(self, opt: torch.optim.Optimizer, name: str) -> _OptState:
-        st = _OptState(opt, name)
-        self._opts[st.key] = st
-        self._refresh_opt(st, opt)
-        self._forget_sites()
-        return st
-
-    def _refresh_opt(self, st: _OptState, opt: torch.optim.Optimizer) -> None:
-        pids = []
-        for g, group in enumerate(opt.param_groups):
-            for i, p in enumerate(group["params"]):
-                pid = id(p)
-                pids.append(pid)
-                if not self._owns(self._opts, self._param_opt.get(pid), pid, st):
-                    self._param_opt[pid] = st.key
-                self.names.add(f"{st.name}.param_groups[{g}].params[{i}]", p, st.name, weak=True)
-                self.ensure_param(p)
-        st.pids = pids
-        st.pidset = set(pids)
-
-    @staticmethod
-    def _owns(owners: Mapping[int, Any], key: int | None, pid: int, asking: Any = None, *, alive: bool = True) -> bool:
-        """Whether network/optimizer ``key`` holds parameter ``pid`` (and, with ``alive``, still
-        exists). Ids are reused once objects die: a new parameter can have a dead one's id, a new
-        optimizer a dead one's; a registration is only replaced by a live owner that holds it."""
-        owner = owners.get(key) if key is not None else None
-        if owner is None or owner is asking or (alive and owner.ref() is None):
-            return False
-        held = owner.pidset if isinstance(owner, _OptState) else owner.pids
-        return pid in held
+        self.reg.scan_frame(frame)
 
     def _forget_sites(self) -> None:
         """A network or optimizer is new: what was learnt per backward site may be about dead ones.
@@ -383,76 +276,44 @@ class Watch:
         self.site_leaves.clear()
         self.site_leaks.clear()
 
-    def _opt_for(self, opt: torch.optim.Optimizer) -> _OptState:
+    def _opt_for(self, opt: torch.optim.Optimizer) -> OptInfo:
         """The optimizer's state; a new one is named from the caller's variables first."""
-        if not self._known(self._opts, opt):
+        if not self.reg.known(self.reg.opts, opt):
             frame = user_frame()
             try:
-                self._scan_frame(frame)
+                self.reg.scan_frame(frame)
             finally:
                 del frame
         return self._opt_for_known(opt)
 
-    def _opt_for_known(self, opt: torch.optim.Optimizer) -> _OptState:
+    def _opt_for_known(self, opt: torch.optim.Optimizer) -> OptInfo:
         """The optimizer's state, registered under a generic name if it is new."""
-        if self._known(self._opts, opt):
-            return self._opts[id(opt)]
-        return self._add_opt(opt, f"{type(opt).__name__}#{len(self._opts) + 1}")
+        if self.reg.known(self.reg.opts, opt):
+            return self.reg.opts[id(opt)]
+        return self.reg.add_opt(opt, f"{type(opt).__name__}#{len(self.reg.opts) + 1}")
 
+    # queries the checks use (the registry answers them) ----------------------------------------
     def param_name(self, pid: int) -> str:
-        return self.names.by_id.get(pid) or f"param@{pid:x}"
+        return self.reg.param_name(pid)
 
     def opt_name(self, key: int | None) -> str:
-        st = self._opts.get(key) if key is not None else None
-        return st.name if st else "(no optimizer)"
+        return self.reg.opt_name(key)
 
     def net_name(self, key: int | None) -> str:
-        n = self._nets.get(key) if key is not None else None
-        return n.name if n else "(unknown)"
+        return self.reg.net_name(key)
 
     def group_of(self, pid: int) -> tuple[str, int] | None:
-        """The owner a parameter's gradient is for: its optimizer, else its network."""
-        o = self.param_opt(pid)
-        if o is not None:
-            return ("opt", o)
-        n = self.net_of_param(pid)
-        if n is not None:
-            return ("net", n)
-        return None
+        return self.reg.group_of(pid)
 
     def net_of_param(self, pid: int) -> int | None:
-        """The network holding parameter ``pid`` (None if it is none, or is gone)."""
-        key = self._param_net.get(pid)
-        return key if self._owns(self._nets, key, pid, alive=False) else None
+        return self.reg.net_of_param(pid)
 
     def net_of_seq(self, seq: int | None) -> int | None:
-        """The network whose forward created the node with sequence number ``seq``."""
-        if seq is None or not self._ranges:
-            return None
-        i = bisect.bisect_right(self._range_starts, seq) - 1
-        # the innermost range containing seq: scan back over the few ranges that may contain it
-        best = None
-        j = i
-        while j >= 0 and i - j < 8:
-            r = self._ranges[j]
-            if r.start <= seq <= r.end:
-                if best is None or r.depth > best.depth:
-                    best = r
-            j -= 1
-        return best.net if best else None
+        return self.reg.net_of_seq(seq)
 
     def range_of_seq(self, seq: int | None) -> ForwardRange | None:
-        if seq is None or not self._ranges:
-            return None
-        i = bisect.bisect_right(self._range_starts, seq) - 1
-        while i >= 0:
-            r = self._ranges[i]
-            if r.start <= seq <= r.end:
-                return r
-            if r.end < seq and r.depth == 0:
-                return None
-            i -= 1
-        return None
+        """The network-level forward that created node ``seq`` (its call site is where fixes go)."""
+        return self.reg.top_range_of_seq(seq)
 
     # ------------------------------------------------------------------------------------------
     # findings
@@ -482,86 +343,120 @@ class Watch:
     # forward (global module hooks)
     # ------------------------------------------------------------------------------------------
     def _seq_now(self) -> int | None:
-        probe = self._probe
-        if probe is None or not torch.is_grad_enabled():
+        """The sequence number the next autograd node will get (None while grad is off)."""
+        if not torch.is_grad_enabled():
+            return None
+        if _PEEK_SEQ is not None:
+            return _PEEK_SEQ()
+        probe = self._probe  # older PyTorch: make a node and read its number
+        if probe is None:
             return None
         fn = probe.view(1).grad_fn
-        return fn._sequence_nr() if fn is not None else None
+        return fn._sequence_nr() + 1 if fn is not None else None
 
     def _on_forward_pre(self, module: torch.nn.Module, args: tuple) -> None:
         tls = self._tls
-        depth = getattr(tls, "depth", 0)
-        tls.depth = depth + 1
         stack = getattr(tls, "stack", None)
         if stack is None:
             stack = tls.stack = []
-        if depth > 0 or _compiling():
+            tls.open = []
+        opened: list[ForwardRange] = tls.open
+        if _compiling() or not torch.is_grad_enabled():
             stack.append(None)
             return
-        net = self._nets.get(id(module))
+        reg = self.reg
+        if opened:  # a call inside a network's forward: one of its modules
+            hit = reg.module_of(module)
+            start = self._seq_now()
+            if hit is None or start is None:
+                stack.append(None)
+                return
+            parent = opened[-1]
+            r = ForwardRange(start, hit[0], hit[1], parent.depth + 1, None, parent=parent)
+            reg.open_range(r)
+            opened.append(r)
+            stack.append(r)
+            return
+        net = reg.nets.get(id(module))
+        path = ""
         if net is None or net.ref() is not module:
-            if module in self._not_networks or not _is_network(module):
-                self._not_networks.add(module)  # a loss or other module without parameters
+            if module in reg.not_networks or not is_network(module):
+                reg.not_networks.add(module)  # a loss or other module without parameters
                 stack.append(None)
                 return
             frame = user_frame(("torch.nn.modules.module",))
             try:
-                self._scan_frame(frame)
+                reg.scan_frame(frame)
             finally:
                 del frame
-            net = self._nets.get(id(module))
+            net = reg.nets.get(id(module))
             if net is None or net.ref() is not module:
-                # a part of a known network called on its own (`model.head(x)`) belongs to it
-                owner = self._nets.get(self.net_of_param(id(next(module.parameters()))))
-                if owner is not None and owner.ref() is not None:
-                    net = owner
+                hit = reg.module_of(module)
+                if hit is not None:
+                    # a part of a known network called on its own (`model.head(x)`) belongs to it
+                    net, path = reg.nets[hit[0]], hit[1]
+                elif any(reg.module_of(m) is not None for m in module.children()):
+                    # a container of known networks (a LightningModule holding netG and netD): the
+                    # networks it calls are the units
+                    reg.not_networks.add(module)
+                    stack.append(None)
+                    return
                 else:
-                    net = self._add_net(module, type(module).__name__)
+                    net = reg.add_net(module, type(module).__name__)
+        start = self._seq_now()
+        if start is None:
+            stack.append(None)
+            return
         detached: set[int] = set()
-        for a in args:
-            if isinstance(a, torch.Tensor) and a.grad_fn is None and not a.requires_grad:
-                try:
-                    key = (str(a.device), a.untyped_storage().data_ptr())
-                except RuntimeError:
-                    continue
-                hit = self._net_outputs.get(key)
-                # the output must still exist: a freed one's memory can hold a fresh input
-                if hit is not None and hit[0] != net.key and hit[1]() is not None:
-                    detached.add(hit[0])
-        stack.append((net.key, depth, self._seq_now(), _caller_site(), detached))
+        carried: list[tuple[int, int, int]] = []
+        for i, a in enumerate(args):
+            if isinstance(a, torch.Tensor):
+                fn = a.grad_fn
+                if fn is not None:
+                    carried.append((i, id(fn), -1))
+                elif not a.requires_grad:
+                    try:
+                        key = (str(a.device), a.untyped_storage().data_ptr())
+                    except RuntimeError:
+                        continue
+                    hit_out = self._net_outputs.get(key)
+                    # the output must still exist: a freed one's memory can hold a fresh input
+                    if hit_out is not None and hit_out[0] != net.key and hit_out[1]() is not None:
+                        detached.add(hit_out[0])
+            elif isinstance(a, (tuple, list)) and a and len(a) <= 8:
+                for t in a:
+                    if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+                        carried.append((i, id(t.grad_fn), len(a)))
+        r = ForwardRange(start, net.key, path, 0, _caller_site(), frozenset(detached))
+        r.carried = tuple(carried)
+        reg.open_range(r)
+        opened.append(r)
+        stack.append(r)
 
     def _on_forward_post(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
-        tls = self._tls
-        tls.depth = max(0, getattr(tls, "depth", 1) - 1)
-        stack = getattr(tls, "stack", None)
+        stack = getattr(self._tls, "stack", None)
         if not stack:
             return
-        entry = stack.pop()
-        if entry is None:
+        r = stack.pop()
+        if r is None:
             return
-        key, depth, start, site, detached = entry
-        if depth == 0:
-            self._forwards += 1
-        end = self._seq_now()
-        if start is None or end is None:
+        opened = self._tls.open
+        if opened and opened[-1] is r:
+            opened.pop()
+        end = _PEEK_SEQ() if _PEEK_SEQ is not None else self._seq_now()
+        r.end = (end - 1) if end is not None else r.start - 1
+        if r.depth:
             return
-        r = ForwardRange(start, end, key, depth, site, frozenset(detached))
-        i = bisect.bisect_right(self._range_starts, start)
-        self._ranges.insert(i, r)
-        self._range_starts.insert(i, start)
-        if len(self._ranges) > 8192:
-            del self._ranges[:4096]
-            del self._range_starts[:4096]
-        if depth == 0:
-            for t in tensors_in(output):
-                try:
-                    k = (str(t.device), t.untyped_storage().data_ptr())
-                except RuntimeError:
-                    continue
-                self._net_outputs[k] = (key, weakref.ref(t))
-                self._net_outputs.move_to_end(k)
-            while len(self._net_outputs) > 256:
-                self._net_outputs.popitem(last=False)
+        self._forwards += 1
+        for t in tensors_in(output):
+            try:
+                k = (str(t.device), t.untyped_storage().data_ptr())
+            except RuntimeError:
+                continue
+            self._net_outputs[k] = (r.net, weakref.ref(t))
+            self._net_outputs.move_to_end(k)
+        while len(self._net_outputs) > 256:
+            self._net_outputs.popitem(last=False)
 
     # ------------------------------------------------------------------------------------------
     # backward
@@ -692,10 +587,10 @@ class Watch:
 
     def _note_mode(self, call: BackwardCall) -> None:
         """Which networks the call reached in eval mode; which optimizers it trained in train mode."""
-        nets = {self._param_net.get(p) for p in call.reached} - {None}
+        nets = {self.reg.param_net.get(p) for p in call.reached} - {None}
         evals = []
         for key in nets:
-            net = self._nets.get(key)
+            net = self.reg.nets.get(key)
             m = net.ref() if net is not None else None
             if m is not None and not m.training:
                 evals.append(net.name)
@@ -703,8 +598,7 @@ class Watch:
         call.all_eval = bool(nets) and len(evals) == len(nets)
         if not call.all_eval:
             for p in call.reached:
-                o = self._param_opt.get(p)
-                if o is not None:
+                for o in self.reg.param_opts.get(p, ()):
                     self.trained_opts.add(o)
 
     def _stamp_roots(self, roots: Sequence[torch.Tensor], call: BackwardCall) -> None:
@@ -790,7 +684,7 @@ class Watch:
             return
         st = self._opt_for(opt)
         if st.steps == 0 or len(st.pids) != sum(len(g["params"]) for g in opt.param_groups):
-            self._refresh_opt(st, opt)
+            self.reg.refresh_opt(st, opt)
         st.steps += 1
         site = _site()
         if st.first_site is None:
@@ -864,7 +758,7 @@ class Watch:
                 if c is not None
             ))
             step.stepped = self._intern(frozenset(step.provenance))
-            opt = self._opts.get(step.optimizer_key)
+            opt = self.reg.opts.get(step.optimizer_key)
             if opt is not None:
                 opt.with_grad |= step.stepped
             step.provenance = {}
@@ -894,19 +788,18 @@ class Watch:
     def step_markers(self) -> list[tuple[int, int, frozenset[int]]]:
         return self._step_markers
 
-    def opts(self) -> dict[int, _OptState]:
-        return self._opts
+    def opts(self) -> dict[int, OptInfo]:
+        return self.reg.opts
 
-    def nets(self) -> dict[int, _NetState]:
-        return self._nets
+    def nets(self) -> dict[int, NetInfo]:
+        return self.reg.nets
 
     def param_states(self) -> dict[int, _ParamState]:
         return self._params
 
     def param_opt(self, pid: int) -> int | None:
         """The optimizer that steps parameter ``pid`` (None if it is none, or is gone)."""
-        key = self._param_opt.get(pid)
-        return key if self._owns(self._opts, key, pid, alive=False) else None
+        return self.reg.opt_of(pid)
 
     def snapshot(
         self,
@@ -1008,11 +901,6 @@ def _compiling() -> bool:
         return bool(torch.compiler.is_compiling())
     except Exception:
         return False
-
-
-def _is_network(mod: torch.nn.Module) -> bool:
-    # containers of no parameters (e.g. a loss module) are not networks
-    return next(iter(mod.parameters()), None) is not None
 
 
 def _shape(t: torch.Tensor) -> str:
