@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -463,16 +463,19 @@ def capture(
     saved: bool = True,
     leaf_ids: dict[int, int] | None = None,
     node_index: dict[int, int] | None = None,
+    module_of_seq: Callable[[int], str | None] | None = None,
 ) -> Graph:
     """Snapshot the graph behind ``tensors``. Iterative; holds no node or tensor afterwards.
 
     ``leaf_ids``, when given, is filled with ``graph node id -> id(leaf tensor)``, and
     ``node_index`` with ``id(autograd node) -> graph node id`` (ids only: nothing is kept alive).
+    ``module_of_seq`` maps an op's autograd sequence number to the module whose forward made it
+    (the runtime knows forward ranges); ops it does not place keep the module of their inputs.
     """
     gc_was_enabled = gc.isenabled()
     gc.disable()  # hundreds of thousands of small records: collections would cost a third
     try:
-        return _capture(tensors, names, output_names, input_names, title, saved, leaf_ids, node_index)
+        return _capture(tensors, names, output_names, input_names, title, saved, leaf_ids, node_index, module_of_seq)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -487,6 +490,7 @@ def _capture(
     saved: bool,
     leaf_ids: dict[int, int] | None,
     node_index: dict[int, int] | None,
+    module_of_seq: Callable[[int], str | None] | None = None,
 ) -> Graph:
     names = names if names is not None else ParamNames()
     input_names = input_names or {}
@@ -560,6 +564,12 @@ def _capture(
     unique_edges = tuple(dict.fromkeys(edges))
     if names.by_id:
         _assign_modules(rows, unique_edges)
+    if module_of_seq is not None:
+        for r in rows:
+            if r[9] is not None:
+                m = module_of_seq(r[9])
+                if m is not None:
+                    r[4] = m or None  # "": made outside every module's forward
     nodes = tuple(Node(*r) for r in rows)
     return Graph(nodes, unique_edges, tuple(outputs), title)
 

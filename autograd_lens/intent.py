@@ -212,6 +212,7 @@ def crossings(w: Watch, a: Analysis, for_groups: frozenset[Any], within: set[int
     """Edges from nodes that reach ``for_groups`` into nodes that do not."""
     graph = a.graph
     out = []
+    cache: dict[int, frozenset[Any]] = {}
     for src, dst in graph.edges:
         if within is not None and (src not in within or dst not in within):
             continue
@@ -228,11 +229,23 @@ def crossings(w: Watch, a: Analysis, for_groups: frozenset[Any], within: set[int
             continue
         net_src = w.net_of_seq(node.seq)
         net_dst = w.net_of_seq(graph.nodes[dst].seq)
-        if net_src is not None and net_src == net_dst:
-            out.append(Crossing(src, dst, "pass-through", a.reach[src]))  # the network's own weights
+        if net_src is not None and net_src == net_dst and a.reach[src] <= _own_groups(w, net_src, cache):
+            # the network's own weights, seen through ops of its forward; an op of its forward that
+            # reaches another network (`img.view(...)` of a generated batch) is where data enters
+            out.append(Crossing(src, dst, "pass-through", a.reach[src]))
             continue
         out.append(Crossing(src, dst, "leak", a.reach[src]))
     return out
+
+
+def _own_groups(w: Watch, net_key: int, cache: dict[int, frozenset[Any]]) -> frozenset[Any]:
+    """The groups (optimizers, else the network) of a network's own parameters."""
+    got = cache.get(net_key)
+    if got is None:
+        net = w.nets().get(net_key)
+        got = frozenset(g for g in (w.group_of(p) for p in (net.pids if net is not None else ())) if g is not None)
+        cache[net_key] = got
+    return got
 
 
 def _is_param_feed(graph: Graph, nid: int) -> bool:

@@ -140,6 +140,8 @@ class Registry:
         self._on_param = on_param
         self._on_change = on_change
         self._manual_serial = 0
+        #: sequence numbers from here on were made while forward ranges were recorded
+        self.first_seq: int | None = None
 
     # ------------------------------------------------------------------------------------------
     # networks and optimizers
@@ -415,10 +417,12 @@ class Registry:
         return r.net if r is not None else None
 
     def module_name_of_seq(self, seq: int | None) -> str | None:
-        """``netD.main.0`` for a node created by that module's forward (None outside networks)."""
+        """``netD.main.0`` for a node created by that module's forward; "" for a node made outside
+        every network's forward while the watch recorded them (a loss, a criterion); None when the
+        registry cannot tell (made before the watch began)."""
         r = self.range_of_seq(seq)
         if r is None:
-            return None
+            return "" if seq is not None and self.first_seq is not None and seq >= self.first_seq else None
         net = self.nets.get(r.net)
         return net.qualified(r.path) if net is not None else None
 

@@ -104,6 +104,7 @@ class Watch:
         self._folded_steps: dict[tuple[str, str, int], StepSummary] = {}
         self._finding_at: dict[Any, int] = {}  # finding key -> index in self.findings
         self._params: dict[int, _ParamState] = {}
+        self._holding: set[int] = set()  # parameters whose .grad holds gradient of known calls
         # storage of recent network outputs -> (network key, weak reference to the output)
         self._net_outputs: OrderedDict[tuple[str, int], tuple[int, weakref.ref]] = OrderedDict()
         self._forwards = 0  # network forwards run so far
@@ -137,6 +138,7 @@ class Watch:
         self._entered = True
         if _PEEK_SEQ is None:
             self._probe = torch.zeros(1, requires_grad=True)
+        self.reg.first_seq = self._seq_now_always()
         frame = user_frame()
         try:
             for name, mod in self._explicit_modules.items():
@@ -342,6 +344,11 @@ class Watch:
     # ------------------------------------------------------------------------------------------
     # forward (global module hooks)
     # ------------------------------------------------------------------------------------------
+    def _seq_now_always(self) -> int | None:
+        """The next sequence number, also while grad is off."""
+        with torch.enable_grad():
+            return self._seq_now()
+
     def _seq_now(self) -> int | None:
         """The sequence number the next autograd node will get (None while grad is off)."""
         if not torch.is_grad_enabled():
@@ -545,6 +552,7 @@ class Watch:
                 self._fold()
         detail = occurrence < self.detail
         try:
+            self._settle_grads()
             walk = self._walk(roots, call, detail, local_names)
             if inputs and accumulate:
                 # leaves left out by `backward(inputs=...)` get no gradient on purpose
@@ -644,10 +652,13 @@ class Watch:
             )
         g = p.grad
         same = st.grad_ref is not None and st.grad_ref() is g
-        if not same or (g is not None and g._version != st.grad_version + 1):
-            if not (same is False and call.create_graph and st.grad_ref is not None and st.grad_ref() is None):
-                st.ledger = []
+        # The same `.grad` object holds the gradient of the calls in the ledger, whatever was done
+        # to it in place since (clipping, unscaling, all-reduce): a change that zeroed it was seen
+        # before this backward began (`_settle_grads`). A new object starts a new ledger.
+        if not same and not (call.create_graph and st.grad_ref is not None and st.grad_ref() is None):
+            st.ledger = []
         st.ledger.append(call.id)
+        self._holding.add(id(p))
         if len(st.ledger) > 64:  # a .grad never zeroed: keep the recent history only
             del st.ledger[:-32]
         st.ever = True
@@ -678,6 +689,35 @@ class Watch:
             if st is not None:
                 st.ledger = []
                 st.grad_ref = None
+                self._holding.discard(id(p))
+
+    def _settle_grads(self) -> None:
+        """Before a backward: forget the ledger of each `.grad` that was zeroed in place by hand
+        (`p.grad.zero_()`, `p.grad.data.zero_()`) since its last accumulation.
+
+        Only parameters whose `.grad` still holds gradient and whose version moved are looked at
+        (a loop that calls `zero_grad()` leaves none); their values decide, in one pass: all zero
+        means zeroed, anything else (a clipped or unscaled gradient) keeps its provenance.
+        """
+        if not self._holding:
+            return
+        moved: list[tuple[_ParamState, torch.Tensor]] = []
+        for pid in list(self._holding):
+            st = self._params.get(pid)
+            p = st.ref() if st is not None else None
+            g = p.grad if p is not None else None
+            if g is None or st.grad_ref is None or st.grad_ref() is not g:
+                continue  # gone, or replaced: the next accumulation starts a new ledger
+            if g._version != st.grad_version:
+                moved.append((st, g))
+        if not moved:
+            return
+        zero = _all_zero([g for _, g in moved])
+        for (st, g), z in zip(moved, zero):
+            st.grad_version = g._version
+            if z:
+                st.ledger = []
+                self._holding.discard(id(st.ref()))
 
     def _on_step_pre(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         if self._closed or _compiling():
@@ -818,6 +858,7 @@ class Watch:
             title=title,
             leaf_ids=leaf_ids,
             node_index=node_index,
+            module_of_seq=self.reg.module_name_of_seq,
         )
 
 
@@ -901,6 +942,21 @@ def _compiling() -> bool:
         return bool(torch.compiler.is_compiling())
     except Exception:
         return False
+
+
+def _all_zero(grads: list[torch.Tensor]) -> list[bool]:
+    """Whether each gradient is all zero, with one device synchronisation at most."""
+    with torch.no_grad():
+        try:
+            flags = torch.stack([g.any() for g in grads]).tolist()
+        except RuntimeError:  # several devices, or tensors without values (fake, meta)
+            flags = []
+            for g in grads:
+                try:
+                    flags.append(bool(g.any()))
+                except RuntimeError:
+                    flags.append(True)
+    return [not f for f in flags]
 
 
 def _shape(t: torch.Tensor) -> str:

@@ -108,6 +108,16 @@ def _network_output(w: Watch, a: Analysis, producer: int, consumer: int) -> tupl
     """
     graph = a.graph
     i, above = producer, consumer
+    # ops the consumer's forward ran before it met its weights (`img.view(img.size(0), -1)`,
+    # `torch.cat((img, labels), -1)`): the tensor to detach is the one that entered that forward
+    inside = w.net_of_seq(graph.nodes[consumer].seq)
+    for _ in range(32):
+        if inside is None or w.net_of_seq(graph.nodes[i].seq) != inside:
+            break
+        ins = [j for j in dict.fromkeys(graph.inputs_of(i)) if a.reach[j]]
+        if len(ins) != 1:
+            break
+        i, above = ins[0], i
     for _ in range(32):
         if w.range_of_seq(graph.nodes[i].seq) is not None or i in a.var_of_node:
             return i, above
