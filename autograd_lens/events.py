@@ -23,6 +23,7 @@ class BackwardCall:
     retain_graph: bool
     create_graph: bool = False
     occurrence: int = 0  # how many calls at this site came before
+    prev: int = 0  # id of the previous call at this site (0 for the first)
     forwards: int = 0  # network forwards that had run when the call was made
     #: networks it reached that were in eval mode (``module.training`` False) when it ran, and
     #: whether every network it reached was

@@ -140,6 +140,7 @@ class Registry:
         self._on_param = on_param
         self._on_change = on_change
         self._manual_serial = 0
+        self._split_cache: dict[int, bool] = {}
         #: sequence numbers from here on were made while forward ranges were recorded
         self.first_seq: int | None = None
 
@@ -160,6 +161,7 @@ class Registry:
             name, i = f"{base}#{i}", i + 1
         net = NetInfo(mod, name)
         self.nets[net.key] = net
+        self._split_cache.clear()
         for mid, path in net.paths.items():
             old = self._module_of.get(mid)
             if old is None or old[0] not in self.nets or self.nets[old[0]].ref() is None or not path:
@@ -209,6 +211,7 @@ class Registry:
                     self._on_param(p)
         st.pids = pids
         st.pidset = set(pids)
+        self._split_cache.clear()
         for pid in pids:
             self._own(pid, st)
 
@@ -248,11 +251,17 @@ class Registry:
         found_opts: dict[int, tuple[str, torch.optim.Optimizer]] = {}
         tensors: list[tuple[str, torch.Tensor]] = []
         for f in frames:
+            code = f.f_code
+            me = code.co_varnames[0] if code.co_argcount and code.co_varnames else None
             for name, mod in find_in_frame(f, torch.nn.Module).items():
+                if me is not None and me != _SELF and (name == me or name.startswith(me + ".")):
+                    name = _SELF + name[len(me):]  # the method's instance, whatever it is called
                 prev = found_mods.get(id(mod))
                 if prev is None or _is_self_name(prev[0]) and not _is_self_name(name):
                     found_mods[id(mod)] = (name, mod)
             for name, opt in find_in_frame(f, torch.optim.Optimizer).items():
+                if me is not None and me != _SELF and name.startswith(me + "."):
+                    name = _SELF + name[len(me):]
                 prev = found_opts.get(id(opt))
                 if prev is None or _is_self_name(prev[0]) and not _is_self_name(name):
                     found_opts[id(opt)] = (name, opt)
@@ -326,17 +335,36 @@ class Registry:
         return None
 
     def unit_of(self, pid: int) -> str | None:
-        """The sub-network of parameter ``pid``: its network and, when the network has several
-        children with parameters, the child (``agent.critic``)."""
+        """The unit that parameter ``pid`` trains with: its network or, when the network has several
+        children with parameters and every optimizer over it covers it alone (actor and critic
+        under one Adam), the child (``agent.critic``); an optimized tensor of no network by name."""
         key = self.net_of_param(pid)
         if key is None:
             return self.tensors.get(pid)
         net = self.nets[key]
-        if len(net.children) > 1:
+        if 1 < len(net.children) <= MAX_UNITS and self._split(net):
             for path, pids in net.children.items():
                 if pid in pids:
                     return net.qualified(path)
         return net.name
+
+    def _split(self, net: NetInfo) -> bool:
+        got = self._split_cache.get(net.key)
+        if got is None:
+            owners = {o for p in net.pids for o in self.opts_of(p)}
+            got = bool(owners) and all(
+                self.opts[o].pidset <= net.pids for o in owners
+            )
+            self._split_cache[net.key] = got
+        return got
+
+    def is_joint(self, opt_key: int) -> bool:
+        """An optimizer all of whose parameters other optimizers also step (an auxiliary loss over
+        `chain(G.parameters(), D.parameters())`): a declared joint objective."""
+        st = self.opts.get(opt_key)
+        if st is None or not st.pidset:
+            return False
+        return all(len(self.opts_of(p)) > 1 for p in st.pidset)
 
     def network_names(self) -> list[str]:
         """Columns of the flow table: networks, then optimized tensors of no network (``log_alpha``),

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .findings import ERROR, WARNING, Finding, Label, Site, rel_path, severity_rank
+from . import source
 
 SCHEMA = "autograd_lens.report/1"
 
@@ -48,10 +49,15 @@ class BackwardSummary:
     networks: dict[str, str]  # network -> "reached" | "detached" | "not reached"
     params_reached: int
 
+    @property
+    def call(self) -> str:
+        """The backward call as written (``errD.backward()``), without the rest of its line."""
+        return source.call_source(self.site.file, self.site.line, source.BACKWARD_METHODS)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "site": self.site.to_dict(),
-            "source": self.site.source,
+            "source": self.call,
             "count": self.count,
             "roots": list(self.roots),
             "retain_graph": self.retain_graph,
@@ -71,11 +77,16 @@ class StepSummary:
     sources: dict[str, int]  # backward site "file:line" -> how many steps consumed gradient from it
     params: int
 
+    @property
+    def call(self) -> str:
+        """The step call as written (``optimizerD.step()``)."""
+        return source.call_source(self.site.file, self.site.line, source.STEP_METHODS)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "optimizer": self.optimizer,
             "site": self.site.to_dict(),
-            "source": self.site.source,
+            "source": self.call,
             "count": self.count,
             "sources": dict(self.sources),
             "params": self.params,
@@ -272,7 +283,7 @@ def flow_table(report: Report) -> Table:
         table.add_column(n, no_wrap=True)
     styles = {"reached": "green", "detached": "cyan", "not reached": "dim"}
     for b in report.backwards:
-        what = b.site.source or (", ".join(b.roots) + (" (backward)" if b.kind == "backward" else " (grad)"))
+        what = b.call or (", ".join(b.roots) + (" (backward)" if b.kind == "backward" else " (grad)"))
         row: list[Any] = [Text(what), Text(name(b.site.file, b.site.line)), str(b.count)]
         if not nets:
             row.append(str(b.params_reached))

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from . import checks
+from . import checks, source
 from . import intent as intent_mod
 from .errors import LensError, describe
 from .events import BackwardCall, OptimizerStep
@@ -114,6 +114,9 @@ class Watch:
         # running backward calls: the call, its leaves, the thread that started it
         self._inflight: list[tuple[BackwardCall, set[int], int]] = []
         self._site_counts: dict[tuple[str, int], int] = {}
+        self._site_last: dict[tuple[str, int], int] = {}  # backward site -> id of its latest call
+        # units trained by a loss: unit -> recent (backward site, call id, the loss's target units)
+        self.own_units: dict[str, list[tuple[tuple[str, int], int, frozenset[str]]]] = {}
         self.site_terms: dict[tuple[str, int], Any] = {}  # backward site -> terms decided there
         self.site_leaves: dict[tuple[str, int], set[int]] = {}  # leaves seen in detail, per site
         self.site_leaks: dict[tuple[str, int], Any] = {}  # backward site -> leaks found there
@@ -304,8 +307,8 @@ class Watch:
     def net_name(self, key: int | None) -> str:
         return self.reg.net_name(key)
 
-    def group_of(self, pid: int) -> tuple[str, int] | None:
-        return self.reg.group_of(pid)
+    def unit_of(self, pid: int) -> str | None:
+        return self.reg.unit_of(pid)
 
     def net_of_param(self, pid: int) -> int | None:
         return self.reg.net_of_param(pid)
@@ -537,6 +540,7 @@ class Watch:
         with self._lock:
             occurrence = self._site_counts.get(key, 0)
             self._site_counts[key] = occurrence + 1
+            prev = self._site_last.get(key, 0)
             call = BackwardCall(
                 id=self._calls_dropped + len(self.calls) + 1,
                 site=site,
@@ -545,8 +549,10 @@ class Watch:
                 retain_graph=retain,
                 create_graph=create_graph,
                 occurrence=occurrence,
+                prev=prev,
                 forwards=self._forwards,
             )
+            self._site_last[key] = call.id
             self.calls.append(call)
             if len(self.calls) > FOLD_AT:
                 self._fold()
@@ -849,7 +855,7 @@ class Watch:
         local_names: dict[int, str],
         node_index: dict[int, int],
     ) -> Graph:
-        title = f"{call.site.source or 'backward'}  ({rel_path(call.site.file)}:{call.site.line})"
+        title = f"{source.call_source(call.site.file, call.site.line, source.BACKWARD_METHODS) or 'backward'}  ({rel_path(call.site.file)}:{call.site.line})"
         return capture(
             roots,
             names=self.names,

@@ -1481,12 +1481,6 @@ def test_buggy_loop_gets_the_right_finding(
             assert f.tensor == e.tensor, (e.rule, f.tensor)
 
 
-@pytest.mark.xfail(
-    reason="one optimizer over both networks: intent is decided per optimizer, so the errG gradient that "
-    "passes through netD is the gradient of the optimizer's own loss; telling netD's share apart needs "
-    "intent per network inside one optimizer, which a VAE or a backbone+head under one optimizer must not trip",
-    strict=True,
-)
 def test_gan_with_one_optimizer_over_both_networks_trains_D_on_the_generator_loss() -> None:
     findings = watched(gan_single_adam)
     [f] = [f for f in findings if f.rule == "stray-grad"]

@@ -8,6 +8,7 @@ must give the right finding: rule, line, parameter names, optimizer.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -59,7 +60,7 @@ class Expect:
 def body(fn: Callable[[], None]) -> Callable[[], None]:
     """The function that holds the loop: ``fn`` itself, or the twin it calls with the bug switched on."""
     src = inspect.getsource(fn).split("\n", 1)[1]
-    called = [v for k, v in globals().items() if inspect.isfunction(v) and v is not fn and f"{k}(" in src]
+    called = [v for k, v in globals().items() if inspect.isfunction(v) and v is not fn and re.search(rf"\b{k}\(", src)]
     return called[0] if len(called) == 1 and len(src.strip().splitlines()) == 1 else fn
 
 
@@ -281,7 +282,262 @@ def gan_flat_d_no_detach(iters: int = 3) -> None:
     gan_flat_d(iters, detach=False)
 
 
-CORRECT = [lm_clip, rl_clip_value_and_hand_zeroing, gpt_accumulate_amp, cgan_d_first, gan_flat_d]
+# ----------------------------------------------------------------------------------------------
+# 5. optimizers that share parameters
+# ----------------------------------------------------------------------------------------------
+
+
+class InfoDiscriminator(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(16, 16), nn.LeakyReLU(0.2))
+        self.adv_layer = nn.Linear(16, 1)
+        self.aux_layer = nn.Linear(16, 3)
+        self.latent_layer = nn.Linear(16, 2)
+
+    def forward(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.body(img.view(img.size(0), -1))
+        return self.adv_layer(out), self.aux_layer(out), self.latent_layer(out)
+
+
+def infogan(iters: int = 3, zero_g: bool = True) -> None:
+    import itertools
+
+    generator, discriminator = mlp(7, 16), InfoDiscriminator()
+    optimizer_G = torch.optim.Adam(generator.parameters(), lr=2e-4)
+    optimizer_D = torch.optim.Adam(discriminator.parameters(), lr=2e-4)
+    optimizer_info = torch.optim.Adam(itertools.chain(generator.parameters(), discriminator.parameters()), lr=2e-4)
+    adversarial_loss, categorical_loss, continuous_loss = nn.MSELoss(), nn.CrossEntropyLoss(), nn.MSELoss()
+    for _ in range(iters):
+        real_imgs = torch.randn(8, 16)
+        valid, fake = torch.ones(8, 1), torch.zeros(8, 1)
+        z, labels, code = torch.randn(8, 2), torch.randint(0, 3, (8,)), torch.randn(8, 2)
+        gen_input = torch.cat((z, F.one_hot(labels, 3).float(), code), -1)
+        if zero_g:
+            optimizer_G.zero_grad()
+        gen_imgs = generator(gen_input)
+        validity, _, _ = discriminator(gen_imgs)
+        g_loss = adversarial_loss(validity, valid)
+        g_loss.backward()
+        optimizer_G.step()
+        optimizer_D.zero_grad()
+        real_pred, _, _ = discriminator(real_imgs)
+        fake_pred, _, _ = discriminator(gen_imgs.detach())
+        d_loss = (adversarial_loss(real_pred, valid) + adversarial_loss(fake_pred, fake)) / 2
+        d_loss.backward()
+        optimizer_D.step()
+        optimizer_info.zero_grad()
+        gen_imgs = generator(gen_input)
+        _, pred_label, pred_code = discriminator(gen_imgs)
+        info_loss = categorical_loss(pred_label, labels) + 0.1 * continuous_loss(pred_code, code)
+        info_loss.backward()
+        optimizer_info.step()
+
+
+def infogan_generator_not_zeroed(iters: int = 3) -> None:
+    infogan(iters, zero_g=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. one optimizer over several sub-networks
+# ----------------------------------------------------------------------------------------------
+
+
+class Agent(nn.Module):
+    """Separate actor and critic heads, as single-file RL agents write them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.critic = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+        self.actor = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
+
+    def get_value(self, x: torch.Tensor) -> torch.Tensor:
+        return self.critic(x)
+
+    def get_action_and_value(self, x: torch.Tensor, action: torch.Tensor | None = None):  # noqa: ANN201
+        probs = torch.distributions.Categorical(logits=self.actor(x))
+        if action is None:
+            action = probs.sample()
+        return action, probs.log_prob(action), probs.entropy(), self.critic(x)
+
+
+class TrunkAgent(nn.Module):
+    """A shared trunk with policy and value heads (Atari-style agents)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.network = nn.Sequential(nn.Linear(4, 16), nn.ReLU())
+        self.actor = nn.Linear(16, 2)
+        self.critic = nn.Linear(16, 1)
+
+    def get_action_and_value(self, x: torch.Tensor, action: torch.Tensor | None = None):  # noqa: ANN201
+        hidden = self.network(x)
+        probs = torch.distributions.Categorical(logits=self.actor(hidden))
+        if action is None:
+            action = probs.sample()
+        return action, probs.log_prob(action), probs.entropy(), self.critic(hidden)
+
+
+def a2c(iters: int = 3, detach: bool = True, trunk: bool = False) -> None:
+    agent = TrunkAgent() if trunk else Agent()
+    optimizer = torch.optim.Adam(agent.parameters(), lr=7e-4)
+    for _ in range(iters):
+        obs, returns = torch.randn(8, 4), torch.randn(8)
+        _, logprob, entropy, values = agent.get_action_and_value(obs)
+        values = values.squeeze(-1)
+        advantages = returns - values
+        pg_loss = -(logprob * (advantages.detach() if detach else advantages)).mean()
+        v_loss = advantages.pow(2).mean()
+        loss = pg_loss + 0.5 * v_loss - 0.01 * entropy.mean()
+        optimizer.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(agent.parameters(), 0.5)
+        optimizer.step()
+
+
+def a2c_advantage_not_detached(iters: int = 3) -> None:
+    a2c(iters, detach=False)
+
+
+def a2c_trunk(iters: int = 3) -> None:
+    a2c(iters, trunk=True)
+
+
+def a2c_trunk_advantage_not_detached(iters: int = 3) -> None:
+    a2c(iters, detach=False, trunk=True)
+
+
+def ppo_trunk(iters: int = 2, epochs: int = 2) -> None:
+    agent = TrunkAgent()
+    optimizer = torch.optim.Adam(agent.parameters(), lr=2.5e-4, eps=1e-5)
+    for _ in range(iters):
+        obs = torch.randn(16, 4)
+        with torch.no_grad():
+            actions, logprobs, _, values = agent.get_action_and_value(obs)
+            returns = torch.randn(16)
+            advantages = returns - values.squeeze(-1)
+        for _ in range(epochs):
+            _, newlogprob, entropy, newvalue = agent.get_action_and_value(obs, actions)
+            ratio = (newlogprob - logprobs).exp()
+            mb_advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+            pg_loss = torch.max(-mb_advantages * ratio, -mb_advantages * torch.clamp(ratio, 0.8, 1.2)).mean()
+            v_loss = 0.5 * ((newvalue.squeeze(-1) - returns) ** 2).mean()
+            loss = pg_loss - 0.01 * entropy.mean() + v_loss * 0.5
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), 0.5)
+            optimizer.step()
+
+
+class Policy(nn.Module):
+    """An actor-critic that returns action scores and a state value from one module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.affine1 = nn.Linear(4, 16)
+        self.action_head = nn.Linear(16, 2)
+        self.value_head = nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = F.relu(self.affine1(x))
+        return F.softmax(self.action_head(x), dim=-1), self.value_head(x)
+
+
+def episodic_actor_critic(episodes: int = 2, item: bool = True) -> None:
+    model = Policy()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
+    for _ in range(episodes):
+        saved_actions, rewards = [], []
+        for _ in range(5):
+            probs, state_value = model(torch.randn(1, 4))
+            m = torch.distributions.Categorical(probs)
+            action = m.sample()
+            saved_actions.append((m.log_prob(action), state_value))
+            rewards.append(float(torch.rand(())))
+        R, returns = 0.0, []
+        for r in rewards[::-1]:
+            R = r + 0.99 * R
+            returns.insert(0, R)
+        policy_losses, value_losses = [], []
+        for (log_prob, value), R in zip(saved_actions, returns):
+            advantage = R - value.item() if item else R - value
+            policy_losses.append(-log_prob * advantage)
+            value_losses.append(F.smooth_l1_loss(value, torch.tensor([[R]])))
+        optimizer.zero_grad()
+        loss = torch.stack(policy_losses).sum() + torch.stack(value_losses).sum()
+        loss.backward()
+        optimizer.step()
+
+
+def episodic_actor_critic_without_item(episodes: int = 2) -> None:
+    episodic_actor_critic(episodes, item=False)
+
+
+def vae_one_optimizer(iters: int = 3) -> None:
+    encoder, decoder = mlp(8, 4), mlp(2, 8)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=1e-3)
+    for _ in range(iters):
+        x = torch.randn(8, 8)
+        mu, logvar = encoder(x).chunk(2, dim=-1)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        recon = F.mse_loss(decoder(z), x)
+        kld = -0.5 * torch.mean(1 + logvar - mu.pow(2) - logvar.exp())
+        loss = recon + kld
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def staged_fine_tune(iters: int = 2) -> None:
+    model = nn.Sequential()
+    model.add_module("backbone", mlp(4, 8))
+    model.add_module("head", nn.Linear(8, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    model.backbone.requires_grad_(False)
+    for _ in range(iters):
+        optimizer.zero_grad()
+        head_loss = F.cross_entropy(model(torch.randn(8, 4)), torch.randint(0, 3, (8,)))
+        head_loss.backward()
+        optimizer.step()
+    model.backbone.requires_grad_(True)
+    for _ in range(iters):
+        optimizer.zero_grad()
+        full_loss = F.cross_entropy(model(torch.randn(8, 4)), torch.randint(0, 3, (8,)))
+        full_loss.backward()
+        optimizer.step()
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. names as the user holds them
+# ----------------------------------------------------------------------------------------------
+
+
+def sac_temperature(iters: int = 3) -> None:
+    actor = mlp(4, 2)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=3e-4)
+    log_alpha = torch.zeros(1, requires_grad=True)
+    a_optimizer = torch.optim.Adam([log_alpha], lr=3e-4)
+    target_entropy = -2.0
+    for _ in range(iters):
+        obs = torch.randn(8, 4)
+        log_pi = torch.log_softmax(actor(obs), -1)[:, 0]
+        alpha = log_alpha.exp().item()
+        actor_loss = (alpha * log_pi).mean()
+        actor_optimizer.zero_grad()
+        actor_loss.backward()
+        actor_optimizer.step()
+        with torch.no_grad():
+            log_pi = torch.log_softmax(actor(obs), -1)[:, 0]
+        alpha_loss = (-log_alpha.exp() * (log_pi + target_entropy)).mean()
+        a_optimizer.zero_grad()
+        alpha_loss.backward()
+        a_optimizer.step()
+
+
+CORRECT = [
+    lm_clip, rl_clip_value_and_hand_zeroing, gpt_accumulate_amp, cgan_d_first, gan_flat_d, infogan, a2c, a2c_trunk,
+    ppo_trunk, episodic_actor_critic, vae_one_optimizer, staged_fine_tune, sac_temperature,
+]
 
 
 @pytest.mark.parametrize("fn", CORRECT, ids=lambda fn: fn.__name__)
@@ -350,3 +606,66 @@ def test_graph_nodes_belong_to_the_module_whose_forward_made_them() -> None:
     assert module["ReluBackward0"] == {"netG.1"}
     assert module["BinaryCrossEntropyBackward0"] == {None}  # the criterion runs outside every network
     assert module["TanhBackward0"] == {None}  # torch.tanh on netG's output, outside its forward
+
+
+def test_a_third_optimizer_over_both_networks_is_for_its_own_loss_and_g_steps_are_judged() -> None:
+    gen = lambda: pnames("generator", mlp(7, 16))  # noqa: E731
+    # optimizer_info.zero_grad() zeroes the generator too: what optimizer_G.step() applies again is
+    # the info loss's gradient of the iteration before, meant for optimizer_info
+    [stray] = check(infogan_generator_not_zeroed, [
+        Expect("stray-grad", "optimizer_G.step()", gen, "optimizer_G", "info_loss.backward()"),
+    ])
+    assert "`info_loss.backward()` is for `optimizer_info`" in stray.notes[0]
+    assert "after line" in stray.notes[1] and "before the next line" in stray.notes[1]
+
+
+def critic() -> set[str]:
+    return pnames("agent.critic", Agent().critic)
+
+
+def test_an_advantage_not_detached_trains_the_critic_on_the_policy_term() -> None:
+    leak, stray = sorted(check(a2c_advantage_not_detached, [
+        Expect("detach-leak", "advantages = returns - values", critic, "optimizer", "loss.backward()", "advantages"),
+        Expect("stray-grad", "optimizer.step()", critic, "optimizer", "loss.backward()", "advantages"),
+    ]), key=lambda f: f.rule)
+    assert "`agent.critic`" in leak.message and "`pg_loss`" in leak.message and "`agent.actor`" in leak.message
+    assert leak.help.endswith("`advantages = (returns - values).detach()`")
+    assert "`agent.critic`" in stray.notes[0]
+
+
+def test_an_advantage_not_detached_through_a_shared_trunk() -> None:
+    check(a2c_trunk_advantage_not_detached, [
+        Expect("detach-leak", "advantages = returns - values", lambda: {"agent.critic.weight", "agent.critic.bias"},
+               "optimizer", "loss.backward()", "advantages"),
+        Expect("stray-grad", "optimizer.step()", lambda: {"agent.critic.weight", "agent.critic.bias"}, "optimizer",
+               "loss.backward()", "advantages"),
+    ])
+
+
+def test_an_advantage_kept_as_a_tensor_in_an_episodic_actor_critic() -> None:
+    value_head = lambda: {"model.value_head.weight", "model.value_head.bias"}  # noqa: E731
+    check(episodic_actor_critic_without_item, [
+        Expect("detach-leak", "advantage = R - value.item() if item else R - value", value_head, "optimizer",
+               "loss.backward()", "advantage"),
+        Expect("stray-grad", "optimizer.step()", value_head, "optimizer", "loss.backward()", "advantage"),
+    ])
+
+
+def test_a_temperature_tensor_is_named_by_its_variable_and_shown_as_reached() -> None:
+    torch.manual_seed(0)
+    with lens.watch() as w:
+        sac_temperature()
+    report = w.report
+    assert report.networks == ("actor", "log_alpha")
+    rows = {b.call: b.networks for b in report.backwards}
+    assert rows["alpha_loss.backward()"] == {"actor": "not reached", "log_alpha": "reached"}
+    assert rows["actor_loss.backward()"] == {"actor": "reached", "log_alpha": "not reached"}
+    assert {s.optimizer for s in report.steps} == {"actor_optimizer", "a_optimizer"}
+
+
+def test_a_network_called_through_its_own_method_is_named_by_the_callers_variable() -> None:
+    torch.manual_seed(0)
+    with lens.watch() as w:
+        a2c_advantage_not_detached(1)
+    assert w.report.networks == ("agent",)
+    assert all(p.startswith("agent.critic.") for f in w.report.findings for p in f.params)

@@ -120,22 +120,25 @@ def after_backward(w: Watch, call: BackwardCall, walk: WalkResult) -> Iterable[F
 
 
 def _networks(w: Watch, call: BackwardCall, walk: WalkResult) -> None:
+    """The call's row of the flow table: each network (and optimized tensor of no network) reached,
+    stopped at a detach, or not reached."""
+    reg = w.reg
     leaves = call.reached or walk.leaves
-    reached = {w.net_of_param(p) for p in leaves} - {None}
-    detached: set[int] = set()
+    reached = {reg.column_of(p) for p in leaves} - {None}
+    detached: set[str] = set()
     if walk.graph is not None:
         for n in walk.graph.nodes:
             if n.seq is not None and n.kind != "param":
                 r = w.range_of_seq(n.seq)
                 if r is not None:
-                    detached |= r.detached_from
-    for key, net in w.nets().items():
-        if key in reached:
-            call.networks[net.name] = "reached"
-        elif key in detached:
-            call.networks[net.name] = "detached"
+                    detached |= {reg.net_name(k) for k in r.detached_from}
+    for name in reg.network_names():
+        if name in reached:
+            call.networks[name] = "reached"
+        elif name in detached:
+            call.networks[name] = "detached"
         else:
-            call.networks[net.name] = "not reached"
+            call.networks[name] = "not reached"
 
 
 def on_step(w: Watch, step: OptimizerStep) -> Iterable[Finding]:
@@ -151,7 +154,7 @@ def judge_run(w: Watch, run: list[OptimizerStep]) -> Iterable[Finding]:
     still = []
     for c in w.pending:
         if c.for_opts is None:
-            reached = {w.param_opt(p) for p in c.reached} - {None}
+            reached = intent.reached_opts(w, c)
             if not (reached & run_opts) and w.intent.lookup(c) is None:
                 still.append(c)
                 continue
@@ -178,7 +181,7 @@ def judge_run(w: Watch, run: list[OptimizerStep]) -> Iterable[Finding]:
                     continue
                 if c.for_opts is None:
                     intent.decide(w, c, run_opts)
-                if not intent.is_for(c, pid, s.optimizer_key):
+                if not intent.is_for(w, c, pid, s.optimizer_key):
                     stray.setdefault(cid, []).append(pid)
         # one finding per backward site and step: gradient of several iterations of one site
         # (never zeroed) is one stray update, named by its latest call

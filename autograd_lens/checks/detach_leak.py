@@ -37,11 +37,12 @@ SUMMARY = "a backward wrote gradient into another network across a tensor that s
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..findings import Finding, Label
+from .. import source
+from ..findings import Finding, Label, Site
 from ..graph import Highlight
 from ..graph import INPUT, PARAM
-from ..intent import Analysis, Crossing, crossings
-from ._text import call_text, code, net_count_text, opts_text, param_names
+from ..intent import Analysis, Crossing, crossings, units_of_opts
+from ._text import call_text, code, detach_fix, net_count_text, opts_text, param_names, units_text
 
 if TYPE_CHECKING:
     from ..events import BackwardCall
@@ -60,42 +61,52 @@ class Leak:
     pids: set[int]
     producer: int
     consumer: int
+    #: the term of the loss that carries it as a baseline (an advantage), when it is one
+    baseline_of: Any = None
 
 
 def leaks(w: Watch, call: BackwardCall, a: Analysis) -> list[Leak]:
     graph = a.graph
     out: list[Leak] = []
     if call.terms:
-        parts = [(t.for_groups, graph.upstream([t.root])) for t in call.terms if t.for_groups]
+        parts = [(t.for_units, graph.upstream([t.root])) for t in call.terms if t.for_units]
     else:
-        groups = frozenset(("opt", o) for o in (call.for_opts or ()))
-        parts = [(groups, None)] if groups else []
+        units = units_of_opts(w, call.reached, call.for_opts or frozenset())
+        parts = [(units, None)] if units else []
     seen: set[int] = set()
-    for groups, within in parts:
-        for c in crossings(w, a, groups, within):
-            if c.kind != "leak":
-                continue
-            producer, consumer = _network_output(w, a, c.producer, c.consumer)
-            if producer in seen:
-                continue
-            seen.add(producer)
-            c = Crossing(producer, consumer, c.kind, c.groups)
-            below = graph.upstream([c.producer])
-            pids = {a.leaf_ids[j] for j in below if j in a.leaf_ids}
-            pids &= call.reached if call.reached else pids
-            node = graph.nodes[c.producer]
-            prange = w.range_of_seq(node.seq)
-            crange = w.range_of_seq(graph.nodes[c.consumer].seq)
-            out.append(Leak(
-                var=a.var_of_node.get(c.producer),
-                producer_net=w.net_name(prange.net) if prange else None,
-                consumer_net=w.net_name(crange.net) if crange else None,
-                produced_at=prange.site if prange else None,
-                enters_at=crange.site if crange and (not prange or crange.net != prange.net) else None,
-                pids=pids,
-                producer=c.producer,
-                consumer=c.consumer,
-            ))
+    baselines = {(side, m): t for t in call.terms or () for _u, side, m in t.baselines}
+    found = [c for groups, within in parts for c in crossings(w, a, groups, within) if c.kind == "leak"]
+    # a baseline's factor may also reach a trunk the term trains: it is where the leak is all the same
+    found += [Crossing(side, m, "leak", a.reach[side]) for side, m in baselines if not any(
+        c.producer == side and c.consumer == m for c in found)]
+    unit_of = {side: u for t in call.terms or () for u, side, _m in t.baselines}
+    for c in found:
+        baseline_of = baselines.get((c.producer, c.consumer))
+        baseline_unit = unit_of.get(c.producer)
+        producer, consumer = _network_output(w, a, c.producer, c.consumer)
+        if producer in seen:
+            continue
+        seen.add(producer)
+        c = Crossing(producer, consumer, c.kind, c.groups)
+        below = graph.upstream([c.producer])
+        pids = {a.leaf_ids[j] for j in below if j in a.leaf_ids}
+        pids &= call.reached if call.reached else pids
+        if baseline_of is not None:  # only the unit it is a baseline of, not the trunk below
+            pids = {p for p in pids if w.reg.unit_of(p) == baseline_unit}
+        node = graph.nodes[c.producer]
+        prange = w.range_of_seq(node.seq)
+        crange = w.range_of_seq(graph.nodes[c.consumer].seq)
+        out.append(Leak(
+            var=a.var_of_node.get(c.producer),
+            producer_net=w.net_name(prange.net) if prange else None,
+            consumer_net=w.net_name(crange.net) if crange else None,
+            produced_at=prange.site if prange else None,
+            enters_at=crange.site if crange and (not prange or crange.net != prange.net) else None,
+            pids=pids,
+            producer=c.producer,
+            consumer=c.consumer,
+            baseline_of=baseline_of,
+        ))
     return out
 
 
@@ -133,9 +144,12 @@ def findings(w: Watch, call: BackwardCall, found: list[Leak]) -> list[Finding]:
     for lk in found:
         if not lk.pids:
             continue
+        if lk.baseline_of is not None:
+            out.append(_baseline_finding(w, call, lk))
+            continue
         names = param_names(w, lk.pids)
-        owners = {w.param_opt(p) for p in lk.pids} - {None}
-        nets = sorted({w.net_name(w.net_of_param(p)) for p in lk.pids if w.net_of_param(p) is not None})
+        owners = {o for p in lk.pids for o in w.reg.opts_of(p)}
+        nets = units_text(w, lk.pids)
         into = code(nets[0]) if len(nets) == 1 else (", ".join(code(n) for n in nets) or "another network")
         tensor = code(lk.var) if lk.var else (f"the output of {code(lk.producer_net)}" if lk.producer_net else "a tensor")
         enters = f", which enters {code(lk.consumer_net)} without `.detach()`" if lk.consumer_net else " without `.detach()`"
@@ -164,6 +178,44 @@ def findings(w: Watch, call: BackwardCall, found: list[Leak]) -> list[Finding]:
             extra={"networks": nets, "for": sorted(w.opt_name(k) for k in call.for_opts or ())},
         ))
     return out
+
+
+def _baseline_finding(w: Watch, call: BackwardCall, lk: Leak) -> Finding:
+    """A unit's output used as a factor (an advantage) in a term meant for another unit."""
+    term = lk.baseline_of
+    names = param_names(w, lk.pids)
+    owners = {o for p in lk.pids for o in w.reg.opts_of(p)}
+    into = units_text(w, lk.pids)
+    into_text = ", ".join(code(n) for n in into)
+    trains = ", ".join(code(u) for u in sorted(term.for_units)) or "another unit"
+    var = lk.var
+    tensor = code(var) if var else "a factor of the loss"
+    term_text = code(term.name) if term.name else "a term of the loss"
+    at = source.assignment_line(call.site.file, call.site.line, var) if var else None
+    labels = []
+    if at is not None:
+        labels.append(Label(Site(call.site.file, at, call.site.function),
+                            f"{tensor} is computed from {into_text}'s output and keeps its graph", primary=True))
+    labels.append(Label(call.site, f"writes `.grad` on {net_count_text(w, lk.pids)} through {tensor}", primary=at is None))
+    fix = detach_fix(call, var)
+    if fix:
+        pass
+    elif var:
+        fix = f"`{var}.detach()` where {term_text} uses it"
+    else:
+        fix = "`.detach()` on the factor"
+    return Finding(
+        RULE, SEVERITY,
+        f"{call_text(call)} trains {into_text} through {tensor}, a factor of {term_text}, which is for {trains}",
+        Site(call.site.file, at, call.site.function) if at is not None else call.site, tuple(labels),
+        (f"{term_text} weighs {trains}'s output by {tensor}; {into_text} learns from its own term, and the "
+         f"gradient of {term_text} through {tensor} pushes it the wrong way",),
+        f"detach the factor where it is computed: {fix}",
+        params=names,
+        optimizer=w.opt_name(next(iter(owners))) if len(owners) == 1 else None,
+        tensor=var, backward=call.site, graph=call.graph_key,
+        extra={"networks": into, "for": sorted(term.for_units), "baseline": True},
+    )
 
 
 def highlights(found: list[Leak]) -> list[Highlight]:

@@ -45,7 +45,7 @@ SUMMARY = "an optimizer.step() applied gradient from a backward meant for anothe
 from typing import TYPE_CHECKING, Any
 
 from ..findings import Finding, Label
-from ._text import call_text, code, net_count_text, opts_text, param_names, step_text
+from ._text import between, call_text, code, detach_fix, net_count_text, opts_text, param_names, step_text, units_text
 
 if TYPE_CHECKING:
     from ..events import BackwardCall, OptimizerStep
@@ -55,39 +55,60 @@ if TYPE_CHECKING:
 def finding(w: Watch, step: OptimizerStep, call: BackwardCall, pids: list[int], leak: Any = None) -> Finding:
     names = param_names(w, pids)
     n_opt = len(w.opts()[step.optimizer_key].pids) if step.optimizer_key in w.opts() else len(pids)
+    own_step = step.optimizer_key in (call.for_opts or ())  # the call is for this optimizer too
     labels = []
     if leak is not None and leak.enters_at is not None:
         labels.append(Label(leak.enters_at, f"`{leak.var or 'tensor'}` enters `{leak.consumer_net}` without `.detach()`"))
     labels.append(Label(call.site, f"writes `.grad` on {net_count_text(w, set(pids))}"))
     labels.append(Label(step.site, f"steps with that gradient still in `{names[0]}`" + (f" and {len(names) - 1} more" if len(names) > 1 else ""), primary=True))
-    notes = [
-        f"{call_text(call)} is for {opts_text(w, call.for_opts or ())}",
-        f"no `zero_grad()` on these parameters between line {call.site.line} and line {step.site.line}",
-    ]
+    notes = [f"{call_text(call)} is for {opts_text(w, call.for_opts or ())}"]
+    if not own_step:
+        notes.append(f"no `zero_grad()` on these parameters {between(call.site, step.site)}")
     if call.all_eval and call.eval_nets:
         nets = ", ".join(code(n) for n in call.eval_nets)
         notes[0] = (
             f"{call_text(call)} ran with {nets} in eval mode: an evaluation, not a training step of "
             f"`{step.optimizer}`, which trains {nets} in train mode"
         )
-    passing = [
-        t for t in call.terms or ()
-        if t.leaves & set(pids) and ("opt", step.optimizer_key) not in t.for_groups and t.for_groups
-    ]
-    if passing and (leak is None or not leak.var):
+    into = units_text(w, set(pids))
+    units = {w.reg.unit_of(p) for p in pids}
+    passing = [t for t in call.terms or () if t.leaves & set(pids) and t.for_units and not units <= t.for_units]
+    baseline = next((t for t in passing if any(u in units for u, _s, _m in t.baselines)), None)
+    if baseline is not None:
+        term = code(baseline.name) if baseline.name else "a term"
+        var = leak.var if leak is not None and leak.var else None
+        factor = code(var) if var else "a factor"
+        trains = ", ".join(code(u) for u in sorted(baseline.for_units))
+        notes[0] = (
+            f"{term} of the loss of {call_text(call)} is for {trains}; it reaches "
+            f"{', '.join(code(n) for n in into)} through {factor}, which is not detached"
+        )
+        fix = detach_fix(call, var) or (f"`{var}.detach()`" if var else None)
+        help_ = (
+            f"detach {factor} where it is computed: {fix}, so that only its own term trains "
+            f"{', '.join(code(n) for n in into)}" if fix else
+            f"detach the factor of {term} that comes from {', '.join(code(n) for n in into)}"
+        )
+    elif passing and (leak is None or not leak.var):
         t = passing[0]
         term = code(t.name) if t.name else "a term"
-        owners = opts_text(w, [g[1] for g in t.for_groups if g[0] == "opt"])
+        owners = ", ".join(code(u) for u in sorted(t.for_units))
         notes[0] = (
-            f"{term} of the loss of {call_text(call)} is for {owners}; it reaches `{step.optimizer}`'s "
-            "parameters only on its way there (pass-through)"
+            f"{term} of the loss of {call_text(call)} is for {owners}; it reaches "
+            f"{', '.join(code(n) for n in into)} only on its way there (pass-through), and "
+            f"{', '.join(code(n) for n in into)} has a loss of its own"
         )
-        nets = sorted({w.net_name(w.net_of_param(p)) for p in pids if w.net_of_param(p) is not None})
-        frozen = f"`{nets[0]}.requires_grad_(False)`" if len(nets) == 1 else "`requires_grad_(False)` on them"
-        help_ = (
-            f"backward {term} on its own and call `{step.optimizer}.zero_grad()` before the backward meant "
-            f"for `{step.optimizer}`, or compute {term} with {frozen}"
-        )
+        frozen = f"`{into[0]}.requires_grad_(False)`" if len(into) == 1 else "`requires_grad_(False)` on them"
+        if own_step:
+            help_ = (
+                f"give {', '.join(code(n) for n in into)} an optimizer of its own, or compute {term} with {frozen} "
+                f"(and `requires_grad_(True)` again before its own loss)"
+            )
+        else:
+            help_ = (
+                f"backward {term} on its own and call `{step.optimizer}.zero_grad()` before the backward meant "
+                f"for `{step.optimizer}`, or compute {term} with {frozen}"
+            )
     elif leak is not None and leak.var:
         help_ = (
             f"detach `{leak.var}` in the loss for {opts_text(w, call.for_opts or ())}: "
