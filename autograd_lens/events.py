@@ -33,6 +33,7 @@ class BackwardCall:
     networks: dict[str, str] = field(default_factory=dict)  # network -> reached/detached/not reached
     error: str | None = None
     graph_key: str | None = None
+    within: int | None = None  # the optimizer whose `step(closure)` ran this call
     #: filled when the call is judged: optimizer keys it is for, and per-term decisions
     for_opts: frozenset[int] | None = None
     terms: list[Any] | None = None
@@ -51,6 +52,8 @@ class OptimizerStep:
     provenance: dict[int, tuple[int, ...]]  # param id -> backward call ids in its .grad
     repeated: dict[int, tuple[int, ...]]  # param id -> call ids this optimizer had applied before
     n_params: int
+    closure: bool = False  # the step ran a closure that computed its gradient (LBFGS)
+    manual: bool = False  # an update by hand, without an optimizer object
     #: once the run of steps is judged, the per-parameter detail above is dropped and these remain
     sources: frozenset[str] = frozenset()  # backward sites "file:line" it took gradient from
     stepped: frozenset[int] = frozenset()  # ids of the parameters it stepped with a gradient

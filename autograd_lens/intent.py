@@ -330,6 +330,9 @@ def decide(w: Watch, call: BackwardCall, run_opts: frozenset[int]) -> None:
     if declared is not None:
         call.for_opts = declared
         return
+    if call.within is not None:  # run by `optimizer.step(closure)`: for that optimizer
+        call.for_opts = frozenset({call.within})
+        return
     reached = reached_opts(w, call)
     if call.all_eval:
         # every network it went through was in eval mode: an evaluation (a validation loss, a

@@ -56,7 +56,7 @@ _active_lock = threading.Lock()
 
 
 class _ParamState:
-    __slots__ = ("ref", "ledger", "grad_ref", "grad_version", "ever", "applied")
+    __slots__ = ("ref", "ledger", "grad_ref", "grad_version", "ever", "applied", "fp")
 
     def __init__(self, p: torch.Tensor) -> None:
         self.ref = weakref.ref(p)
@@ -65,6 +65,7 @@ class _ParamState:
         self.grad_version = -1
         self.ever = False
         self.applied: dict[int, set[int]] = {}  # optimizer key -> call ids already applied
+        self.fp: tuple[Any, ...] | None = None  # (version, storage, sum) after its last backward
 
 
 class Watch:
@@ -105,6 +106,11 @@ class Watch:
         self._finding_at: dict[Any, int] = {}  # finding key -> index in self.findings
         self._params: dict[int, _ParamState] = {}
         self._holding: set[int] = set()  # parameters whose .grad holds gradient of known calls
+        # manual updates (no optimizer object): the update statements of the user's files, and
+        # the unit that stands for the manual updates of each network
+        self._update_stmts: dict[str, tuple[source.Update, ...]] = {}
+        self._manual_on = False
+        self._manual_units: dict[int, OptInfo] = {}
         # storage of recent network outputs -> (network key, weak reference to the output)
         self._net_outputs: OrderedDict[tuple[str, int], tuple[int, weakref.ref]] = OrderedDict()
         self._forwards = 0  # network forwards run so far
@@ -534,7 +540,10 @@ class Watch:
             self._internal(exc)
             site, local_names = Site("<unknown>", 0), {}
         site = self._intern(site)
-        self._close_run()
+        inside = self._in_step()
+        if inside is None:
+            self._note_manual_updates(site)
+            self._close_run()
         roots = tensors_in(t_outputs)
         key = (site.file, site.line)
         with self._lock:
@@ -551,6 +560,7 @@ class Watch:
                 occurrence=occurrence,
                 prev=prev,
                 forwards=self._forwards,
+                within=inside.key if inside is not None else None,
             )
             self._site_last[key] = call.id
             self.calls.append(call)
@@ -591,6 +601,8 @@ class Watch:
             self._tls.in_backward = False
         try:
             call.reached = self._intern(frozenset(call.reached))
+            if self._manual_on:
+                self._fingerprint_reached(call)
             self._stamp_roots(roots, call)
             self._note_mode(call)
             for f in list(checks.after_backward(self, call, walk)):
@@ -687,6 +699,8 @@ class Watch:
     def _on_zero_grad(self, obj: Any, set_to_none: bool) -> None:
         if self._closed or _compiling():
             return
+        if self._manual_on:
+            self._note_manual_updates(_site())
         params = obj.parameters() if isinstance(obj, torch.nn.Module) else (
             p for g in obj.param_groups for p in g["params"]
         )
@@ -731,34 +745,55 @@ class Watch:
         st = self._opt_for(opt)
         if st.steps == 0 or len(st.pids) != sum(len(g["params"]) for g in opt.param_groups):
             self.reg.refresh_opt(st, opt)
-        st.steps += 1
         site = _site()
+        # the hook's args are the step's, the optimizer first: `opt.step(closure)` -> (opt, closure)
+        rest = args[1:] if args and args[0] is opt else args
+        closure = kwargs["closure"] if "closure" in kwargs else (rest[0] if rest else None)
+        if callable(closure):
+            # LBFGS, SAM: the step runs the closure, and so its backward calls, before it reads the
+            # gradient; the step is recorded when it returns, and those calls are for it
+            running = getattr(self._tls, "steps", None)
+            if running is None:
+                running = self._tls.steps = []
+            running.append((st, site, self._calls_dropped + len(self.calls) + 1))
+            return
+        self._record_step(st, _params_of(opt), site)
+
+    def _record_step(
+        self, st: OptInfo, params: Iterable[torch.Tensor], site: Site, *, closure_from: int | None = None
+    ) -> OptimizerStep:
+        """An optimizer (or a manual update) applies the gradient its parameters hold now."""
+        st.steps += 1
         if st.first_site is None:
             st.first_site = site
         provenance: dict[int, tuple[int, ...]] = {}
         repeated: dict[int, tuple[int, ...]] = {}
-        for group in opt.param_groups:
-            for p in group["params"]:
-                g = p.grad
-                if g is None:
-                    if p.requires_grad:
-                        st.no_grad.add(id(p))
-                    continue
-                ps = self._params.get(id(p))
-                if ps is None or ps.ref() is not p:
-                    provenance[id(p)] = ()
-                    continue
-                if ps.grad_ref is None or ps.grad_ref() is not g:
-                    ps.ledger = []  # .grad was assigned by hand: unknown provenance
-                prov = tuple(ps.ledger)
-                provenance[id(p)] = prov
-                applied = ps.applied.get(st.key)
-                if applied and prov:
-                    again = tuple(c for c in prov if c in applied)
-                    if again:
-                        repeated[id(p)] = again
-                ps.applied[st.key] = set(prov)
-        n_params = sum(len(g["params"]) for g in opt.param_groups)
+        n_params = 0
+        for p in params:
+            n_params += 1
+            g = p.grad
+            if g is None:
+                if p.requires_grad:
+                    st.no_grad.add(id(p))
+                continue
+            ps = self._params.get(id(p))
+            if ps is None or ps.ref() is not p:
+                provenance[id(p)] = ()
+                continue
+            if ps.grad_ref is None or ps.grad_ref() is not g:
+                ps.ledger = []  # .grad was assigned by hand: unknown provenance
+            prov = tuple(ps.ledger)
+            provenance[id(p)] = prov
+            applied = ps.applied.get(st.key)
+            again = tuple(c for c in prov if c in applied) if applied and prov else ()
+            if closure_from is not None:
+                # the closure ran several times without zero_grad: each evaluation's gradient was
+                # applied by the evaluations after it too
+                inside = [c for c in prov if c >= closure_from]
+                again = tuple(dict.fromkeys(again + tuple(inside[:-1])))
+            if again:
+                repeated[id(p)] = again
+            ps.applied[st.key] = set(prov)
         step = OptimizerStep(
             index=self._steps_dropped + len(self.steps),
             optimizer=st.name,
@@ -767,15 +802,24 @@ class Watch:
             provenance=provenance,
             repeated=repeated,
             n_params=n_params,
+            closure=closure_from is not None,
+            manual=st.manual,
         )
         with self._lock:
             self.steps.append(step)
         self._run.append(step)
         for f in checks.on_step(self, step):
             self._add(f)
+        return step
 
     def _on_step_post(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        if self._closed or not self.steps or _compiling():
+        if self._closed or _compiling():
+            return
+        running = getattr(self._tls, "steps", None)
+        if running and running[-1][0].key == id(opt):
+            st, site, first = running.pop()
+            self._record_step(st, _params_of(opt), site, closure_from=first)
+        if not self.steps:
             return
         step = self.steps[-1]
         if step.optimizer_key != id(opt):
@@ -786,6 +830,74 @@ class Watch:
             self._step_markers.append((seq, step.index, pids))
             if len(self._step_markers) > 64:
                 del self._step_markers[:32]
+
+    # manual updates ----------------------------------------------------------------------------
+    def _note_manual_updates(self, site: Site | None) -> None:
+        """Parameters that no optimizer steps, changed since the backward that wrote their `.grad`
+        (`p.data.add_(p.grad, alpha=-lr)`, `p -= lr * p.grad` under `no_grad`): a manual update,
+        recorded as a step of the network's manual-update unit. Looked for only in programs whose
+        source has such a statement."""
+        if site is not None and site.file not in self._update_stmts:
+            found = source.manual_updates(site.file)
+            self._update_stmts[site.file] = found
+            self._manual_on = self._manual_on or bool(found)
+        if not self._manual_on or not self._holding:
+            return
+        reg = self.reg
+        changed: dict[int, list[int]] = {}
+        for pid in list(self._holding):
+            ps = self._params.get(pid)
+            p = ps.ref() if ps is not None else None
+            if p is None or ps.fp is None or any(not reg.opts[o].manual for o in reg.opts_of(pid)):
+                continue
+            if _fingerprint(p) != ps.fp:
+                ps.fp = None  # consumed; the next backward takes a new one
+                net = reg.net_of_param(pid)
+                if net is not None:
+                    changed.setdefault(net, []).append(pid)
+        for key, _pids in changed.items():
+            net = reg.nets[key]
+            module = net.ref()
+            if module is None:
+                continue
+            unit = self._manual_units.get(key)
+            where = self._update_site(site)
+            if unit is None or unit.ref() is None:
+                name = f"manual update of {net.name}"
+                if where is not None:
+                    name += f" at {rel_path(where.file)}:{where.line}"
+                unit = reg.add_manual(name, [id(p) for p in module.parameters() if p.requires_grad])
+                self._manual_units[key] = unit
+            self._record_step(unit, [p for p in module.parameters() if p.requires_grad], where or site or Site("<unknown>", 0))
+
+    def _update_site(self, near: Site | None) -> Site | None:
+        """The manual-update statement: in the function of ``near`` if there is one there."""
+        best = None
+        for file, stmts in self._update_stmts.items():
+            for u in stmts:
+                if near is not None and file == near.file:
+                    scope = source.enclosing(file, near.line)
+                    end = getattr(scope, "end_lineno", None)
+                    if scope is not None and getattr(scope, "lineno", 0) <= u.line <= (end or u.line):
+                        return Site(file, u.line, near.function)
+                if best is None:
+                    best = Site(file, u.line, "")
+        return best
+
+    def _fingerprint_reached(self, call: BackwardCall) -> None:
+        reg = self.reg
+        for pid in call.reached:
+            if any(not reg.opts[o].manual for o in reg.opts_of(pid)):
+                continue
+            ps = self._params.get(pid)
+            p = ps.ref() if ps is not None else None
+            if p is not None:
+                ps.fp = _fingerprint(p)
+
+    def _in_step(self) -> OptInfo | None:
+        """The optimizer whose `step(closure)` is running on this thread, if any."""
+        running = getattr(self._tls, "steps", None)
+        return running[-1][0] if running else None
 
     def _close_run(self) -> None:
         if not self._run:
@@ -948,6 +1060,24 @@ def _compiling() -> bool:
         return bool(torch.compiler.is_compiling())
     except Exception:
         return False
+
+
+def _fingerprint(p: torch.Tensor) -> tuple[Any, ...]:
+    """What changes when a parameter is updated in place, `.data` updates included."""
+    try:
+        with torch.no_grad():
+            total = float(p.detach().sum())
+    except (RuntimeError, TypeError):
+        total = None
+    try:
+        ptr = p.data_ptr()
+    except RuntimeError:
+        ptr = None
+    return (p._version, ptr, total)
+
+
+def _params_of(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for g in opt.param_groups for p in g["params"]]
 
 
 def _all_zero(grads: list[torch.Tensor]) -> list[bool]:

@@ -196,6 +196,146 @@ def gpt_accumulate_amp_no_zero_grad(iters: int = 2) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# 2. backward inside optimizer.step(closure)
+# ----------------------------------------------------------------------------------------------
+
+
+class Sequence(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm1 = nn.LSTMCell(1, 8)
+        self.linear = nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = c = torch.zeros(x.size(0), 8)
+        outputs = []
+        for t in x.split(1, dim=1):
+            h, c = self.lstm1(t, (h, c))
+            outputs.append(self.linear(h))
+        return torch.cat(outputs, dim=1)
+
+
+def lbfgs_sequence(steps: int = 2, zero: bool = True) -> None:
+    seq = Sequence()
+    criterion = nn.MSELoss()
+    optimizer = torch.optim.LBFGS(seq.parameters(), lr=0.5, max_iter=3)
+    data = torch.sin(torch.linspace(0, 3, 24)).view(2, 12)
+    inp, target = data[:, :-1], data[:, 1:]
+    for _ in range(steps):
+        def closure() -> torch.Tensor:
+            if zero:
+                optimizer.zero_grad()
+            out = seq(inp)
+            loss = criterion(out, target)
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+
+
+def lbfgs_closure_without_zero_grad(steps: int = 2) -> None:
+    lbfgs_sequence(steps, zero=False)
+
+
+def sgd_closure(iters: int = 3) -> None:
+    model = mlp(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(iters):
+        x, y = torch.randn(8, 4), torch.randn(8, 1)
+        optimizer.zero_grad()
+
+        def closure() -> torch.Tensor:
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. parameter updates without an optimizer object
+# ----------------------------------------------------------------------------------------------
+
+
+def manual_sgd_data_add(iters: int = 3, zero: bool = True) -> None:
+    model = CharLSTM()
+    lr = 20.0
+    for _ in range(iters):
+        x = torch.randint(0, 11, (4, 6))
+        if zero:
+            model.zero_grad()
+        output = model(x[:, :-1])
+        loss = F.cross_entropy(output.reshape(-1, 11), x[:, 1:].reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+        for p in model.parameters():
+            p.data.add_(p.grad, alpha=-lr)
+
+
+def manual_sgd_without_zero_grad(iters: int = 3) -> None:
+    manual_sgd_data_add(iters, zero=False)
+
+
+def manual_sgd_no_grad(iters: int = 3, zero: bool = True) -> None:
+    w1 = nn.Linear(4, 8)
+    w2 = nn.Linear(8, 1)
+    net = nn.Sequential(w1, nn.Tanh(), w2)
+    learning_rate = 1e-2
+    for _ in range(iters):
+        loss = F.mse_loss(net(torch.randn(8, 4)), torch.randn(8, 1))
+        loss.backward()
+        with torch.no_grad():
+            for param in net.parameters():
+                param -= learning_rate * param.grad
+                if zero:
+                    param.grad.zero_()
+
+
+def manual_sgd_no_grad_without_zeroing(iters: int = 3) -> None:
+    manual_sgd_no_grad(iters, zero=False)
+
+
+def manual_sgd_eval_backward(iters: int = 3, eval_every: int = 2) -> None:
+    model = mlp(4, 2)
+    lr = 0.05
+    model.zero_grad()
+    for it in range(iters):
+        model.train()
+        train_loss = F.cross_entropy(model(torch.randn(8, 4)), torch.randint(0, 2, (8,)))
+        train_loss.backward()
+        for p in model.parameters():
+            p.data -= lr * p.grad.data
+        model.zero_grad()
+        if it % eval_every == 0:
+            model.eval()
+            x = torch.randn(4, 4, requires_grad=True)
+            saliency_loss = model(x).max(dim=1).values.sum()
+            saliency_loss.backward()  # for x.grad; also writes .grad of the parameters
+
+
+def manual_sgd_dead_head(iters: int = 3) -> None:
+    model = TwoHeadNet()
+    for _ in range(iters):
+        model.zero_grad()
+        loss = F.mse_loss(model(torch.randn(8, 4)), torch.randn(8, 1))
+        loss.backward()
+        for p in model.parameters():
+            if p.grad is not None:
+                p.data.add_(p.grad, alpha=-0.1)
+
+
+class TwoHeadNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 8)
+        self.head = nn.Linear(8, 1)
+        self.aux = nn.Linear(8, 3)  # never used in forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.body(x)))
+
+
+# ----------------------------------------------------------------------------------------------
 # 4. networks whose forward begins with an op that has no parameters
 # ----------------------------------------------------------------------------------------------
 
@@ -536,7 +676,8 @@ def sac_temperature(iters: int = 3) -> None:
 
 CORRECT = [
     lm_clip, rl_clip_value_and_hand_zeroing, gpt_accumulate_amp, cgan_d_first, gan_flat_d, infogan, a2c, a2c_trunk,
-    ppo_trunk, episodic_actor_critic, vae_one_optimizer, staged_fine_tune, sac_temperature,
+    ppo_trunk, episodic_actor_critic, vae_one_optimizer, staged_fine_tune, sac_temperature, lbfgs_sequence,
+    sgd_closure, manual_sgd_data_add, manual_sgd_no_grad,
 ]
 
 
@@ -669,3 +810,47 @@ def test_a_network_called_through_its_own_method_is_named_by_the_callers_variabl
         a2c_advantage_not_detached(1)
     assert w.report.networks == ("agent",)
     assert all(p.startswith("agent.critic.") for f in w.report.findings for p in f.params)
+
+
+def test_a_closure_without_zero_grad_piles_up_gradient_over_its_evaluations() -> None:
+    [f] = check(lbfgs_closure_without_zero_grad, [
+        Expect("missing-zero-grad", "optimizer.step(closure)", lambda: pnames("seq", Sequence()), "optimizer",
+               "loss.backward()"),
+    ])
+    assert "closure's evaluations" in f.message
+    assert f.help.startswith("call `optimizer.zero_grad()` at the start of the closure")
+
+
+def manual(net: str, fn: Callable[[], None], stmt: str) -> str:
+    return f"manual update of {net} at tests/test_published_patterns.py:{line(fn, stmt)}"
+
+
+def test_a_manual_update_without_zero_grad_applies_old_gradient_again() -> None:
+    [f] = check(manual_sgd_without_zero_grad, [
+        Expect("missing-zero-grad", "p.data.add_(p.grad, alpha=-lr)", lambda: pnames("model", CharLSTM()),
+               manual("model", manual_sgd_data_add, "p.data.add_(p.grad, alpha=-lr)"), "loss.backward()"),
+    ])
+    assert "the manual update `p.data.add_(p.grad, alpha=-lr)`" in f.message
+    assert "`model.zero_grad()`" in f.help
+
+
+def test_a_manual_update_under_no_grad_without_zeroing() -> None:
+    check(manual_sgd_no_grad_without_zeroing, [
+        Expect("missing-zero-grad", "param -= learning_rate * param.grad", lambda: pnames("net", nn.Sequential(
+            nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))),
+            manual("net", manual_sgd_no_grad, "param -= learning_rate * param.grad"), "loss.backward()"),
+    ])
+
+
+def test_a_manual_update_applies_the_gradient_of_an_evaluation() -> None:
+    check(manual_sgd_eval_backward, [
+        Expect("stray-grad", "p.data -= lr * p.grad.data", lambda: pnames("model", mlp(4, 2)),
+               manual("model", manual_sgd_eval_backward, "p.data -= lr * p.grad.data"), "saliency_loss.backward()"),
+    ])
+
+
+def test_a_manual_update_of_a_network_with_an_unused_part() -> None:
+    check(manual_sgd_dead_head, [
+        Expect("dead-param", "p.data.add_(p.grad, alpha=-0.1)", lambda: {"model.aux.weight", "model.aux.bias"},
+               manual("model", manual_sgd_dead_head, "p.data.add_(p.grad, alpha=-0.1)")),
+    ])

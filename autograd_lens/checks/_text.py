@@ -30,6 +30,9 @@ def call_text(call: BackwardCall) -> str:
 
 
 def step_text(step: OptimizerStep) -> str:
+    if step.manual:
+        stmt = source.call_source(step.site.file, step.site.line, ())
+        return f"the manual update {code(stmt)}" if stmt and len(stmt) <= 60 else f"`{step.optimizer}`"
     text = source.call_text(step.site.file, step.site.line, "step")
     if text and len(text) <= 60:
         return code(text)
