@@ -57,3 +57,15 @@ class OptimizerStep:
     #: once the run of steps is judged, the per-parameter detail above is dropped and these remain
     sources: frozenset[str] = frozenset()  # backward sites "file:line" it took gradient from
     stepped: frozenset[int] = frozenset()  # ids of the parameters it stepped with a gradient
+
+
+
+@dataclass(frozen=True, slots=True)
+class HeldGraphs:
+    """A variable that keeps the graphs of earlier iterations alive (``epoch_loss += loss``)."""
+
+    name: str
+    site: Site | None  # the statement that keeps adding to it
+    graphs: int  # tagged graphs it reaches
+    saved_bytes: int  # bytes of saved tensors still held by those graphs
+    kind: str  # "Tensor", "list", ...

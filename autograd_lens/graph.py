@@ -418,6 +418,24 @@ def _saved_of(node: Any, names: ParamNames) -> tuple[tuple[SavedTensor, ...], bo
     return tuple(out), freed
 
 
+def saved_bytes(node: Any) -> int:
+    """Bytes of the tensors ``node`` saved for backward and still holds (0 once freed)."""
+    total = 0
+    for attr in _saved_attrs(type(node)):
+        try:
+            raw = getattr(node, attr)
+        except Exception:
+            continue
+        for sv in raw if type(raw) is list or type(raw) is tuple else (raw,):
+            data = getattr(sv, "data", None)
+            if isinstance(data, torch.Tensor):
+                try:
+                    total += data.nbytes
+                except RuntimeError:
+                    pass
+    return total
+
+
 def _released(node: Any, raw_attr: str) -> bool:
     getter = "_saved_" + raw_attr[11:]
     if raw_attr == "_raw_saved_tensors" and not hasattr(type(node), getter):

@@ -15,7 +15,7 @@ import threading
 import types
 import warnings
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -24,9 +24,9 @@ import torch
 from . import checks, source
 from . import intent as intent_mod
 from .errors import LensError, describe
-from .events import BackwardCall, OptimizerStep
+from .events import BackwardCall, HeldGraphs, OptimizerStep
 from .findings import Finding, Site, rel_path
-from .graph import Graph, capture
+from .graph import Graph, capture, saved_bytes
 from .hooks import (
     HookSet,
     patch_zero_grad,
@@ -35,7 +35,7 @@ from .hooks import (
     watch_warnings,
 )
 from .hooks.patches import BACKWARD_ENGINE_AVAILABLE, patch_backward
-from .naming import find_in_frame, tensor_names, tensors_in, user_frame
+from .naming import find_in_frame, local_items, tensor_names, tensors_in, user_frame
 from .registry import ForwardRange, NetInfo, OptInfo, Registry, is_network
 from .report import BackwardSummary, Report, StepSummary, dedupe
 from .walk import WalkResult
@@ -44,6 +44,9 @@ _serial = iter(range(1, 1 << 62))
 
 #: Backward calls and steps a watch keeps one by one; older ones are folded into per-site totals.
 FOLD_AT = 20_000
+
+#: Graphs of this many earlier iterations of a backward site alive at once: something holds them.
+HELD_ITERATIONS = 3
 
 #: How many occurrences of each backward site get a full graph snapshot and leak analysis.
 DETAIL_PER_SITE = 2
@@ -137,6 +140,10 @@ class Watch:
         # node.metadata keys: (call id, retained) of the last backward through a node; call id of a
         # non-retained backward that used the node as its root. Per watch, so stamps never mix.
         self.stamp_keys = (f"autograd_lens.{serial}.call", f"autograd_lens.{serial}.root")
+        # a tag in the root's metadata dies with the graph: the graphs of each site still alive
+        self._tag_key = f"autograd_lens.{serial}.alive"
+        self._alive: dict[tuple[str, int], deque[tuple[int, int, bool, weakref.ref]]] = {}
+        self._holders: dict[tuple[str, int], HeldGraphs | None] = {}
 
     # ------------------------------------------------------------------------------------------
     # entering and leaving
@@ -604,6 +611,7 @@ class Watch:
             if self._manual_on:
                 self._fingerprint_reached(call)
             self._stamp_roots(roots, call)
+            self._track_graphs(roots, call)
             self._note_mode(call)
             for f in list(checks.after_backward(self, call, walk)):
                 self._add(f)
@@ -626,6 +634,58 @@ class Watch:
             for p in call.reached:
                 for o in self.reg.param_opts.get(p, ()):
                     self.trained_opts.add(o)
+
+    # graphs kept alive across iterations ---------------------------------------------------------
+    def _track_graphs(self, roots: Sequence[torch.Tensor], call: BackwardCall) -> None:
+        """Tag this call's graph; if graphs of three or more earlier iterations of this site are
+        still alive, something holds them (`epoch_loss += loss`, `history.append(loss)`)."""
+        key = (call.site.file, call.site.line)
+        alive = self._alive.get(key)
+        if alive is None:
+            alive = self._alive[key] = deque(maxlen=64)
+        while alive and alive[0][3]() is None:
+            alive.popleft()
+        older = [e for e in alive if e[3]() is not None and e[1] < call.forwards]
+        if len({e[1] for e in older}) >= HELD_ITERATIONS:
+            held = self._holders.get(key, _UNSEEN)
+            if held is _UNSEEN:
+                held = self._find_holder(call, [e[0] for e in older])
+                self._holders[key] = held
+            if held is not None:
+                f = checks.retained_graph.held(call, held, len(older), any(e[2] for e in older))
+                if f is not None:
+                    self._add(f)
+        for t in roots:
+            fn = t.grad_fn
+            if fn is not None:
+                tag = _GraphTag()
+                fn.metadata[self._tag_key] = tag
+                alive.append((call.id, call.forwards, call.retain_graph, weakref.ref(tag)))
+                break
+
+    def _find_holder(self, call: BackwardCall, old_ids: list[int]) -> HeldGraphs | None:
+        """The variable that keeps old graphs alive, its line, and the saved bytes they hold."""
+        frame = user_frame()
+        try:
+            frames = []
+            f = frame
+            while f is not None and len(frames) < 4:
+                frames.append(f)
+                f = f.f_back
+            for f in frames:
+                for name, value in [*local_items(f), *f.f_globals.items()]:
+                    if name.startswith("__"):
+                        continue
+                    got = _holds_tags(value, self._tag_key)
+                    if got is None:
+                        continue
+                    nodes, saved = got
+                    line = source.accumulations(f.f_code.co_filename, f.f_lineno, name)
+                    site = Site(f.f_code.co_filename, line, f.f_code.co_name) if line else None
+                    return HeldGraphs(name, site, nodes, saved, type(value).__name__)
+        finally:
+            del frame
+        return None
 
     def _stamp_roots(self, roots: Sequence[torch.Tensor], call: BackwardCall) -> None:
         if call.retain_graph:
@@ -1060,6 +1120,47 @@ def _compiling() -> bool:
         return bool(torch.compiler.is_compiling())
     except Exception:
         return False
+
+
+class _GraphTag:
+    """Lives in a root node's metadata; a weak reference to it says whether the graph is alive."""
+
+    __slots__ = ("__weakref__",)
+
+
+_UNSEEN = object()
+
+
+def _holds_tags(value: Any, tag_key: str, limit: int = 20_000) -> tuple[int, int] | None:
+    """(tagged graphs reached, bytes of saved tensors still held) when ``value`` (a tensor, or a
+    list, tuple, deque or dict of tensors) reaches graphs tagged with ``tag_key``; else None."""
+    if isinstance(value, torch.Tensor):
+        starts = [value]
+    elif isinstance(value, (list, tuple, deque)) and len(value) <= 100_000:
+        starts = [v for v in value if isinstance(v, torch.Tensor)]
+    elif isinstance(value, dict) and len(value) <= 10_000:
+        starts = [v for v in value.values() if isinstance(v, torch.Tensor)]
+    else:
+        return None
+    stack = [t.grad_fn for t in starts if t.grad_fn is not None]
+    if not stack:
+        return None
+    seen: set[int] = set()
+    tags = saved = 0
+    while stack and len(seen) < limit:
+        fn = stack.pop()
+        if id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        try:
+            if tag_key in fn.metadata:
+                tags += 1
+        except (AttributeError, RuntimeError):
+            pass
+        saved += saved_bytes(fn)
+        stack.extend(n for n, _ in fn.next_functions if n is not None and id(n) not in seen)
+    stack.clear()
+    return (tags, saved) if tags else None
 
 
 def _fingerprint(p: torch.Tensor) -> tuple[Any, ...]:

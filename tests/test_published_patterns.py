@@ -674,10 +674,64 @@ def sac_temperature(iters: int = 3) -> None:
         a_optimizer.step()
 
 
+# ----------------------------------------------------------------------------------------------
+# 8. graphs kept alive by loss tensors carried across iterations
+# ----------------------------------------------------------------------------------------------
+
+
+def epoch_loss_sum(iters: int = 5, item: bool = True) -> None:
+    model = mlp(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    epoch_loss = 0.0
+    for _ in range(iters):
+        optimizer.zero_grad()
+        loss = F.mse_loss(model(torch.randn(8, 4)), torch.randn(8, 1))
+        loss.backward(retain_graph=True)
+        optimizer.step()
+        epoch_loss += loss.item() if item else loss
+    print(f"epoch loss {float(epoch_loss):.3f}")
+
+
+def epoch_loss_keeps_graphs(iters: int = 5) -> None:
+    epoch_loss_sum(iters, item=False)
+
+
+def loss_history(iters: int = 5, item: bool = True) -> None:
+    model = mlp(4, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    history = []
+    for _ in range(iters):
+        optimizer.zero_grad()
+        loss = F.mse_loss(model(torch.randn(8, 4)), torch.randn(8, 1))
+        loss.backward()
+        optimizer.step()
+        history.append(loss.item() if item else loss)
+
+
+def loss_history_keeps_graphs(iters: int = 5) -> None:
+    loss_history(iters, item=False)
+
+
+def running_loss(iters: int = 5, detach: bool = True) -> None:
+    model = mlp(4, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    running = torch.zeros(())
+    for _ in range(iters):
+        optimizer.zero_grad()
+        loss = F.mse_loss(model(torch.randn(8, 4)), torch.randn(8, 1))
+        loss.backward()
+        optimizer.step()
+        running = running + (loss.detach() if detach else loss)
+
+
+def running_loss_keeps_graphs(iters: int = 5) -> None:
+    running_loss(iters, detach=False)
+
+
 CORRECT = [
     lm_clip, rl_clip_value_and_hand_zeroing, gpt_accumulate_amp, cgan_d_first, gan_flat_d, infogan, a2c, a2c_trunk,
     ppo_trunk, episodic_actor_critic, vae_one_optimizer, staged_fine_tune, sac_temperature, lbfgs_sequence,
-    sgd_closure, manual_sgd_data_add, manual_sgd_no_grad,
+    sgd_closure, manual_sgd_data_add, manual_sgd_no_grad, epoch_loss_sum, loss_history, running_loss,
 ]
 
 
@@ -853,4 +907,29 @@ def test_a_manual_update_of_a_network_with_an_unused_part() -> None:
     check(manual_sgd_dead_head, [
         Expect("dead-param", "p.data.add_(p.grad, alpha=-0.1)", lambda: {"model.aux.weight", "model.aux.bias"},
                manual("model", manual_sgd_dead_head, "p.data.add_(p.grad, alpha=-0.1)")),
+    ])
+
+
+def test_a_loss_summed_as_a_tensor_keeps_every_iterations_graph_and_saved_tensors() -> None:
+    [f] = check(epoch_loss_keeps_graphs, [
+        Expect("retained-graph", "epoch_loss += loss.item() if item else loss", None, None,
+               "loss.backward(retain_graph=True)", "epoch_loss"),
+    ])
+    assert f.extra["retained"] and f.extra["saved_bytes"] > 0 and f.extra["graphs"] >= 3
+    assert "`epoch_loss += loss.item()`" in f.help and "drop `retain_graph=True`" in f.help
+
+
+def test_losses_appended_to_a_list_keep_their_graphs() -> None:
+    [f] = check(loss_history_keeps_graphs, [
+        Expect("retained-graph", "history.append(loss.item() if item else loss)", None, None, "loss.backward()",
+               "history"),
+    ])
+    assert f.extra["saved_bytes"] == 0  # freed by each backward; the graphs themselves still grow
+    assert "`history.append(loss.item())`" in f.help and "retain_graph" not in f.help
+
+
+def test_a_running_sum_rebound_each_iteration_keeps_the_graphs() -> None:
+    check(running_loss_keeps_graphs, [
+        Expect("retained-graph", "running = running + (loss.detach() if detach else loss)", None, None,
+               "loss.backward()", "running"),
     ])
