@@ -110,8 +110,9 @@ class ForwardRange:
         self.site = site
         self.detached_from = detached_from
         self.parent = parent
-        # inputs that came with a graph of an earlier forward: (argument position, grad_fn id)
-        self.carried: tuple[tuple[int, int], ...] = ()
+        # inputs that came with a graph: (argument position, sequence number of their grad_fn,
+        # length of the tuple they came in, or 1)
+        self.carried: tuple[tuple[int, int, int], ...] = ()
 
     def contains(self, seq: int) -> bool:
         return self.start <= seq <= self.end

@@ -40,6 +40,8 @@ class SharedTop:
     op: str
     seq: int
     var: str | None
+    node_id: int = 0  # id() of the node (alive while this graph is)
+    consumer_seq: int | None = None  # the node of this graph that consumes it
 
 
 @dataclass
@@ -91,13 +93,13 @@ def walk_graph(
     stamp_value = (call.id, call.retain_graph)
     STAMP, ROOT = w.stamp_keys
     parameter = torch.nn.Parameter
-    stack: list[tuple[Any, int]] = [(fn, 0) for fn in _root_nodes(roots)]
+    stack: list[tuple[Any, int, int | None]] = [(fn, 0, None) for fn in _root_nodes(roots)]
     seen: set[int] = set()
     old_nodes: list[Any] = []
     prev = res.prev
     tops = res.tops
     while stack:
-        fn, parent_prev = stack.pop()
+        fn, parent_prev, parent_seq = stack.pop()
         k = id(fn)
         if k in seen:
             continue
@@ -114,6 +116,7 @@ def walk_graph(
                 w.ensure_param(var)  # not for per-step inputs that require grad
             continue
         md = fn.metadata
+        seq = fn._sequence_nr()
         st = md.get(STAMP)
         mine = 0
         if st is not None:
@@ -122,16 +125,16 @@ def walk_graph(
             if mine != parent_prev:
                 lst = tops.setdefault(mine, [])
                 if len(lst) < 4:
-                    lst.append(SharedTop(type(fn).__name__, fn._sequence_nr(), local_names.get(k)))
+                    lst.append(SharedTop(type(fn).__name__, seq, local_names.get(k), k, parent_seq))
             r = md.get(ROOT)
             if r is not None:
                 res.root_reused.add(r)
         md[STAMP] = stamp_value
-        if last_marker >= 0 and fn._sequence_nr() < last_marker:
+        if last_marker >= 0 and seq < last_marker:
             old_nodes.append(fn)
         for nxt, _ in nxt_fns:
             if nxt is not None and id(nxt) not in seen:
-                stack.append((nxt, mine))
+                stack.append((nxt, mine, seq))
     stack.clear()
     fn = None
     res.nodes = len(seen)

@@ -436,7 +436,7 @@ class Watch:
             if isinstance(a, torch.Tensor):
                 fn = a.grad_fn
                 if fn is not None:
-                    carried.append((i, id(fn), -1))
+                    carried.append((i, fn._sequence_nr(), 1))
                 elif not a.requires_grad:
                     try:
                         key = (str(a.device), a.untyped_storage().data_ptr())
@@ -449,7 +449,7 @@ class Watch:
             elif isinstance(a, (tuple, list)) and a and len(a) <= 8:
                 for t in a:
                     if isinstance(t, torch.Tensor) and t.grad_fn is not None:
-                        carried.append((i, id(t.grad_fn), len(a)))
+                        carried.append((i, t.grad_fn._sequence_nr(), len(a)))
         r = ForwardRange(start, net.key, path, 0, _caller_site(), frozenset(detached))
         r.carried = tuple(carried)
         reg.open_range(r)

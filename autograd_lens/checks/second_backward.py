@@ -44,11 +44,13 @@ SUMMARY = "a backward needs buffers that an earlier backward freed"
 
 from typing import TYPE_CHECKING
 
-from ..findings import Finding, Label
+from .. import source
+from ..findings import Finding, Label, Site
 from ._text import call_text, code
 
 if TYPE_CHECKING:
     from ..events import BackwardCall
+    from ..registry import ForwardRange
     from ..walk import WalkResult
     from ..watch import Watch
 
@@ -60,7 +62,9 @@ def _earlier(w: Watch, call: BackwardCall, walk: WalkResult) -> BackwardCall | N
 
 
 def explain(w: Watch, call: BackwardCall, walk: WalkResult, exc_text: str) -> Finding:
-    """The error PyTorch raised, with the earlier call that freed the buffers and the shared part."""
+    """The error PyTorch raised, with the earlier call that freed the buffers and the shared part,
+    and the fix where it belongs: the loss that must not train the network the shared part comes
+    from gets the `.detach()`, whichever of the two runs first."""
     earlier = _earlier(w, call, walk)
     here = call_text(call)
     if earlier is None:
@@ -76,7 +80,6 @@ def explain(w: Watch, call: BackwardCall, walk: WalkResult, exc_text: str) -> Fi
     rng = w.range_of_seq(top.seq) if top is not None else None
     net = w.net_name(rng.net) if rng is not None else None
     var = top.var if top is not None else None
-    shared = code(var) if var else (f"the output of {code(net)}" if net else f"`{top.op}`" if top else "part of the graph")
     # the same line in an earlier iteration: a network forward ran in between (not a loop over
     # several losses, nor `y.backward(); y.backward()` on one line)
     same_site = (
@@ -84,46 +87,118 @@ def explain(w: Watch, call: BackwardCall, walk: WalkResult, exc_text: str) -> Fi
         and earlier.site.line == call.site.line
         and earlier.forwards < call.forwards
     )
+    carried = _carried(w, walk, earlier) if same_site else None
+    if carried is not None and not var:
+        var = carried[0]
+    shared = code(var) if var else (f"the output of {code(net)}" if net else f"`{top.op}`" if top else "part of the graph")
     labels = [] if same_site else [Label(earlier.site, "frees the graph it went through (no `retain_graph=True`)")]
-    if rng is not None and rng.site is not None:
+    if carried is not None:
+        labels.append(Label(carried[2], f"{shared} comes in with the graph of the previous iteration"))
+    elif rng is not None and rng.site is not None:
         what = f"{shared} is produced here by {code(net)}" if var else f"{code(net)} runs here"
         labels.append(Label(rng.site, f"{what}; both graphs go through it"))
-    labels.append(Label(
-        call.site,
-        "needs the buffers that the previous iteration's backward here freed" if same_site else "needs the freed buffers",
-        primary=True,
-    ))
-    notes = [
-        f"the graph of {here} shares {walk.prev.get(earlier.id, 0)} autograd nodes with the graph of "
-        f"{call_text(earlier)} (line {earlier.site.line}), from {shared} down"
-    ]
+    enters = w.range_of_seq(top.consumer_seq) if top is not None and top.consumer_seq is not None else None
+    notes = []
     if same_site:
+        earlier_text = f"the previous iteration's {here}"
+        labels.append(Label(call.site, f"needs the buffers that {earlier_text} freed", primary=True))
+        notes.append(f"the graph of {here} reaches {walk.prev.get(earlier.id, 0)} autograd nodes of the previous "
+                     f"iteration's graph, from {shared} down")
         message = (
-            f"{here} reaches into the graph of its previous iteration, which that iteration's backward "
+            f"{here} reaches into the graph of the previous iteration through {shared}, which {earlier_text} "
             "freed: state is carried across iterations without `.detach()`"
         )
         if net:
-            notes.append(f"the state comes from {code(net)} in an earlier iteration")
-        help_ = (
-            "detach the state carried from one iteration to the next before the forward "
-            "(e.g. `hidden = hidden.detach()`), so each backward stays within its own iteration"
-        )
-    else:
-        message = f"{here} needs buffers that {call_text(earlier)} (line {earlier.site.line}) already freed"
-        if var and net:
-            first = f"if {call_text(earlier)} must not train {code(net)}, use `{var}.detach()` in that loss; "
+            notes.append(f"{shared} comes from {code(net)} in the previous iteration")
+        if carried is not None:
+            name, length, at = carried
+            fix = f"`{name} = tuple(h.detach() for h in {name})`" if length > 1 else f"`{name} = {name}.detach()`"
+            help_ = (
+                f"detach the state before each forward: {fix} before line {at.line}, so each backward "
+                "stays within its own iteration"
+            )
         else:
-            first = ""
-        help_ = (
-            f"{first}{'otherwise pass' if first else 'pass'} `retain_graph=True` to {call_text(earlier)}, "
-            "sum the losses and call backward once, or recompute the forward before the second backward"
+            help_ = (
+                "detach the state carried from one iteration to the next before the forward "
+                "(e.g. `hidden = hidden.detach()`), so each backward stays within its own iteration"
+            )
+    else:
+        notes.append(
+            f"the graph of {here} shares {walk.prev.get(earlier.id, 0)} autograd nodes with the graph of "
+            f"{call_text(earlier)} (line {earlier.site.line}), from {shared} down"
         )
+        message = f"{here} needs buffers that {call_text(earlier)} (line {earlier.site.line}) already freed"
+        owner_opts = _opts_of_net(w, rng.net) if rng is not None else frozenset()
+        earlier_trains = bool(owner_opts & (earlier.for_opts or frozenset()))
+        later_trains_others = bool(_reached_opts(w, walk.leaves) - owner_opts)
+        if var and net and owner_opts and earlier_trains and later_trains_others:
+            # the earlier loss was meant for the network that made the shared part (the generator's
+            # step ran first): the later loss must not reach back into it
+            into = code(w.net_name(enters.net)) if enters is not None else None
+            if enters is not None and enters.site is not None:
+                labels.append(Label(enters.site, f"{shared} enters {into} without `.detach()`"))
+            where = f"`{w.net_name(enters.net)}({var}.detach())`" if enters is not None else f"`{var}.detach()`"
+            help_ = (
+                f"detach {shared} in the loss of {here}, which must not train {code(net)}: {where}"
+                + (f" at line {enters.site.line}" if enters is not None and enters.site is not None else "")
+            )
+        elif var and net and owner_opts and not earlier_trains:
+            # the earlier loss was not meant for that network (the discriminator's step ran first)
+            help_ = (
+                f"detach {shared} in the loss of {call_text(earlier)} (line {earlier.site.line}), which must not "
+                f"train {code(net)}: {_consumer_fix(w, rng, var, earlier)}; `retain_graph=True` would only hide "
+                f"the error and let {call_text(earlier)} write gradient into {code(net)}"
+            )
+        else:
+            help_ = (
+                f"pass `retain_graph=True` to {call_text(earlier)}, sum the losses and call backward once, or "
+                "recompute the forward before the second backward"
+            )
+        labels.append(Label(call.site, "needs the freed buffers", primary=True))
     notes.append(f"PyTorch: {exc_text}")
     return Finding(
         RULE, SEVERITY, message, call.site, tuple(labels), tuple(notes), help_,
         tensor=var, backward=earlier.site,
         extra={"earlier": earlier.site.to_dict(), "network": net, "same_site": same_site},
     )
+
+
+def _opts_of_net(w: Watch, net_key: int) -> frozenset[int]:
+    net = w.reg.nets.get(net_key)
+    return frozenset(o for p in (net.pids if net is not None else ()) for o in w.reg.opts_of(p))
+
+
+def _reached_opts(w: Watch, leaves: set[int]) -> frozenset[int]:
+    return frozenset(o for p in leaves for o in w.reg.opts_of(p))
+
+
+def _consumer_fix(w: Watch, produced: ForwardRange, var: str, earlier: BackwardCall) -> str:
+    """`netD(fake.detach())`, for the network that consumed the shared part before ``earlier``."""
+    for r in w.reg.ranges:
+        if r.depth == 0 and r.net != produced.net and r.start > produced.end and r.site is not None:
+            if r.site.line <= earlier.site.line or r.site.file != earlier.site.file:
+                return f"`{w.net_name(r.net)}({var}.detach())` at line {r.site.line}"
+    return f"`{var}.detach()`"
+
+
+def _carried(w: Watch, walk: WalkResult, earlier: BackwardCall) -> tuple[str, int, Site] | None:
+    """The variable that carries the previous iteration's graph into a network's forward (the
+    hidden state of a truncated-BPTT loop): (its name in the source, the length of its tuple or
+    1, the forward's call site). It is an argument of a later forward of the network whose
+    earlier forward made the shared part."""
+    for top in walk.tops.get(earlier.id, []):
+        before = w.reg.top_range_of_seq(top.seq)
+        if before is None:
+            continue
+        for r in reversed(w.reg.ranges):
+            if r.depth or r.site is None or r.net != before.net or r.start <= before.end:
+                continue
+            for pos, seq, length in r.carried:
+                if before.start <= seq <= before.end:
+                    name = source.call_argument(r.site.file, r.site.line, pos)
+                    if name and name.isidentifier():
+                        return name, length, r.site
+    return None
 
 
 def silent(w: Watch, call: BackwardCall, walk: WalkResult) -> Finding | None:
