@@ -728,6 +728,75 @@ def running_loss_keeps_graphs(iters: int = 5) -> None:
     running_loss(iters, detach=False)
 
 
+# ----------------------------------------------------------------------------------------------
+# messages that lead to the right fix
+# ----------------------------------------------------------------------------------------------
+
+
+def gan_g_step_first(iters: int = 2) -> None:
+    generator, discriminator = mlp(4, 16), mlp(16, 1)
+    optimizer_G = torch.optim.Adam(generator.parameters(), lr=2e-4)
+    optimizer_D = torch.optim.Adam(discriminator.parameters(), lr=2e-4)
+    adversarial_loss = nn.BCEWithLogitsLoss()
+    for _ in range(iters):
+        z, real_imgs = torch.randn(8, 4), torch.randn(8, 16)
+        valid, fake = torch.ones(8, 1), torch.zeros(8, 1)
+        optimizer_G.zero_grad()
+        gen_imgs = generator(z)
+        g_loss = adversarial_loss(discriminator(gen_imgs), valid)
+        g_loss.backward()
+        optimizer_G.step()
+        optimizer_D.zero_grad()
+        real_loss = adversarial_loss(discriminator(real_imgs), valid)
+        fake_loss = adversarial_loss(discriminator(gen_imgs), fake)  # gen_imgs.detach() is missing
+        d_loss = (real_loss + fake_loss) / 2
+        d_loss.backward()
+        optimizer_D.step()
+
+
+def gan_d_step_first(iters: int = 2) -> None:
+    netG, netD = mlp(4, 16), mlp(16, 1)
+    optimizerG = torch.optim.Adam(netG.parameters(), lr=2e-4)
+    optimizerD = torch.optim.Adam(netD.parameters(), lr=2e-4)
+    criterion = nn.BCEWithLogitsLoss()
+    for _ in range(iters):
+        netD.zero_grad()
+        fake = netG(torch.randn(8, 4))
+        errD = criterion(netD(torch.randn(8, 16)), torch.ones(8, 1)) + criterion(netD(fake), torch.zeros(8, 1))
+        errD.backward()
+        optimizerD.step()
+        netG.zero_grad()
+        errG = criterion(netD(fake), torch.ones(8, 1))
+        errG.backward()
+        optimizerG.step()
+
+
+class WordLM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Embedding(11, 8)
+        self.rnn = nn.LSTM(8, 8, num_layers=2)
+        self.decoder = nn.Linear(8, 11)
+
+    def forward(self, x: torch.Tensor, hidden: tuple[torch.Tensor, torch.Tensor]):  # noqa: ANN201
+        output, hidden = self.rnn(self.encoder(x), hidden)
+        return self.decoder(output), hidden
+
+
+def tbptt_lstm_without_repackage(chunks: int = 3) -> None:
+    model = WordLM()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    hidden = (torch.zeros(2, 4, 8), torch.zeros(2, 4, 8))
+    data = torch.randint(0, 11, (5 * chunks + 1, 4))
+    for i in range(chunks):
+        x, y = data[5 * i: 5 * i + 5], data[5 * i + 1: 5 * i + 6]
+        model.zero_grad()
+        output, hidden = model(x, hidden)
+        loss = F.cross_entropy(output.view(-1, 11), y.reshape(-1))
+        loss.backward()  # the next chunk's forward starts from this chunk's graph
+        optimizer.step()
+
+
 CORRECT = [
     lm_clip, rl_clip_value_and_hand_zeroing, gpt_accumulate_amp, cgan_d_first, gan_flat_d, infogan, a2c, a2c_trunk,
     ppo_trunk, episodic_actor_critic, vae_one_optimizer, staged_fine_tune, sac_temperature, lbfgs_sequence,
@@ -933,3 +1002,32 @@ def test_a_running_sum_rebound_each_iteration_keeps_the_graphs() -> None:
         Expect("retained-graph", "running = running + (loss.detach() if detach else loss)", None, None,
                "loss.backward()", "running"),
     ])
+
+
+def test_second_backward_after_the_generator_step_puts_the_detach_in_the_discriminator_loss() -> None:
+    [f] = check(gan_g_step_first, [
+        Expect("second-backward", "d_loss.backward()", backward="g_loss.backward()", tensor="gen_imgs"),
+    ], raises=RuntimeError)
+    assert "`discriminator(gen_imgs.detach())`" in f.help and "`d_loss.backward()`" in f.help
+    assert "retain_graph" not in f.help
+    enters = line(gan_g_step_first, "fake_loss = ")
+    assert any(lab.site.line == enters and "enters `discriminator`" in lab.text for lab in f.labels)
+
+
+def test_second_backward_after_the_discriminator_step_puts_the_detach_in_its_loss() -> None:
+    f, _leak = check(gan_d_step_first, [
+        Expect("second-backward", "errG.backward()", backward="errD.backward()", tensor="fake"),
+        Expect("detach-leak", "errD = ", lambda: pnames("netG", mlp(4, 16)), "optimizerG", "errD.backward()", "fake"),
+    ], raises=RuntimeError)
+    assert f"`netD(fake.detach())` at line {line(gan_d_step_first, 'errD = ')}" in f.help
+    assert "`retain_graph=True` would only hide the error" in f.help
+
+
+def test_truncated_bptt_names_the_carried_state_and_detaches_it_as_a_tuple() -> None:
+    [f] = check(tbptt_lstm_without_repackage, [
+        Expect("second-backward", "loss.backward()", backward="loss.backward()", tensor="hidden"),
+    ], raises=RuntimeError)
+    assert "the previous iteration's `loss.backward()`" in f.message
+    assert "# the next chunk" not in f.message  # the comment on the line is not the call
+    at = line(tbptt_lstm_without_repackage, "output, hidden = model(x, hidden)")
+    assert f"`hidden = tuple(h.detach() for h in hidden)` before line {at}" in f.help
