@@ -220,8 +220,8 @@ def finding_lines(f: Finding) -> list[tuple[str, str]]:
         lines.append(("blue", f"  --> {rel_path(lab.site.file)}:{lab.site.line}: {lab.text}"))
     for note in f.notes:
         lines.append(("", f"   = note: {note}"))
-    if f.help:
-        lines.append(("bold green", f"help: {f.help}"))
+    if f.fix:
+        lines.append(("bold green", f"help: {f.fix}"))
     return lines
 
 
