@@ -50,8 +50,10 @@ class Written:
 
 def prepare(out_dir: str | os.PathLike[str]) -> Path:
     """Create ``out_dir`` if needed and check that files can be written in it; ``LensError`` if not."""
-    path = Path(out_dir)
     shown = os.fspath(out_dir)
+    if not shown.strip():
+        raise LensError("the output folder's name is empty (use '.' for the current folder)")
+    path = Path(out_dir)
     for parent in (path, *path.parents):
         if parent.exists() and not parent.is_dir():
             raise LensError(f"cannot write to output folder {shown!r}: {str(parent)!r} is a file, not a folder")

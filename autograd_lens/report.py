@@ -140,9 +140,12 @@ class Report:
         return json.dumps(self.to_dict(), indent=indent)
 
     def save(self, path: str | Path) -> Path:
+        """Write the JSON to ``path`` atomically (a temporary file beside it, then a rename)."""
+        from .output import _write_bytes
+
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(self.to_json())
+        _write_bytes(p, (self.to_json() + "\n").encode("utf-8"))
         return p
 
     def text(self, width: int = 100) -> str:

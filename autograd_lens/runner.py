@@ -466,8 +466,13 @@ def _sigterm_stops_the_program() -> Iterator[None]:
         yield
         return
 
+    pid = os.getpid()
+
     def on_sigterm(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if os.getpid() != pid:  # a forked child (a DataLoader worker): end it as SIGTERM would
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         raise Terminated(signum)
 
     signal.signal(signal.SIGTERM, on_sigterm)

@@ -276,7 +276,7 @@ def test_expect_by_keyword():
 
 def test_findings_reach_the_summary_under_xdist(gan_file: pytest.Pytester) -> None:
     pytest.importorskip("xdist")
-    result = gan_file.runpytest_subprocess("--lens", "-n", "2", "-p", "no:cacheprovider")
+    result = gan_file.runpytest_inprocess("--lens", "-n", "2", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
