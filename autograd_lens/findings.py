@@ -1,4 +1,4 @@
-"""``Finding``: what a check reports, as plain data (rule, severity, sites, names, help).
+"""``Finding``: what a check reports, as plain data (rule, severity, sites, names, fix).
 
 Views (terminal, JSON) live in :mod:`autograd_lens.report`; a finding only holds facts.
 """
@@ -19,7 +19,21 @@ _RANK = {ERROR: 0, WARNING: 1}
 
 def rel_path(path: str) -> str:
     """``path`` relative to the working directory when it lies below it, else as given."""
-    return _rel_path(path, os.getcwd())
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the working directory was removed
+        return path
+    return _rel_path(path, cwd)
+
+
+def abs_path(path: str) -> str:
+    """``path`` made absolute; pseudo-files such as ``<string>`` stay as they are."""
+    if path.startswith("<") and path.endswith(">"):
+        return path
+    try:
+        return os.path.abspath(path)
+    except OSError:
+        return path
 
 
 @functools.lru_cache(maxsize=1024)
@@ -28,7 +42,7 @@ def _rel_path(path: str, cwd: str) -> str:
         rel = os.path.relpath(path, cwd)
     except ValueError:
         return path
-    return rel if not rel.startswith("..") else path
+    return path if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
 
 
 def severity_rank(severity: str) -> int:
@@ -53,7 +67,14 @@ class Site:
         return f"{self.file}:{self.line}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "line": self.line, "function": self.function}
+        """``file`` relative to the working directory when the file lies below it (else absolute),
+        ``path`` always absolute."""
+        return {
+            "file": rel_path(self.file),
+            "path": abs_path(self.file),
+            "line": self.line,
+            "function": self.function,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +90,7 @@ class Label:
 class Finding:
     """One problem the lens found.
 
-    ``message`` stands on its own; ``help`` is the fix; ``notes`` are facts. ``params`` lists the
+    ``message`` stands on its own; ``fix`` says what to change; ``notes`` are facts. ``params`` lists the
     parameters concerned by name, ``optimizer`` the optimizer concerned (if any), ``tensor`` the
     tensor concerned (e.g. the one that should have been detached). ``count`` says how many times
     the same rule fired at the same site.
@@ -81,7 +102,7 @@ class Finding:
     site: Site | None
     labels: tuple[Label, ...] = ()
     notes: tuple[str, ...] = ()
-    help: str = ""
+    fix: str = ""
     params: tuple[str, ...] = ()
     optimizer: str | None = None
     tensor: str | None = None
@@ -120,7 +141,7 @@ class Finding:
             "optimizer": self.optimizer,
             "tensor": self.tensor,
             "backward": self.backward.to_dict() if self.backward else None,
-            "fix": self.help,
+            "fix": self.fix,
             "notes": list(self.notes),
             "labels": [
                 {"site": lab.site.to_dict(), "text": lab.text, "primary": lab.primary} for lab in self.labels

@@ -251,66 +251,32 @@ class Graph:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Graph:
-        if not isinstance(data, Mapping) or data.get("schema") != SCHEMA:
-            got = data.get("schema") if isinstance(data, Mapping) else type(data).__name__
-            raise LensError(f"not an autograd_lens graph: expected schema {SCHEMA!r}, got {got!r}")
-        try:
-            nodes = tuple(
-                Node(
-                    id=int(n["id"]),
-                    op=str(n["op"]),
-                    kind=str(n["kind"]),
-                    name=n.get("name"),
-                    module=n.get("module"),
-                    shape=tuple(n["shape"]) if n.get("shape") is not None else None,
-                    dtype=n.get("dtype"),
-                    saved=tuple(
-                        SavedTensor(
-                            name=s["name"],
-                            shape=tuple(s["shape"]) if s.get("shape") is not None else None,
-                            dtype=s.get("dtype"),
-                            nbytes=int(s.get("nbytes", 0)),
-                            freed=bool(s.get("freed", False)),
-                            param=s.get("param"),
-                        )
-                        for s in n.get("saved", ())
-                    ),
-                    freed=bool(n.get("freed", False)),
-                    seq=n.get("seq"),
-                    ctx_tensors=tuple(n.get("ctx_tensors", ())),
-                )
-                for n in data["nodes"]
-            )
-            edges = tuple((int(a), int(b)) for a, b in data["edges"])
-            outputs = tuple(
-                Output(o["name"], o.get("node"), tuple(o["shape"]), o["dtype"]) for o in data["outputs"]
-            )
-            highlights = tuple(
-                Highlight(h["tag"], h.get("node"), tuple(h["edge"]) if h.get("edge") else None, h.get("label", ""))
-                for h in data.get("highlights", ())
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise LensError(f"malformed autograd_lens graph JSON: {exc!r}") from None
-        for i, n in enumerate(nodes):
-            if n.id != i:
-                raise LensError(f"malformed autograd_lens graph JSON: node {i} has id {n.id}")
-        return cls(nodes, edges, outputs, str(data.get("title", "")), highlights)
+        """A graph from the data of a graph file (``to_dict``), checked against the graph schema
+        (types, node ids, index ranges, sizes; see :mod:`autograd_lens.graphfile`).
+
+        Raises:
+            LensError: one line naming the first field that breaks the schema.
+        """
+        from .graphfile import graph_parts
+
+        nodes, edges, outputs, title, highlights = graph_parts(data)
+        return cls(nodes, edges, outputs, title, highlights)
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> Graph:
         """A graph from JSON text or from the path of a ``.json`` file written by ``save``."""
+        from .graphfile import parse_text
+
         text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
+        if isinstance(text_or_path, Path) or not text.lstrip().startswith("{"):
             path = Path(text)
             try:
-                text = path.read_text()
+                text = path.read_text(encoding="utf-8")
             except OSError as exc:
-                raise LensError(f"cannot read graph file {str(path)!r}: {exc.strerror}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise LensError(f"graph file is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
+                raise LensError(f"cannot read graph file {str(path)!r}: {exc.strerror or exc}") from None
+            except UnicodeDecodeError:
+                raise LensError(f"graph file {str(path)!r} is not text (expected the JSON of a saved graph)") from None
+        return cls.from_dict(parse_text(text))
 
     def to_dot(self, **options: Any) -> str:
         from .render.dot import to_dot

@@ -151,9 +151,12 @@ class Report:
         return json.dumps(self.to_dict(), indent=indent)
 
     def save(self, path: str | Path) -> Path:
+        """Write the JSON to ``path`` atomically (a temporary file beside it, then a rename)."""
+        from .output import _write_bytes
+
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(self.to_json())
+        _write_bytes(p, (self.to_json() + "\n").encode("utf-8"))
         return p
 
     def text(self, width: int = 100) -> str:
@@ -231,8 +234,8 @@ def finding_lines(f: Finding) -> list[tuple[str, str]]:
         lines.append(("blue", f"  --> {rel_path(lab.site.file)}:{lab.site.line}: {lab.text}"))
     for note in f.notes:
         lines.append(("", f"   = note: {note}"))
-    if f.help:
-        lines.append(("bold green", f"help: {f.help}"))
+    if f.fix:
+        lines.append(("bold green", f"help: {f.fix}"))
     return lines
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
+from typing import Any
 
 import click
 
 from autograd_lens.errors import LensError
 from autograd_lens.graph import Graph
+from autograd_lens.graphfile import parse_text
 from autograd_lens.render.dot import COLLAPSE_MODES, FORMATS, save
 
 
@@ -22,11 +24,22 @@ def load_graph(path: Path) -> Graph:
         raise LensError(f"cannot read graph file {str(path)!r}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise LensError(f"graph file {str(path)!r} is not text (expected the JSON of a saved graph)") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise LensError(f"graph file {str(path)!r} is not valid JSON: {exc}") from None
-    return Graph.from_dict(data)
+    return Graph.from_dict(parse_text(text))
+
+
+class Seconds(click.ParamType):
+    """A finite number of seconds above 0 (``nan`` and ``inf`` are not)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"{value!r} is not a finite number of seconds above 0", param, ctx)
+        return seconds
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,7 +55,7 @@ def load_graph(path: Path) -> Graph:
 @click.option("--max-nodes", type=click.IntRange(min=1), default=None, help="Most nodes handed to Graphviz (default 2000).")
 @click.option("--no-saved", is_flag=True, help="Do not list saved tensors on op nodes.")
 @click.option("--depth", type=click.IntRange(min=1), default=None, help="Module depth when collapsing to modules.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Seconds to give Graphviz (default 60).")
+@click.option("--timeout", type=Seconds(), default=None, help="Seconds to give Graphviz (default 60).")
 def draw(
     graph: Path,
     output: Path,

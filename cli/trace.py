@@ -1,8 +1,10 @@
 """``lens trace``: run a script (or ``-m MODULE``) under the lens, as ``python`` would run it.
 
 Findings are printed to stderr as they happen; at the end the report goes to the terminal (stderr,
-or the JSON on stdout with ``--format json``) and to ``--out`` (``report.json`` and ``graphs/``).
-The work is done by :mod:`autograd_lens.runner` and :mod:`autograd_lens.output`.
+or on stdout as JSON, SARIF or GitHub workflow annotations with ``--format``) and to ``--out``
+(``report.json`` and ``graphs/``). The work is done by :mod:`autograd_lens.runner`,
+:mod:`autograd_lens.output` and the views in :mod:`autograd_lens.report`,
+:mod:`autograd_lens.sarif` and :mod:`autograd_lens.github`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from autograd_lens import output, runner
+from autograd_lens import github, output, runner, sarif
 from autograd_lens.errors import LensError
 from autograd_lens.findings import ERROR, Finding, rel_path
 from autograd_lens.report import Report, renderables
@@ -26,7 +28,8 @@ from autograd_lens.report import Report, renderables
 from . import exit_codes
 
 FAIL_ON = runner.FAIL_ON
-FORMATS = ("text", "json")
+#: ``--format``: text on stderr; the others on stdout (the script's stdout then goes to stderr).
+FORMATS = ("text", "json", "sarif", "github")
 
 
 def _rule_list(values: Sequence[str]) -> tuple[str, ...]:
@@ -74,6 +77,8 @@ def _summary(result: runner.RunResult, fail_on: str) -> str:
         found += f" in {_plural(len(report.backwards), 'backward site')}"
     if result.interrupted:
         how = "interrupted by Ctrl-C; the report covers what ran"
+    elif result.terminated:
+        how = "terminated by SIGTERM; the report covers what ran"
     elif result.exception is not None:
         how = f"the script raised {type(result.exception).__name__}"
     elif result.script_status != 0:
@@ -86,12 +91,17 @@ def _summary(result: runner.RunResult, fail_on: str) -> str:
     return f"lens: {found}{tail}"
 
 
+def _shown(path: Path) -> str:
+    """A path as the user reads it: relative to the working directory when below it."""
+    return rel_path(str(path))
+
+
 def _files_line(written: output.Written, draw: bool) -> str:
-    text = f"lens: wrote {written.report_path}"
+    text = f"lens: wrote {_shown(written.report_path)}"
     if written.graphs_written:
         svgs = sum(1 for g in written.report.graphs if g.get("svg"))
         json_only = "" if svgs == written.graphs_written else f" ({written.graphs_written - svgs} as .json only)"
-        text += f" and {_plural(written.graphs_written, 'graph')}{json_only} in {written.out_dir / output.GRAPHS_DIR}{os.sep}"
+        text += f" and {_plural(written.graphs_written, 'graph')}{json_only} in {_shown(written.out_dir / output.GRAPHS_DIR)}{os.sep}"
     if written.graphs_skipped:
         text += f" ({written.graphs_skipped} more not drawn: --max-graphs)"
     elif not draw:
@@ -116,9 +126,9 @@ def _files_line(written: output.Written, draw: bool) -> str:
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=str),
     metavar="DIR",
-    default=Path("lens-out"),
+    default="lens-out",
     show_default=True,
     help="Folder for report.json and graphs/.",
 )
@@ -128,14 +138,17 @@ def _files_line(written: output.Written, draw: bool) -> str:
     type=click.Choice(FORMATS),
     default="text",
     show_default=True,
-    help="Report in the terminal as text (stderr) or JSON (stdout; the script's stdout goes to stderr).",
+    help=(
+        "The report as text (stderr), or on stdout as JSON, SARIF 2.1.0 or GitHub workflow "
+        "annotations (the script's stdout then goes to stderr)."
+    ),
 )
 @click.option(
     "--fail-on",
     type=click.Choice(FAIL_ON),
     default="error",
     show_default=True,
-    help="Least severe finding that makes the exit status 1.",
+    help=f"Least severe finding that makes the exit status {exit_codes.FINDINGS}.",
 )
 @click.option("--select", multiple=True, metavar="RULE,...", help="Report only these rules (see `lens rules`).")
 @click.option("--ignore", multiple=True, metavar="RULE,...", help="Do not report these rules.")
@@ -155,7 +168,7 @@ def _files_line(written: output.Written, draw: bool) -> str:
 def trace(
     ctx: click.Context,
     module: bool,
-    out_dir: Path,
+    out_dir: str,
     fmt: str,
     fail_on: str,
     select: tuple[str, ...],
@@ -178,10 +191,14 @@ def trace(
     """
     if script.startswith("-") and script != "-":
         raise click.NoSuchOption(script, ctx=ctx)
+    if not out_dir.strip():
+        raise click.BadParameter("needs a folder name (`--out .` for the current folder)", param_hint="'--out'")
     selected = _rule_list(select)
     ignored = _rule_list(ignore)
     program = runner.load_module(script) if module else runner.load_script(script)
     output.prepare(out_dir)
+    # resolved now: a script that changes the working directory does not move the report
+    out = Path(os.path.abspath(out_dir))
 
     err = _console(sys.stderr)
 
@@ -195,43 +212,62 @@ def trace(
         select=selected,
         ignore=ignored,
         fail_on=fail_on,
-        stdout_to_stderr=fmt == "json",
+        stdout_to_stderr=fmt != "text",
+        findings_status=exit_codes.FINDINGS,
     )
     result.print_exception()
 
     warned: list[str] = []
     try:
-        written = output.write(
+        written = output.write_or_fallback(
             result.report,
-            out_dir,
+            out,
             result.graphs,
             sites=result.graph_sites(),
             draw=not no_graphs,
             max_graphs=max_graphs,
             warn=warned.append,
         )
-    except LensError as exc:
+    except LensError as exc:  # not even a temporary folder: the run's status stands
         _show_report(result.report, err, fmt, quiet)
         err.print(_summary(result, fail_on), soft_wrap=True, markup=False)
-        raise exc
+        err.print(f"lens: error: {' '.join(str(exc).split())}", soft_wrap=True, markup=False)
+        _exit(ctx, result)
+        return
     _show_report(written.report, err, fmt, quiet)
     for text in warned:
         err.print(Text("lens: warning: ", style="bold yellow") + Text(text), soft_wrap=True)
     err.print(_summary(result, fail_on), soft_wrap=True, markup=False)
     err.print(_files_line(written, not no_graphs), soft_wrap=True, markup=False)
+    _exit(ctx, result)
+
+
+def _exit(ctx: click.Context, result: runner.RunResult) -> None:
+    """Exit with the run's status; a program stopped by a signal ends the lens by that signal."""
+    if result.signal is not None:
+        raise exit_codes.SignalExit(result.signal)
     ctx.exit(result.exit_status)
 
 
+def _write_stdout(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except (ValueError, OSError):  # the program closed sys.stdout; file descriptor 1 is open
+        os.write(1, text.encode())
+
+
 def _show_report(report: Report, err: Console, fmt: str, quiet: bool) -> None:
-    """The JSON on stdout, or the text view on stderr (nothing with ``--quiet`` or an empty report)."""
+    """The report on stdout (JSON, SARIF, GitHub annotations), and the text view on stderr for
+    ``text`` and ``github`` (nothing with ``--quiet`` or an empty report)."""
     if fmt == "json":
-        text = report.to_json() + "\n"
-        try:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        except (ValueError, OSError):  # the program closed sys.stdout; file descriptor 1 is open
-            os.write(1, text.encode())
+        _write_stdout(report.to_json() + "\n")
         return
+    if fmt == "sarif":
+        _write_stdout(sarif.to_json(report) + "\n")
+        return
+    if fmt == "github":
+        _write_stdout(github.annotations(report))
     if quiet or not (report.findings or report.backwards or report.steps):
         return
     err.print()

@@ -227,7 +227,7 @@ def explain_exception(w: Watch, exc: BaseException, site: Site | None, ctx: Any)
             second_backward.RULE, second_backward.SEVERITY,
             "saved tensors were accessed after a backward freed them", site,
             notes=(f"PyTorch: {first}",),
-            help="pass `retain_graph=True` to the earlier backward, or recompute the forward",
+            fix="pass `retain_graph=True` to the earlier backward, or recompute the forward",
         )
     if _INPLACE in text and call is not None:
         if walk is not None and walk.stale_saved:

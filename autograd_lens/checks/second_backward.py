@@ -73,7 +73,7 @@ def explain(w: Watch, call: BackwardCall, walk: WalkResult, exc_text: str) -> Fi
             f"{here} needs buffers that were already freed (by a backward outside the lens, or by "
             "accessing saved tensors after backward)",
             call.site,
-            help="call backward once per graph, or pass `retain_graph=True` to the earlier backward",
+            fix="call backward once per graph, or pass `retain_graph=True` to the earlier backward",
             backward=call.site,
         )
     top = (walk.tops.get(earlier.id) or [None])[0]
