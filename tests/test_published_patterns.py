@@ -842,7 +842,7 @@ def test_leak_into_the_generator_through_a_discriminator_that_begins_with_view_a
         Expect("detach-leak", "d_fake_loss = ", lambda: pnames("generator", CondGenerator()), "optimizer_G",
                "d_loss.backward()", "gen_imgs"),
     ])
-    assert "discriminator(gen_imgs.detach())" in f.help
+    assert "discriminator(gen_imgs.detach())" in f.fix
 
 
 def test_leak_through_a_discriminator_that_normalises_and_flattens_first() -> None:
@@ -893,7 +893,7 @@ def test_an_advantage_not_detached_trains_the_critic_on_the_policy_term() -> Non
         Expect("stray-grad", "optimizer.step()", critic, "optimizer", "loss.backward()", "advantages"),
     ]), key=lambda f: f.rule)
     assert "`agent.critic`" in leak.message and "`pg_loss`" in leak.message and "`agent.actor`" in leak.message
-    assert leak.help.endswith("`advantages = (returns - values).detach()`")
+    assert leak.fix.endswith("`advantages = (returns - values).detach()`")
     assert "`agent.critic`" in stray.notes[0]
 
 
@@ -941,7 +941,7 @@ def test_a_closure_without_zero_grad_piles_up_gradient_over_its_evaluations() ->
                "loss.backward()"),
     ])
     assert "closure's evaluations" in f.message
-    assert f.help.startswith("call `optimizer.zero_grad()` at the start of the closure")
+    assert f.fix.startswith("call `optimizer.zero_grad()` at the start of the closure")
 
 
 def manual(net: str, fn: Callable[[], None], stmt: str) -> str:
@@ -954,7 +954,7 @@ def test_a_manual_update_without_zero_grad_applies_old_gradient_again() -> None:
                manual("model", manual_sgd_data_add, "p.data.add_(p.grad, alpha=-lr)"), "loss.backward()"),
     ])
     assert "the manual update `p.data.add_(p.grad, alpha=-lr)`" in f.message
-    assert "`model.zero_grad()`" in f.help
+    assert "`model.zero_grad()`" in f.fix
 
 
 def test_a_manual_update_under_no_grad_without_zeroing() -> None:
@@ -985,7 +985,7 @@ def test_a_loss_summed_as_a_tensor_keeps_every_iterations_graph_and_saved_tensor
                "loss.backward(retain_graph=True)", "epoch_loss"),
     ])
     assert f.extra["retained"] and f.extra["saved_bytes"] > 0 and f.extra["graphs"] >= 3
-    assert "`epoch_loss += loss.item()`" in f.help and "drop `retain_graph=True`" in f.help
+    assert "`epoch_loss += loss.item()`" in f.fix and "drop `retain_graph=True`" in f.fix
 
 
 def test_losses_appended_to_a_list_keep_their_graphs() -> None:
@@ -994,7 +994,7 @@ def test_losses_appended_to_a_list_keep_their_graphs() -> None:
                "history"),
     ])
     assert f.extra["saved_bytes"] == 0  # freed by each backward; the graphs themselves still grow
-    assert "`history.append(loss.item())`" in f.help and "retain_graph" not in f.help
+    assert "`history.append(loss.item())`" in f.fix and "retain_graph" not in f.fix
 
 
 def test_a_running_sum_rebound_each_iteration_keeps_the_graphs() -> None:
@@ -1008,8 +1008,8 @@ def test_second_backward_after_the_generator_step_puts_the_detach_in_the_discrim
     [f] = check(gan_g_step_first, [
         Expect("second-backward", "d_loss.backward()", backward="g_loss.backward()", tensor="gen_imgs"),
     ], raises=RuntimeError)
-    assert "`discriminator(gen_imgs.detach())`" in f.help and "`d_loss.backward()`" in f.help
-    assert "retain_graph" not in f.help
+    assert "`discriminator(gen_imgs.detach())`" in f.fix and "`d_loss.backward()`" in f.fix
+    assert "retain_graph" not in f.fix
     enters = line(gan_g_step_first, "fake_loss = ")
     assert any(lab.site.line == enters and "enters `discriminator`" in lab.text for lab in f.labels)
 
@@ -1019,8 +1019,8 @@ def test_second_backward_after_the_discriminator_step_puts_the_detach_in_its_los
         Expect("second-backward", "errG.backward()", backward="errD.backward()", tensor="fake"),
         Expect("detach-leak", "errD = ", lambda: pnames("netG", mlp(4, 16)), "optimizerG", "errD.backward()", "fake"),
     ], raises=RuntimeError)
-    assert f"`netD(fake.detach())` at line {line(gan_d_step_first, 'errD = ')}" in f.help
-    assert "`retain_graph=True` would only hide the error" in f.help
+    assert f"`netD(fake.detach())` at line {line(gan_d_step_first, 'errD = ')}" in f.fix
+    assert "`retain_graph=True` would only hide the error" in f.fix
 
 
 def test_truncated_bptt_names_the_carried_state_and_detaches_it_as_a_tuple() -> None:
@@ -1030,4 +1030,4 @@ def test_truncated_bptt_names_the_carried_state_and_detaches_it_as_a_tuple() -> 
     assert "the previous iteration's `loss.backward()`" in f.message
     assert "# the next chunk" not in f.message  # the comment on the line is not the call
     at = line(tbptt_lstm_without_repackage, "output, hidden = model(x, hidden)")
-    assert f"`hidden = tuple(h.detach() for h in hidden)` before line {at}" in f.help
+    assert f"`hidden = tuple(h.detach() for h in hidden)` before line {at}" in f.fix
