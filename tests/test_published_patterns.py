@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -20,41 +19,11 @@ from torch import nn
 import autograd_lens as lens
 from autograd_lens import Finding
 
+from helpers import Expect, one_thread, short, watched  # noqa: F401  (one_thread: a fixture)
 from test_corpus import line, mlp, pnames
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def watched(fn: Callable[[], None], raises: type[BaseException] | None = None) -> tuple[Finding, ...]:
-    torch.manual_seed(0)
-    with lens.watch() as w:
-        if raises is None:
-            fn()
-        else:
-            with pytest.raises(raises):
-                fn()
-    assert w.internal_errors == []
-    return w.report.findings
-
-
-def short(findings: tuple[Finding, ...]) -> list[str]:
-    return [f"{f.rule}:{f.site.line if f.site else None}:{f.optimizer}:{sorted(f.params)}" for f in findings]
-
-
-@dataclass
-class Expect:
-    rule: str
-    at: str  # the statement the finding points at (its first characters)
-    params: Callable[[], set[str]] | None = None
-    optimizer: str | None = None
-    backward: str | None = None  # the statement of the backward call it names
-    tensor: str | None = None
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def body(fn: Callable[[], None]) -> Callable[[], None]:
