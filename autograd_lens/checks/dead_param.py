@@ -3,7 +3,7 @@
 ## What it does
 Lists, per optimizer, the parameters that require grad but whose `.grad` no backward call ever
 wrote while the lens watched: cut off by `.detach()`, `torch.no_grad()` or `.data`, or simply unused
-in the forward.
+in the forward. Manual updates without an optimizer object count as steps of their network.
 
 ## Why is this bad?
 Those parameters never learn (apart from weight decay), usually without anyone noticing: a layer

@@ -8,6 +8,14 @@ the generator through `fake`; a distillation loss entering the frozen teacher), 
 tensor, the line that made it, and the network it leaks into. Gradient that only passes *through*
 a network to reach its owner (the generator's loss through the discriminator) is not a leak.
 
+Ops belong to the module whose forward ran them: a discriminator whose forward begins with
+`img.view(img.size(0), -1)`, `torch.cat((img, labels), -1)`, `torch.flatten` or an input
+normalisation is entered by `gen_imgs`, and the leak is named there. In one network under one
+optimizer (actor and critic heads), an output that another term regresses towards a target (the
+critic's value) and that enters the policy term as a factor (`advantage = returns - values`) is a
+leak into that part: it is named with the line that computes it and the fix
+`advantage = (returns - values).detach()`.
+
 ## Why is this bad?
 The backward computes and accumulates gradient that nobody should use: wasted work at best, and a
 stray update as soon as that network is not zeroed before its own step (see `stray-grad`).

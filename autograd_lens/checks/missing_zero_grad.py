@@ -6,6 +6,13 @@ of a backward that an earlier step of the same optimizer already applied, it rep
 the parameters. Intentional accumulation (k backward calls, one step, then `zero_grad`) applies each
 backward exactly once and is not a finding.
 
+In-place work on `.grad` between backward and step keeps the gradient what it was: clipping
+(`clip_grad_norm_`, `clip_grad_value_`), `GradScaler.unscale_`, `p.grad.mul_(...)`,
+`p.grad.data.clamp_(...)`. A `.grad` zeroed by hand (`p.grad.zero_()`) is zeroed. A closure run by
+`optimizer.step(closure)` (LBFGS) that does not call `zero_grad()` piles up the gradient of its
+evaluations within one step; a manual update (`p.data.add_(p.grad, alpha=-lr)`) without zeroing
+applies old gradient again, like an optimizer step.
+
 ## Why is this bad?
 `.grad` accumulates: without `zero_grad()` every step also applies all earlier gradients again, so
 the effective learning rate grows with the iteration count and the direction is dominated by stale

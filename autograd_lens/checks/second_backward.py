@@ -7,6 +7,14 @@ Finds the backward call whose graph shares nodes with an earlier backward that r
 time". It also catches the silent variant PyTorch misses: a loss backwarded a second time through
 nodes that save nothing (`(a + 1).sum().backward()` twice) adds its gradient twice, without error.
 
+The fix it gives goes into the loss that must not train the network the shared part comes from,
+whichever step runs first: after the generator's step, `discriminator(gen_imgs.detach())` in the
+discriminator's loss; after the discriminator's step, `netD(fake.detach())` in its own loss. It
+suggests `retain_graph=True` only where both losses are meant for that network, never where it
+would turn the error into a silent stray gradient. In truncated BPTT it names the state carried
+from the previous iteration (`hidden`) and detaches it as its type needs
+(`hidden = tuple(h.detach() for h in hidden)` for an LSTM's `(h, c)`).
+
 ## Why is this bad?
 A backward frees the buffers its graph saved for the gradient computation. A second backward
 through the same nodes either fails, or, where the nodes saved nothing, silently applies the same

@@ -8,6 +8,19 @@ the optimizer and the parameters. A backward through networks that were all in e
 validation loss, a saliency map) is an evaluation: it is for none of the optimizers that train
 those networks in train mode, so a step that applies its gradient is reported too.
 
+It sees through what training loops do around the step:
+- a parameter may belong to several optimizers: an auxiliary optimizer over
+  `itertools.chain(G.parameters(), D.parameters())` (InfoGAN's information loss) is for its own
+  loss, and a step of `optimizer_G` that still holds that loss's gradient is reported;
+- one optimizer over several networks, or over the parts of one network (actor and critic heads
+  under one Adam), is judged per part: a part with a loss of its own (a discriminator) that
+  another loss only passes through is stray when that optimizer steps it with that gradient; a
+  critic's output used as an advantage that is not detached trains the critic on the policy term;
+- the backward calls a closure makes inside `optimizer.step(closure)` (LBFGS) are for that step;
+- updates without an optimizer object (`p.data.add_(p.grad, alpha=-lr)`,
+  `with torch.no_grad(): p -= lr * p.grad`) are steps named after their network and line
+  (`manual update of model at train.py:198`).
+
 ## Why is this bad?
 The parameters move in a direction computed for another objective. In a GAN that forgets
 `.detach()` and does not zero the generator, the generator takes a step on the discriminator's
