@@ -10,30 +10,68 @@ from __future__ import annotations
 
 import sys
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 
+from . import frameworks
+
 _PACKAGE_PREFIX = __name__.rsplit(".", 1)[0]
 
 
-def user_frame(skip_modules: tuple[str, ...] = ()) -> types.FrameType | None:
-    """The innermost frame that belongs neither to the lens nor to torch (nor to ``skip_modules``)."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        mod = frame.f_globals.get("__name__", "")
-        if not (
+_NOT_USER: dict[str, bool] = {}
+_NOT_USER_FOR: tuple[str, ...] = ()
+
+
+def is_machinery(mod: str) -> bool:
+    """Whether frames of module ``mod`` are machinery: the lens, torch, a training framework."""
+    return _not_user(mod)
+
+
+def _not_user(mod: str) -> bool:
+    """Whether frames of module ``mod`` are machinery: the lens, torch, a training framework."""
+    global _NOT_USER_FOR
+    skipped = frameworks.skipped()
+    if skipped != _NOT_USER_FOR:
+        _NOT_USER.clear()
+        _NOT_USER_FOR = skipped
+    hit = _NOT_USER.get(mod)
+    if hit is None:
+        hit = (
             mod == _PACKAGE_PREFIX
             or mod.startswith(_PACKAGE_PREFIX + ".")
             or mod == "torch"
             or mod.startswith("torch.")
             or mod == "contextlib"
-            or mod in skip_modules
-        ):
+            or frameworks.is_skipped(mod)
+        )
+        if len(_NOT_USER) < 4096:
+            _NOT_USER[mod] = hit
+    return hit
+
+
+def user_frame(skip_modules: tuple[str, ...] = ()) -> types.FrameType | None:
+    """The innermost frame that belongs neither to the lens, nor to torch, nor to a training
+    framework (nor to ``skip_modules``)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        mod = frame.f_globals.get("__name__", "")
+        if not (_not_user(mod) or mod in skip_modules):
             return frame
         frame = frame.f_back
     return None
+
+
+def framework_frames(frame: types.FrameType | None) -> list[types.FrameType]:
+    """The frames of training frameworks between the caller and ``frame`` (the user's)."""
+    out = []
+    f = sys._getframe(1)
+    while f is not None and f is not frame:
+        if frameworks.is_skipped(f.f_globals.get("__name__", "") or ""):
+            out.append(f)
+        f = f.f_back
+    return out
 
 
 _CO_OPTIMIZED = 0x0001
@@ -90,15 +128,29 @@ def _is_plain_object(value: Any) -> bool:
         return False
 
 
-def find_in_frame(frame: types.FrameType | None, kind: type) -> dict[str, Any]:
+def find_in_frame(
+    frame: types.FrameType | None, kind: type, unwrap: Callable[[Any, type], Any] | None = None
+) -> dict[str, Any]:
     """Objects of ``kind`` held by variables of ``frame`` (or one attribute deep), by name.
 
-    Every object appears once, under the first (shortest-path) name that holds it.
+    Every object appears once, under the first (shortest-path) name that holds it. With
+    ``unwrap``, a wrapper that holds one (``unwrap(value, kind)``) names it too.
     """
     found: dict[str, Any] = {}
     ids: set[int] = set()
     nested: list[tuple[str, Any]] = []
     for name, value in _candidates(frame):
+        if unwrap is not None:
+            if isinstance(value, (list, tuple)) and len(value) <= 64:
+                for i, item in enumerate(value):
+                    inner = unwrap(item, kind)
+                    if inner is not None and id(inner) not in ids:
+                        ids.add(id(inner))
+                        found[f"{name}[{i}]"] = inner
+                continue
+            inner = unwrap(value, kind)
+            if inner is not None:
+                value = inner
         if isinstance(value, kind):
             if id(value) not in ids:
                 ids.add(id(value))

@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 
+from . import frameworks
 from .findings import Site
-from .naming import ParamNames, find_in_frame, local_items
+from .naming import ParamNames, find_in_frame, is_machinery, local_items
 
 #: Forward ranges kept; the oldest half is dropped beyond this (they are needed for the graphs of
 #: the current iteration only).
@@ -47,12 +48,15 @@ class NetInfo:
         self.ref = weakref.ref(module)
         self.name = name
         self.pids: set[int] = {id(p) for p in module.parameters()}
+        # a DistributedDataParallel wrapper: the network is its `.module` (names without it)
+        inner = module.module if frameworks.is_parallel_wrapper(module) else module
         # id(submodule) -> qualified path inside the network ("" for the network itself)
-        self.paths: dict[int, str] = {id(m): path for path, m in module.named_modules(remove_duplicate=True)}
+        self.paths: dict[int, str] = {id(m): path for path, m in inner.named_modules(remove_duplicate=True)}
+        self.paths[id(module)] = ""
         # direct children that hold parameters: path -> ids of their parameters
         self.children: dict[str, frozenset[int]] = {
             path: frozenset(id(p) for p in child.parameters())
-            for path, child in module.named_children()
+            for path, child in inner.named_children()
             if next(child.parameters(), None) is not None
         }
 
@@ -167,7 +171,7 @@ class Registry:
             old = self._module_of.get(mid)
             if old is None or old[0] not in self.nets or self.nets[old[0]].ref() is None or not path:
                 self._module_of[mid] = (net.key, path)
-        self.names.add_module(name, mod, force=True)
+        self.names.add_module(name, mod.module if frameworks.is_parallel_wrapper(mod) else mod, force=True)
         for pid in net.pids:
             if not self.owns(self.nets, self.param_net.get(pid), pid):
                 self.param_net[pid] = net.key
@@ -246,7 +250,8 @@ class Registry:
         """
         frames = []
         while frame is not None and len(frames) < depth:
-            frames.append(frame)
+            if not is_machinery(frame.f_globals.get("__name__", "") or ""):
+                frames.append(frame)  # a framework's own variables (`pl_module`) are not names
             frame = frame.f_back
         found_mods: dict[int, tuple[str, torch.nn.Module]] = {}
         found_opts: dict[int, tuple[str, torch.optim.Optimizer]] = {}
@@ -260,7 +265,7 @@ class Registry:
                 prev = found_mods.get(id(mod))
                 if prev is None or _is_self_name(prev[0]) and not _is_self_name(name):
                     found_mods[id(mod)] = (name, mod)
-            for name, opt in find_in_frame(f, torch.optim.Optimizer).items():
+            for name, opt in find_in_frame(f, torch.optim.Optimizer, frameworks.unwrap_optimizer).items():
                 if me is not None and me != _SELF and name.startswith(me + "."):
                     name = _SELF + name[len(me):]
                 prev = found_opts.get(id(opt))

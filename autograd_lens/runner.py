@@ -309,6 +309,7 @@ def run(
     fail_on: str = "error",
     stdout_to_stderr: bool = False,
     findings_status: int = 1,
+    skip: Sequence[str] = (),
 ) -> RunResult:
     """Run ``program`` as ``__main__`` under ``watch()`` and return what happened.
 
@@ -324,6 +325,7 @@ def run(
             instead (keeps the lens's own standard output clean, e.g. for JSON).
         findings_status: ``exit_status`` when the program succeeded and findings at or above
             ``fail_on`` exist (``lens trace`` uses its own code, see ``cli/exit_codes.py``).
+        skip: packages whose frames are not the user's, besides the known training frameworks.
 
     SIGTERM while the program runs (when it has not set a handler of its own) stops it as Ctrl-C
     would, so that the report of what ran is kept; ``result.terminated`` says so. The working
@@ -359,7 +361,7 @@ def run(
     exit_message: str | None = None
     status = 0
     interrupted = terminated = False
-    w = watch(on_finding=live)
+    w = watch(on_finding=live, skip=skip)
     sys.argv = [program.argv0, *args]
     sys.path.insert(0, program.path0)
     sys.modules["__main__"] = main_module

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from . import checks, source
+from . import checks, frameworks, source
 from . import intent as intent_mod
 from .errors import LensError, describe
 from .events import BackwardCall, HeldGraphs, OptimizerStep
@@ -35,7 +35,7 @@ from .hooks import (
     watch_warnings,
 )
 from .hooks.patches import BACKWARD_ENGINE_AVAILABLE, patch_backward
-from .naming import find_in_frame, local_items, tensor_names, tensors_in, user_frame
+from .naming import find_in_frame, framework_frames, local_items, tensor_names, tensors_in, user_frame
 from .registry import ForwardRange, NetInfo, OptInfo, Registry, is_network
 from .report import BackwardSummary, Report, StepSummary, dedupe
 from .walk import WalkResult
@@ -83,6 +83,7 @@ class Watch:
         detail: int = DETAIL_PER_SITE,
         on_finding: Callable[[Finding], None] | None = None,
         graphs: bool = True,
+        skip: Sequence[str] = (),
     ) -> None:
         self._explicit_modules = dict(modules)
         self._explicit_optimizers = dict(optimizers)
@@ -90,6 +91,8 @@ class Watch:
         self.detail = detail
         self.on_finding = on_finding
         self.keep_graphs = graphs
+        self._skip = tuple(skip)
+        self._skip_before: list[str] | None = None
         self.hooks = HookSet()
         self.reg = Registry(on_param=self.ensure_param, on_change=self._forget_sites)
         self.names = self.reg.names
@@ -152,6 +155,7 @@ class Watch:
         if self._entered:
             raise LensError("a watch() can be entered only once; make a new one with lens.watch()")
         self._entered = True
+        self._skip_before = frameworks.set_skipped(self._skip)
         if _PEEK_SEQ is None:
             self._probe = torch.zeros(1, requires_grad=True)
         self.reg.first_seq = self._seq_now_always()
@@ -184,6 +188,9 @@ class Watch:
             self.close(exc)
         finally:
             self.hooks.remove()
+            if self._skip_before is not None:
+                frameworks.restore_skipped(self._skip_before)
+                self._skip_before = None
             with _active_lock:
                 if self in _active:
                     _active.remove(self)
@@ -305,10 +312,19 @@ class Watch:
         return self._opt_for_known(opt)
 
     def _opt_for_known(self, opt: torch.optim.Optimizer) -> OptInfo:
-        """The optimizer's state, registered under a generic name if it is new."""
+        """The optimizer's state, registered under a generic name if it is new: its place in the
+        framework's list (`configure_optimizers()[1]`), else its type and number (`Adam#3`)."""
         if self.reg.known(self.reg.opts, opt):
             return self.reg.opts[id(opt)]
-        return self.reg.add_opt(opt, f"{type(opt).__name__}#{len(self.reg.opts) + 1}")
+        name = None
+        fw = framework_frames(None)
+        try:
+            name = frameworks.optimizer_place(fw, opt) if fw else None
+        except Exception:
+            name = None
+        finally:
+            del fw
+        return self.reg.add_opt(opt, name or f"{type(opt).__name__}#{len(self.reg.opts) + 1}")
 
     # queries the checks use (the registry answers them) ----------------------------------------
     def param_name(self, pid: int) -> str:
@@ -541,6 +557,14 @@ class Watch:
             try:
                 site = _frame_site(frame)
                 local_names = tensor_names(frame, grad_fns=True)
+                fw = framework_frames(frame)
+                if fw:
+                    # a framework ran this backward after the user's `training_step` returned its
+                    # loss (Lightning's automatic optimization): that return is the user's line
+                    ts = frameworks.training_step_site(fw)
+                    if ts is not None and (frame is None or frame.f_code.co_name != ts[2]):
+                        site, local_names = Site(*ts), {}
+                del fw
             finally:
                 del frame
         except Exception as exc:
@@ -829,6 +853,8 @@ class Watch:
         provenance: dict[int, tuple[int, ...]] = {}
         repeated: dict[int, tuple[int, ...]] = {}
         n_params = 0
+        # backward calls ran inside the step (a framework passes a closure that may do nothing)
+        ran_closure = closure_from is not None and self._calls_dropped + len(self.calls) >= closure_from
         for p in params:
             n_params += 1
             g = p.grad
@@ -846,7 +872,7 @@ class Watch:
             provenance[id(p)] = prov
             applied = ps.applied.get(st.key)
             again = tuple(c for c in prov if c in applied) if applied and prov else ()
-            if closure_from is not None:
+            if ran_closure:
                 # the closure ran several times without zero_grad: each evaluation's gradient was
                 # applied by the evaluations after it too
                 inside = [c for c in prov if c >= closure_from]
@@ -862,7 +888,7 @@ class Watch:
             provenance=provenance,
             repeated=repeated,
             n_params=n_params,
-            closure=closure_from is not None,
+            closure=ran_closure,
             manual=st.manual,
         )
         with self._lock:
@@ -1256,6 +1282,7 @@ def watch(
     intent: Mapping[str, Any] | None = None,
     detail: int = DETAIL_PER_SITE,
     on_finding: Callable[[Finding], None] | None = None,
+    skip: Sequence[str] = (),
 ) -> Watch:
     """Watch autograd while the ``with`` block runs; ``w.report`` holds what was found.
 
@@ -1269,6 +1296,8 @@ def watch(
             ``"train.py:56"``).
         detail: how many occurrences of each backward site get a graph snapshot and full analysis.
         on_finding: called once with each new finding (first occurrence of a rule at a site).
+        skip: packages whose frames are not your code, besides the training frameworks the lens
+            knows (Lightning, accelerate): findings point at the line that called into them.
 
     Example::
 
@@ -1301,4 +1330,4 @@ def watch(
                 raise LensError(f"watch(optimizers=...) takes torch.optim optimizers; {k!r} is {describe(o)}")
     finally:
         del frame
-    return Watch(mods, opts, intent or {}, detail=detail, on_finding=on_finding)
+    return Watch(mods, opts, intent or {}, detail=detail, on_finding=on_finding, skip=skip)

@@ -20,7 +20,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from autograd_lens import github, output, runner, sarif
+from autograd_lens import frameworks, github, output, runner, sarif
 from autograd_lens.errors import LensError
 from autograd_lens.findings import ERROR, Finding, rel_path
 from autograd_lens.report import Report, renderables
@@ -155,6 +155,14 @@ def _files_line(written: output.Written, draw: bool) -> str:
 @click.option("-q", "--quiet", is_flag=True, help="No findings while running and no report; only the summary.")
 @click.option("--no-graphs", is_flag=True, help="Do not write graphs/.")
 @click.option(
+    "--skip-package",
+    "skip_packages",
+    multiple=True,
+    metavar="PKG,...",
+    help="Packages whose frames are not yours (besides Lightning and accelerate): findings point at "
+    "the line that called into them. Also `skip-packages` in [tool.autograd_lens] of pyproject.toml.",
+)
+@click.option(
     "--max-graphs",
     type=click.IntRange(min=0),
     metavar="N",
@@ -175,6 +183,7 @@ def trace(
     ignore: tuple[str, ...],
     quiet: bool,
     no_graphs: bool,
+    skip_packages: tuple[str, ...],
     max_graphs: int,
     script: str,
     args: tuple[str, ...],
@@ -214,6 +223,7 @@ def trace(
         fail_on=fail_on,
         stdout_to_stderr=fmt != "text",
         findings_status=exit_codes.FINDINGS,
+        skip=[*frameworks.config_skip_packages(), *(p.strip() for v in skip_packages for p in v.split(","))],
     )
     result.print_exception()
 

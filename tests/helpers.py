@@ -33,12 +33,19 @@ def run_example(name: str, *args: str, raises: type[BaseException] | None = None
 
     Returns the watch and the exception the script raised (which must be of type ``raises``).
     """
-    path = example(name)
+    return run_path(example(name), *args, raises=raises)
+
+
+def run_path(
+    path: Path, *args: str, raises: type[BaseException] | None = None, **options: object
+) -> tuple[lens.Watch, BaseException | None]:
+    """Run the script ``path`` as ``__main__`` with ``args`` under ``lens.watch(**options)``."""
+    name = path.name
     argv = sys.argv
     sys.argv = [str(path), *args]
     error: BaseException | None = None
     try:
-        with lens.watch() as w:
+        with lens.watch(**options) as w:  # type: ignore[arg-type]
             if raises is None:
                 runpy.run_path(str(path), run_name="__main__")
             else:

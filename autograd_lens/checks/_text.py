@@ -24,6 +24,10 @@ def call_text(call: BackwardCall) -> str:
         text = source.call_text(call.site.file, call.site.line, m)
         if text and len(text) <= 60:
             return code(text)
+    line = source.call_source(call.site.file, call.site.line, ())
+    if line.startswith("return ") and call.kind == "backward":
+        # a framework ran the backward of the loss this line returns (Lightning's training_step)
+        return f"the backward of `{line[7:].strip()}` returned at line {call.site.line}"
     roots = ", ".join(call.roots)
     what = "backward" if call.kind == "backward" else "autograd.grad"
     return f"the {what} of `{roots}` at line {call.site.line}" if roots else f"the {what} at line {call.site.line}"
