@@ -77,6 +77,12 @@ class Site:
         }
 
 
+def _site(d: dict[str, Any] | None) -> Site | None:
+    if not d:
+        return None
+    return Site(d.get("path") or d.get("file", ""), int(d.get("line", 0)), d.get("function", ""))
+
+
 @dataclass(frozen=True, slots=True)
 class Label:
     """A secondary site with what it did (rustc's secondary label)."""
@@ -147,7 +153,21 @@ class Finding:
                 {"site": lab.site.to_dict(), "text": lab.text, "primary": lab.primary} for lab in self.labels
             ],
             "graph": self.graph,
+            **({"ranks": list(self.extra["ranks"])} if "ranks" in self.extra else {}),
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Finding:
+        """The finding written by :meth:`to_dict` (``report.json``)."""
+        return cls(
+            rule=d["rule"], severity=d["severity"], message=d["message"], site=_site(d.get("site")),
+            labels=tuple(Label(_site(lab["site"]) or Site("", 0), lab["text"], bool(lab.get("primary")))
+                         for lab in d.get("labels", ())),
+            notes=tuple(d.get("notes", ())), fix=d.get("fix", ""), params=tuple(d.get("params", ())),
+            optimizer=d.get("optimizer"), tensor=d.get("tensor"), backward=_site(d.get("backward")),
+            count=int(d.get("count", 1)), graph=d.get("graph"),
+            extra={"ranks": tuple(d["ranks"])} if "ranks" in d else {},
+        )
 
     def text(self, width: int = 100) -> str:
         """The full rustc-style text, plain (no colour)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import inspect
 import os
+import re
 import types
 from collections.abc import Iterable
 from pathlib import Path
@@ -188,3 +189,45 @@ def frames_between(inner: types.FrameType | None, outer: types.FrameType | None)
 
 def module_name_of(frame: types.FrameType) -> str:
     return frame.f_globals.get("__name__", "") or ""
+
+
+# ----------------------------------------------------------------------------------------------
+# DistributedDataParallel's failure for parameters that did not take part in the loss
+# ----------------------------------------------------------------------------------------------
+
+DDP_UNUSED = "Expected to have finished reduction in the prior iteration"
+_DDP_INDICES = re.compile(r"Parameter indices which did not receive grad for rank (\d+):\s*([\d ]+)")
+_DDP_NAMES = re.compile(r"Parameters which did not receive grad for rank (\d+):\s*([^\n]+)")
+
+
+def ddp_unused(exc: BaseException) -> tuple[Any, list[Any], int | None] | None:
+    """(the DDP module, its parameters that did not receive grad, the rank) from DDP's error."""
+    text = str(exc)
+    if DDP_UNUSED not in text:
+        return None
+    ddp = None
+    tb = exc.__traceback__
+    while tb is not None:
+        obj = tb.tb_frame.f_locals.get("self")
+        if obj is not None and is_parallel_wrapper(obj):
+            ddp = obj
+        tb = tb.tb_next
+    if ddp is None:
+        return None
+    ignore = set(getattr(ddp, "parameters_to_ignore", ()) or ())
+    managed = [(n, p) for n, p in ddp.module.named_parameters() if p.requires_grad and n not in ignore]
+    rank_no: int | None = None
+    unused: list[Any] = []
+    m = _DDP_NAMES.search(text)
+    if m:
+        rank_no = int(m.group(1))
+        wanted = {n.strip() for n in m.group(2).split(",")}
+        unused = [p for n, p in managed if n in wanted]
+    if not unused:
+        m = _DDP_INDICES.search(text)
+        if m:
+            rank_no = int(m.group(1))
+            for i in m.group(2).split():
+                if i.isdigit() and int(i) < len(managed):
+                    unused.append(managed[int(i)][1])
+    return ddp, unused, rank_no

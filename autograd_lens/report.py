@@ -145,6 +145,7 @@ class Report:
             "steps": [s.to_dict() for s in self.steps],
             "graphs": [dict(g) for g in self.graphs],
             "networks": list(self.networks),
+            **({"world_size": self.extra["world_size"]} if "world_size" in self.extra else {}),
         }
 
     def to_json(self, *, indent: int | None = 2) -> str:

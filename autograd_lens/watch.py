@@ -227,7 +227,9 @@ class Watch:
             self.error = _exc_text(exc)
             if not getattr(exc, "_autograd_lens_explained", False):
                 site = _site_from_traceback(exc)
-                f = self._guard(checks.explain_exception)(self, exc, site, None)
+                f = self._guard(self._explain_ddp)(exc, site)
+                if f is None:
+                    f = self._guard(checks.explain_exception)(self, exc, site, None)
                 if f is not None:
                     self._add(f)
                     _attach_note(exc, f)
@@ -513,6 +515,20 @@ class Watch:
             if not self._closed and not getattr(exc, "_autograd_lens_explained", False):
                 self._guard(self._explain_api_error)(exc, args, kwargs)
             raise
+
+    def _explain_ddp(self, exc: BaseException, site: Site | None) -> Finding | None:
+        """DistributedDataParallel failed at a forward because parameters of the network took no
+        part in the previous loss: their names, the forward that did not use them, the fixes."""
+        got = frameworks.ddp_unused(exc)
+        if got is None:
+            return None
+        ddp, unused, rank_no = got
+        names = [self.reg.param_name(id(p)) for p in unused]
+        net = self.reg.nets.get(id(ddp))
+        forward = next((r.site for r in reversed(self.reg.ranges) if r.depth == 0 and r.net == id(ddp) and r.site), None)
+        return checks.dead_param.ddp_unused(
+            names, site, forward, net.name if net is not None else "model", rank_no, _exc_text(exc) or ""
+        )
 
     def _explain_api_error(self, exc: Exception, args: tuple, kwargs: dict) -> None:
         """An error raised before the engine ran (e.g. a non-scalar root without `gradient=`)."""

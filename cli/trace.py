@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
@@ -20,7 +21,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from autograd_lens import frameworks, github, output, runner, sarif
+from autograd_lens import frameworks, github, output, ranks, runner, sarif
 from autograd_lens.errors import LensError
 from autograd_lens.findings import ERROR, Finding, rel_path
 from autograd_lens.report import Report, renderables
@@ -208,6 +209,12 @@ def trace(
     output.prepare(out_dir)
     # resolved now: a script that changes the working directory does not move the report
     out = Path(os.path.abspath(out_dir))
+    # under torchrun each rank records in OUT/rank<N>/; rank 0 merges and is the only one to print
+    rank = frameworks.rank()
+    started = time.time()
+    if rank is not None:
+        top, out = out, ranks.rank_dir(out, rank[0])
+        quiet = quiet or rank[0] != 0
 
     err = _console(sys.stderr)
 
@@ -244,11 +251,52 @@ def trace(
         err.print(f"lens: error: {' '.join(str(exc).split())}", soft_wrap=True, markup=False)
         _exit(ctx, result)
         return
+    if rank is not None:
+        _ranks_end(ctx, result, written, top, rank, started, err, fmt, fail_on, no_graphs, warned)
+        return
     _show_report(written.report, err, fmt, quiet)
     for text in warned:
         err.print(Text("lens: warning: ", style="bold yellow") + Text(text), soft_wrap=True)
     err.print(_summary(result, fail_on), soft_wrap=True, markup=False)
     err.print(_files_line(written, not no_graphs), soft_wrap=True, markup=False)
+    _exit(ctx, result)
+
+
+def _ranks_end(
+    ctx: click.Context, result: runner.RunResult, written: output.Written, top: Path, rank: tuple[int, int],
+    started: float, err: Console, fmt: str, fail_on: str, no_graphs: bool, warned: list[str],
+) -> None:
+    """Under torchrun: rank 0 merges every rank's report into TOP/report.json and prints it; the
+    other ranks wait for it (the launcher would stop rank 0 once another rank has ended)."""
+    me, world = rank
+    if me != 0:
+        ranks.wait_for([top / output.REPORT_NAME], started)
+        _exit(ctx, result)
+        return
+    merged, missing = ranks.merge(written.report, top, world, started)
+    failing = runner.failing_findings(merged, fail_on)
+    if merged.status == runner.OK and failing:
+        merged = dataclasses.replace(merged, status=runner.FINDINGS)
+    try:
+        path = merged.save(top / output.REPORT_NAME)
+    except OSError as exc:
+        path = None
+        warned.append(f"cannot write the merged report in {top}: {exc.strerror or exc}")
+    _show_report(merged, err, fmt, False)
+    for text in warned:
+        err.print(Text("lens: warning: ", style="bold yellow") + Text(text), soft_wrap=True)
+    if missing:
+        err.print(Text("lens: warning: ", style="bold yellow") + Text(
+            f"no report from rank{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} "
+            f"within {ranks.WAIT:g} s; the merged report covers the others"), soft_wrap=True)
+    if result.exit_status == 0 and failing:
+        result = dataclasses.replace(result, exit_status=exit_codes.FINDINGS, failing=failing, report=merged)
+    else:
+        result = dataclasses.replace(result, report=merged)
+    err.print(_summary(result, fail_on) + f" on {world} ranks", soft_wrap=True, markup=False)
+    if path is not None:
+        err.print(f"lens: wrote {_shown(path)} (every rank) and each rank's report and graphs in "
+                  f"{_shown(top)}{os.sep}rank<N>{os.sep}", soft_wrap=True, markup=False)
     _exit(ctx, result)
 
 
