@@ -213,10 +213,9 @@ class ParamNames:
             self.weak.add(key)
         self.by_id[key] = name
         self.module_of[name] = module if module is not None else name.rsplit(".", 1)[0]
-        try:
-            self.by_ptr[tensor.data_ptr()] = (str(tensor.device), name)
-        except RuntimeError:  # tensors without storage (meta, some subclasses)
-            pass
+        ptr = storage_ptr(tensor)
+        if ptr is not None:
+            self.by_ptr[ptr] = (str(tensor.device), name)
 
     def add_module(self, prefix: str, module: torch.nn.Module, *, force: bool = False) -> None:
         for qual, p in module.named_parameters(remove_duplicate=True):
@@ -229,10 +228,8 @@ class ParamNames:
     def name_of_storage(self, tensor: torch.Tensor) -> str | None:
         if not self.by_ptr:
             return None
-        try:
-            hit = self.by_ptr.get(tensor.data_ptr())
-        except RuntimeError:
-            return None
+        ptr = storage_ptr(tensor)
+        hit = self.by_ptr.get(ptr) if ptr is not None else None
         return hit[1] if hit is not None and hit[0] == str(tensor.device) else None
 
     @classmethod
@@ -288,6 +285,16 @@ def tensor_names(frame: types.FrameType | None, *, grad_fns: bool = False) -> di
             if grad_fns and value.grad_fn is not None:
                 out.setdefault(id(value.grad_fn), name)
     return out
+
+
+def storage_ptr(t: torch.Tensor) -> int | None:
+    """``t.data_ptr()``, or None for tensors whose data must not be touched (fake, meta, no storage)."""
+    if t.is_meta or type(t).__name__ == "FakeTensor":
+        return None
+    try:
+        return t.data_ptr()
+    except RuntimeError:
+        return None
 
 
 def tensors_in(obj: Any) -> list[torch.Tensor]:

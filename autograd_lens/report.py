@@ -146,6 +146,7 @@ class Report:
             "graphs": [dict(g) for g in self.graphs],
             "networks": list(self.networks),
             **({"world_size": self.extra["world_size"]} if "world_size" in self.extra else {}),
+            **({"stepped_aside": dict(self.extra["stepped_aside"])} if self.extra.get("stepped_aside") else {}),
         }
 
     def to_json(self, *, indent: int | None = 2) -> str:

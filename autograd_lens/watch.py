@@ -53,6 +53,21 @@ DETAIL_PER_SITE = 2
 
 _active: list[Watch] = []
 
+#: Whether a JIT trace runs, and how many TorchDispatchModes are active (feature-detected).
+_TRACING = getattr(torch._C, "_get_tracing_state", None)
+_DISPATCH_DEPTH = getattr(torch._C, "_len_torch_dispatch_stack", None)
+
+
+def _dispatch_mode_name() -> str:
+    try:
+        from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+        mode = _get_current_dispatch_mode()
+        return f"a {type(mode).__name__}" if mode is not None else "a TorchDispatchMode"
+    except Exception:
+        return "a TorchDispatchMode"
+
+
 #: Reads the number the next autograd node will get, without making a node (torch >= 2.1).
 _PEEK_SEQ = getattr(getattr(torch._C, "_autograd", None), "_get_sequence_nr", None)
 _active_lock = threading.Lock()
@@ -102,6 +117,7 @@ class Watch:
         self.graphs: dict[str, Graph] = {}
         self.error: str | None = None  # the exception that ended the block, as text
         self.internal_errors: list[str] = []  # failures of the lens itself (never raised)
+        self.stepped_aside: dict[str, int] = {}  # what the lens did not watch, and how often
         self.excluded: set[int] = set()  # leaves a backward left out on purpose (`inputs=`)
         self._interned: dict[Any, Any] = {}
         # events beyond FOLD_AT are folded into per-site totals (long runs stay bounded)
@@ -196,6 +212,34 @@ class Watch:
                     _active.remove(self)
 
     # ------------------------------------------------------------------------------------------
+    # stepping aside: a JIT trace, a dispatch mode (FakeTensorMode, a user's TorchDispatchMode)
+    # ------------------------------------------------------------------------------------------
+    def _aside(self) -> bool:
+        """Whether the user's code runs under a JIT trace or a TorchDispatchMode now: the lens must
+        run no tensor op of its own and touch no tensor's data there, so it does not watch. Said
+        once per kind (a warning, and ``stepped_aside`` in the report)."""
+        if _TRACING is not None and _TRACING() is not None:
+            why = "torch.jit.trace"
+        elif _DISPATCH_DEPTH is not None and _DISPATCH_DEPTH():
+            why = _dispatch_mode_name()
+        else:
+            return False
+        n = self.stepped_aside.get(why, 0)
+        self.stepped_aside[why] = n + 1
+        if n == 0:
+            frame = user_frame()
+            try:
+                where = (frame.f_code.co_filename, frame.f_lineno) if frame is not None else ("autograd_lens", 0)
+                module = frame.f_globals.get("__name__", "") if frame is not None else "autograd_lens"
+            finally:
+                del frame
+            warnings.warn_explicit(
+                f"autograd_lens: not watching while {why} runs (the lens runs no tensor op of its own there)",
+                RuntimeWarning, where[0], where[1], module=module,
+            )
+        return True
+
+    # ------------------------------------------------------------------------------------------
     # failures of the lens itself: recorded, reported once, never raised into the user's code
     # ------------------------------------------------------------------------------------------
     def _internal(self, exc: BaseException) -> None:
@@ -258,6 +302,7 @@ class Watch:
                 script=script,
                 status="error" if self.error is not None else "ok",
                 error=self.error,
+                extra={"stepped_aside": dict(self.stepped_aside)} if self.stepped_aside else {},
             )
 
     def network_names(self) -> list[str]:
@@ -402,7 +447,7 @@ class Watch:
             stack = tls.stack = []
             tls.open = []
         opened: list[ForwardRange] = tls.open
-        if _compiling() or not torch.is_grad_enabled():
+        if _compiling() or not torch.is_grad_enabled() or self._aside():
             stack.append(None)
             return
         reg = self.reg
@@ -503,6 +548,8 @@ class Watch:
     # backward
     # ------------------------------------------------------------------------------------------
     def _on_api(self, run: Callable[..., Any], kind: str, args: tuple, kwargs: dict) -> Any:
+        if self._aside():
+            return run(*args, **kwargs)
         if not BACKWARD_ENGINE_AVAILABLE:
             tensors = args[0] if args else kwargs.get("tensors", kwargs.get("outputs"))
             retain = kwargs.get("retain_graph")
@@ -544,7 +591,7 @@ class Watch:
             _attach_note(exc, f)
 
     def _on_engine(self, run: Callable[..., Any], t_outputs: Any, args: tuple, kwargs: dict, accumulate: bool) -> Any:
-        if getattr(self._tls, "in_backward", False) or self._closed or _inside_backward():
+        if getattr(self._tls, "in_backward", False) or self._closed or _inside_backward() or self._aside():
             # a backward started from inside another one (reentrant checkpointing, hooks):
             # part of the outer call
             return run(t_outputs, *args, **kwargs)
@@ -797,7 +844,7 @@ class Watch:
     # zero_grad and steps
     # ------------------------------------------------------------------------------------------
     def _on_zero_grad(self, obj: Any, set_to_none: bool) -> None:
-        if self._closed or _compiling():
+        if self._closed or _compiling() or self._aside():
             return
         if self._manual_on:
             self._note_manual_updates(_site())
@@ -840,7 +887,7 @@ class Watch:
                 self._holding.discard(id(st.ref()))
 
     def _on_step_pre(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        if self._closed or _compiling():
+        if self._closed or _compiling() or self._aside():
             return
         st = self._opt_for(opt)
         if st.steps == 0 or len(st.pids) != sum(len(g["params"]) for g in opt.param_groups):
@@ -915,7 +962,7 @@ class Watch:
         return step
 
     def _on_step_post(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        if self._closed or _compiling():
+        if self._closed or _compiling() or self._aside():
             return
         running = getattr(self._tls, "steps", None)
         if running and running[-1][0].key == id(opt):
