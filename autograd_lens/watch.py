@@ -46,7 +46,7 @@ _serial = iter(range(1, 1 << 62))
 FOLD_AT = 20_000
 
 #: Graphs of this many earlier iterations of a backward site alive at once: something holds them.
-HELD_ITERATIONS = 3
+HELD_ITERATIONS = 2
 
 #: How many occurrences of each backward site get a full graph snapshot and leak analysis.
 DETAIL_PER_SITE = 2

@@ -95,7 +95,8 @@ def test_lightning_automatic_optimization_points_at_the_loss_training_step_retur
     path = HERE / "lightning_distill.py"
     w, _ = run_path(path, "--bug")
     leak = by_rule(w.report.findings, "detach-leak")
-    assert leak.site.file == str(path) and leak.site.line == line_of(path, "return loss")
+    assert leak.site.file == str(path) and leak.site.line == line_of(path, "t_logits = self.teacher(x)")
+    assert leak.backward is not None and leak.backward.line == line_of(path, "return loss")
     assert set(leak.params) == {"teacher.0.weight", "teacher.0.bias", "teacher.2.weight", "teacher.2.bias"}
     assert "the backward of `loss` returned at line" in leak.message
     assert rules(w.report.findings) == {"detach-leak"}

@@ -953,7 +953,7 @@ def test_a_loss_summed_as_a_tensor_keeps_every_iterations_graph_and_saved_tensor
         Expect("retained-graph", "epoch_loss += loss.item() if item else loss", None, None,
                "loss.backward(retain_graph=True)", "epoch_loss"),
     ])
-    assert f.extra["retained"] and f.extra["saved_bytes"] > 0 and f.extra["graphs"] >= 3
+    assert f.extra["retained"] and f.extra["saved_bytes"] > 0 and f.extra["graphs"] >= 2
     assert "`epoch_loss += loss.item()`" in f.fix and "drop `retain_graph=True`" in f.fix
 
 

@@ -91,7 +91,7 @@ def leaks(w: Watch, call: BackwardCall, a: Analysis) -> list[Leak]:
     for c in found:
         baseline_of = baselines.get((c.producer, c.consumer))
         baseline_unit = unit_of.get(c.producer)
-        producer, consumer = _network_output(w, a, c.producer, c.consumer)
+        producer, consumer = _network_output(w, a, c.producer, c.consumer, named_first=baseline_of is not None)
         if producer in seen:
             continue
         seen.add(producer)
@@ -118,12 +118,13 @@ def leaks(w: Watch, call: BackwardCall, a: Analysis) -> list[Leak]:
     return out
 
 
-def _network_output(w: Watch, a: Analysis, producer: int, consumer: int) -> tuple[int, int]:
+def _network_output(w: Watch, a: Analysis, producer: int, consumer: int, *, named_first: bool = False) -> tuple[int, int]:
     """The output of the network below a crossing made by ops outside any network.
 
     ``softmax(t_logits / T)`` entering a distillation loss crosses at the softmax; the tensor to
     detach is the teacher's output ``t_logits``. Follows single inputs that lead to parameters
-    until a node made inside a network's forward, or a named tensor; returns (producer, consumer).
+    down to a node made inside a network's forward; where there is none, the first named tensor on
+    the way. Returns (producer, consumer).
     """
     graph = a.graph
     i, above = producer, consumer
@@ -137,14 +138,23 @@ def _network_output(w: Watch, a: Analysis, producer: int, consumer: int) -> tupl
         if len(ins) != 1:
             break
         i, above = ins[0], i
+    # a tensor that enters another network, or a factor of the loss (an advantage), is named by
+    # the first variable that holds it; what enters the loss's own arithmetic (a teacher's logits
+    # under a softmax) by the network output below it
+    named_first = named_first or inside is not None
+    named: tuple[int, int] | None = None
     for _ in range(32):
-        if w.range_of_seq(graph.nodes[i].seq) is not None or i in a.var_of_node:
-            return i, above
+        if w.range_of_seq(graph.nodes[i].seq) is not None:
+            return i, above  # the network's output (`t_logits`), past what the loss made of it
+        if i in a.var_of_node and named is None:
+            named = (i, above)  # `soft_targets`: used when no network's output lies below
+            if named_first:
+                return named
         ins = [j for j in dict.fromkeys(graph.inputs_of(i)) if a.reach[j]]
         if len(ins) != 1 or graph.nodes[ins[0]].kind in (PARAM, INPUT):
             break
         i, above = ins[0], i
-    return producer, consumer
+    return named or (producer, consumer)
 
 
 def findings(w: Watch, call: BackwardCall, found: list[Leak]) -> list[Finding]:
@@ -162,12 +172,15 @@ def findings(w: Watch, call: BackwardCall, found: list[Leak]) -> list[Finding]:
         tensor = code(lk.var) if lk.var else (f"the output of {code(lk.producer_net)}" if lk.producer_net else "a tensor")
         enters = f", which enters {code(lk.consumer_net)} without `.detach()`" if lk.consumer_net else " without `.detach()`"
         labels = []
+        # the culprit: where the tensor enters another network; else (it enters the loss's own
+        # arithmetic: a target network's output, a teacher's logits) where it is produced
+        primary = lk.enters_at or lk.produced_at or call.site
         if lk.produced_at is not None:
-            labels.append(Label(lk.produced_at, f"{tensor} is produced by {code(lk.producer_net)}"))
-        primary = lk.enters_at or call.site
+            labels.append(Label(lk.produced_at, f"{tensor} is produced by {code(lk.producer_net)} with its graph",
+                                primary=lk.enters_at is None))
         if lk.enters_at is not None:
             labels.append(Label(lk.enters_at, f"{tensor} enters {code(lk.consumer_net)} without `.detach()`", primary=True))
-        labels.append(Label(call.site, f"writes `.grad` on {net_count_text(w, lk.pids)}", primary=lk.enters_at is None))
+        labels.append(Label(call.site, f"writes `.grad` on {net_count_text(w, lk.pids)}", primary=primary is call.site))
         det = f"{lk.var}.detach()" if lk.var else "….detach()"
         fix = f"`{lk.consumer_net}({det})`" if lk.consumer_net and lk.var else f"`{det}`"
         help_ = (
