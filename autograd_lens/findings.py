@@ -66,6 +66,11 @@ class Site:
     def __str__(self) -> str:
         return f"{self.file}:{self.line}"
 
+    @property
+    def key(self) -> str:
+        """``train.py:56``: the file relative to the working directory, and the line."""
+        return f"{rel_path(self.file)}:{self.line}"
+
     def to_dict(self) -> dict[str, Any]:
         """``file`` relative to the working directory when the file lies below it (else absolute),
         ``path`` always absolute."""

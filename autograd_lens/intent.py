@@ -17,7 +17,7 @@ into networks it is not for. See the "Intent" section of DESIGN.md.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +28,8 @@ from .errors import LensError, describe
 from .graph import COMPILED, CUSTOM, INPUT, PARAM, Graph
 
 if TYPE_CHECKING:
+    from .context import Context, Decision
     from .events import BackwardCall
-    from .watch import Watch
 
 # Ops that add up terms: a loss ``a + b`` or ``a - b`` has one term per input.
 _ADD_OPS = frozenset({"AddBackward0", "SubBackward0"})
@@ -60,7 +60,7 @@ class Intent:
         self.by_name = by_name
 
     @classmethod
-    def from_spec(cls, spec: Mapping[str, Any], w: Watch) -> Intent:
+    def from_spec(cls, spec: Mapping[str, Any], key_of: Callable[[torch.optim.Optimizer], int]) -> Intent:
         by_name: dict[str, frozenset[int]] = {}
         for key, value in spec.items():
             opts = value if isinstance(value, (list, tuple, set, frozenset)) else [value]
@@ -70,7 +70,7 @@ class Intent:
                     raise LensError(
                         f"watch(intent=...) maps a loss name or site to optimizers; {key!r} maps to {describe(o)}"
                     )
-                keys.append(w._opt_for_known(o).key)
+                keys.append(key_of(o))
             by_name[str(key)] = frozenset(keys)
         return cls(by_name)
 
@@ -122,11 +122,11 @@ class Analysis:
     var_of_node: dict[int, str] = field(default_factory=dict)
 
 
-def analyse(w: Watch, graph: Graph, leaf_ids: dict[int, int]) -> Analysis:
+def analyse(ctx: Context, graph: Graph, leaf_ids: dict[int, int]) -> Analysis:
     n = len(graph.nodes)
     group_of_node: list[Any] = [None] * n
     for nid, pid in leaf_ids.items():
-        group_of_node[nid] = w.reg.unit_of(pid)
+        group_of_node[nid] = ctx.reg.unit_of(pid)
     # reachability of units, leaves first: process nodes in an order where inputs come first
     order = _topo_leaves_first(graph)
     reach: list[frozenset[Any]] = [frozenset()] * n
@@ -234,7 +234,7 @@ def _direct_consumers(graph: Graph, nid: int) -> list[int]:
     return out
 
 
-def crossings(w: Watch, a: Analysis, for_units: frozenset[Any], within: set[int] | None = None) -> list[Crossing]:
+def crossings(ctx: Context, a: Analysis, for_units: frozenset[Any], within: set[int] | None = None) -> list[Crossing]:
     """Edges from nodes that reach none of ``for_units`` into nodes that do."""
     graph = a.graph
     out = []
@@ -253,9 +253,9 @@ def crossings(w: Watch, a: Analysis, for_units: frozenset[Any], within: set[int]
         if _is_param_feed(graph, src):
             out.append(Crossing(src, dst, "pass-through", a.reach[src]))
             continue
-        net_src = w.net_of_seq(node.seq)
-        net_dst = w.net_of_seq(graph.nodes[dst].seq)
-        if net_src is not None and net_src == net_dst and a.reach[src] <= _own_units(w, net_src, cache):
+        net_src = ctx.net_of_seq(node.seq)
+        net_dst = ctx.net_of_seq(graph.nodes[dst].seq)
+        if net_src is not None and net_src == net_dst and a.reach[src] <= _own_units(ctx, net_src, cache):
             # the network's own weights, seen through ops of its forward; an op of its forward that
             # reaches another network (`img.view(...)` of a generated batch) is where data enters
             out.append(Crossing(src, dst, "pass-through", a.reach[src]))
@@ -264,12 +264,12 @@ def crossings(w: Watch, a: Analysis, for_units: frozenset[Any], within: set[int]
     return out
 
 
-def _own_units(w: Watch, net_key: int, cache: dict[int, frozenset[Any]]) -> frozenset[Any]:
+def _own_units(ctx: Context, net_key: int, cache: dict[int, frozenset[Any]]) -> frozenset[Any]:
     """The units of a network's own parameters."""
     got = cache.get(net_key)
     if got is None:
-        net = w.reg.nets.get(net_key)
-        got = frozenset(u for u in (w.reg.unit_of(p) for p in (net.pids if net is not None else ())) if u is not None)
+        net = ctx.reg.nets.get(net_key)
+        got = frozenset(u for u in (ctx.reg.unit_of(p) for p in (net.pids if net is not None else ())) if u is not None)
         cache[net_key] = got
     return got
 
@@ -288,14 +288,15 @@ def _is_param_feed(graph: Graph, nid: int) -> bool:
     return False
 
 
-def analysis_of(w: Watch, call: BackwardCall) -> Analysis | None:
+def analysis_of(ctx: Context, call: BackwardCall) -> Analysis | None:
     """The call's analysis, made from its graph snapshot the first time it is needed."""
-    held = call.analysis
+    analyses = ctx.knowledge.analyses
+    held = analyses.get(call.id)
     if isinstance(held, tuple):
         graph, leaf_ids, var_of_node = held
-        held = analyse(w, graph, leaf_ids)
+        held = analyse(ctx, graph, leaf_ids)
         held.var_of_node = var_of_node
-        call.analysis = held
+        analyses[call.id] = held
     return held
 
 
@@ -304,17 +305,26 @@ def analysis_of(w: Watch, call: BackwardCall) -> Analysis | None:
 # ----------------------------------------------------------------------------------------------
 
 
-def reached_opts(w: Watch, call: BackwardCall) -> frozenset[int]:
+def reached_opts(ctx: Context, call: BackwardCall) -> frozenset[int]:
     """Every optimizer holding a parameter the call wrote `.grad` of."""
+    memo = ctx.knowledge.reached
+    key = call.reached
+    got = memo.get(key)
+    if got is not None and got[0] == ctx.reg.generation:
+        return got[1]
     out: set[int] = set()
     for p in call.reached:
-        out.update(w.reg.opts_of(p))
-    return frozenset(out)
+        out.update(ctx.reg.opts_of(p))
+    result = frozenset(out)
+    if len(memo) > 256:
+        memo.clear()
+    memo[key] = (ctx.reg.generation, result)
+    return result
 
 
-def units_of_opts(w: Watch, pids: Iterable[int], opts: frozenset[int]) -> frozenset[str]:
+def units_of_opts(ctx: Context, pids: Iterable[int], opts: frozenset[int]) -> frozenset[str]:
     """The units of the parameters ``pids`` that one of ``opts`` steps."""
-    reg = w.reg
+    reg = ctx.reg
     out = set()
     for p in pids:
         if opts.intersection(reg.opts_of(p)):
@@ -324,58 +334,85 @@ def units_of_opts(w: Watch, pids: Iterable[int], opts: frozenset[int]) -> frozen
     return frozenset(out)
 
 
-def decide(w: Watch, call: BackwardCall, run_opts: frozenset[int]) -> None:
-    """Fill ``call.for_opts`` (and ``call.terms`` when split by structure)."""
-    declared = w.intent.lookup(call)
+def decide(ctx: Context, call: BackwardCall, run_opts: frozenset[int]) -> None:
+    """Decide which optimizers ``call`` is for (and its terms when split by structure): the call's
+    :class:`context.Decision`."""
+    d = ctx.decision(call)
+    memo = None
+    if call.id not in ctx.knowledge.analyses:
+        # past a site's detailed occurrences the same question comes every iteration: the same site,
+        # the same parameters reached, the same optimizers stepping, nothing new registered
+        site = (call.site.file, call.site.line)
+        memo = (site, call.reached, run_opts, call.all_eval, call.within, ctx.reg.generation, len(ctx.trained_opts),
+                id(ctx.knowledge.site_terms.get(site)))
+        got = ctx.knowledge.memo.get(memo)
+        if got is not None:
+            d.for_opts, d.terms = got
+            return
+    _decide(ctx, call, run_opts, d)
+    if memo is not None:
+        if len(ctx.knowledge.memo) > 1024:
+            ctx.knowledge.memo.clear()
+        ctx.knowledge.memo[memo] = (d.for_opts, d.terms)
+
+
+def _decide(ctx: Context, call: BackwardCall, run_opts: frozenset[int], d: Decision) -> None:
+    declared = ctx.intent.lookup(call)
     if declared is not None:
-        call.for_opts = declared
+        d.for_opts = declared
         return
     if call.within is not None:  # run by `optimizer.step(closure)`: for that optimizer
-        call.for_opts = frozenset({call.within})
+        d.for_opts = frozenset({call.within})
         return
-    reached = reached_opts(w, call)
+    reached = reached_opts(ctx, call)
     if call.all_eval:
         # every network it went through was in eval mode: an evaluation (a validation loss, a
         # saliency map), not training, for the optimizers that train those networks in train mode
-        evaluated = reached & w.trained_opts
+        evaluated = reached & ctx.trained_opts
         if evaluated:
-            call.for_opts = reached - evaluated
+            d.for_opts = reached - evaluated
             return
     f = reached & run_opts or reached
-    units = units_of_opts(w, call.reached, f)
-    if len(units) <= 1 or any(w.reg.is_joint(o) for o in f):
-        call.for_opts = f
+    units = units_of_opts(ctx, call.reached, f)
+    if len(units) <= 1 or any(ctx.reg.is_joint(o) for o in f):
+        d.for_opts = f
         if len(units) == 1:  # the one unit this loss trains has an objective of its own
-            _note_own(w, next(iter(units)), call, units)
+            _note_own(ctx, next(iter(units)), call, units)
         return
-    a = analysis_of(w, call)
+    a = analysis_of(ctx, call)
     if a is None:
-        cached = w.site_terms.get((call.site.file, call.site.line))
+        cached = ctx.knowledge.site_terms.get((call.site.file, call.site.line))
         # cached terms serve a call only when they know every parameter it reached (the networks
         # at a site can be made anew, e.g. one per trial, and their ids then differ)
         if cached is not None and call.reached <= {p for t in cached for p in t.leaves}:
-            call.terms = cached
-            covered = _opts_of_units(w, call.reached, cached, f)
+            d.terms = cached if _relevant(cached) else None
+            covered = _opts_of_units(ctx, call.reached, cached, f)
             seen = frozenset(p for t in cached for p in t.leaves)
-            hidden = frozenset(o for o in f if not any(o in w.reg.opts_of(p) for p in seen))
-            call.for_opts = (covered | hidden) or f
+            hidden = frozenset(o for o in f if not any(o in ctx.reg.opts_of(p) for p in seen))
+            d.for_opts = (covered | hidden) or f
             return
-        call.for_opts = f
+        d.for_opts = f
         return
-    _split(w, a, units, call)
+    _split(ctx, a, units, call)
     # Optimizers the backward reached through parts of the graph no walk can see (a reentrant
     # checkpoint, a compiled region) cannot be split by structure: time decides for them.
     seen_units = {u for t in a.terms for u in t.units}
     opaque = any(n.kind in (CUSTOM, COMPILED) for n in a.graph.nodes)
     hidden = frozenset(
-        o for o in f if opaque and not (units_of_opts(w, call.reached, frozenset({o})) & seen_units)
+        o for o in f if opaque and not (units_of_opts(ctx, call.reached, frozenset({o})) & seen_units)
     )
-    call.terms = a.terms
-    call.for_opts = (_opts_of_units(w, call.reached, a.terms, f) | hidden) or f
-    w.site_terms[(call.site.file, call.site.line)] = a.terms
+    d.terms = a.terms if _relevant(a.terms) else None
+    d.for_opts = (_opts_of_units(ctx, call.reached, a.terms, f) | hidden) or f
+    ctx.knowledge.site_terms[(call.site.file, call.site.line)] = a.terms
 
 
-def _split(w: Watch, a: Analysis, units: frozenset[str], call: BackwardCall) -> None:
+def _relevant(terms: list[Term]) -> bool:
+    """Whether the split changes a verdict: some term reaches a unit it is not for (pass-through, a
+    baseline). When every term trains all it reaches, the optimizers decide alone."""
+    return any(t.units - t.for_units for t in terms)
+
+
+def _split(ctx: Context, a: Analysis, units: frozenset[str], call: BackwardCall) -> None:
     """Decide, per term, the units it trains.
 
     A term trains the units furthest upstream it reaches (its target) and the units downstream of
@@ -392,42 +429,42 @@ def _split(w: Watch, a: Analysis, units: frozenset[str], call: BackwardCall) -> 
         tops.append(top)
         first.append(frozenset(t.units & units) | top)
         t.name = names.get(t.top) if t.top is not None and t.top in names else names.get(t.root)
-    prior = _own_since(w, call)
+    prior = _own_since(ctx, call)
     for i, t in enumerate(a.terms):
         own = {u for j, f in enumerate(first) if tops[j] != tops[i] for u in f}
         own |= {u for u, top in prior if top != tops[i]}
         cands = t.units & units
         trained = set(tops[i]) | {u for u in cands - tops[i] if u not in own}
-        baselines = _baselines(w, a, t, trained, i) if len(trained) > 1 else []
+        baselines = _baselines(ctx, a, t, trained, i) if len(trained) > 1 else []
         for u, _producer, _consumer in baselines:
             trained.discard(u)
         t.baselines = tuple(baselines)
         t.for_units = frozenset(trained)
     for i, t in enumerate(a.terms):
         for u in first[i]:
-            _note_own(w, u, call, tops[i])
+            _note_own(ctx, u, call, tops[i])
 
 
-def _note_own(w: Watch, unit: str, call: BackwardCall, top: frozenset[str]) -> None:
-    recs = w.own_units.setdefault(unit, [])
+def _note_own(ctx: Context, unit: str, call: BackwardCall, top: frozenset[str]) -> None:
+    recs = ctx.knowledge.own_units.setdefault(unit, [])
     recs.append(((call.site.file, call.site.line), call.id, top))
     if len(recs) > 16:
         del recs[:8]
 
 
-def _own_since(w: Watch, call: BackwardCall) -> set[tuple[str, frozenset[str]]]:
+def _own_since(ctx: Context, call: BackwardCall) -> set[tuple[str, frozenset[str]]]:
     """(unit, target) that another backward site trained since this site's previous call."""
     if not call.prev:
         return set()
     site = (call.site.file, call.site.line)
     return {
-        (u, top) for u, recs in w.own_units.items()
+        (u, top) for u, recs in ctx.knowledge.own_units.items()
         for s, cid, top in recs if s != site and call.prev < cid < call.id
     }
 
 
-def _opts_of_units(w: Watch, pids: Iterable[int], terms: list[Term], f: frozenset[int]) -> frozenset[int]:
-    reg = w.reg
+def _opts_of_units(ctx: Context, pids: Iterable[int], terms: list[Term], f: frozenset[int]) -> frozenset[int]:
+    reg = ctx.reg
     out: set[int] = set()
     wanted = {u for t in terms for u in t.for_units}
     for p in pids:
@@ -436,7 +473,7 @@ def _opts_of_units(w: Watch, pids: Iterable[int], terms: list[Term], f: frozense
     return frozenset(out)
 
 
-def _baselines(w: Watch, a: Analysis, term: Term, trained: set[str], index: int) -> list[tuple[str, int, int]]:
+def _baselines(ctx: Context, a: Analysis, term: Term, trained: set[str], index: int) -> list[tuple[str, int, int]]:
     """Units that enter ``term`` only as a factor they should not be trained through.
 
     A product (or quotient) in the term whose two sides reach different units in parallel (neither
@@ -451,7 +488,7 @@ def _baselines(w: Watch, a: Analysis, term: Term, trained: set[str], index: int)
     regressions = None
     for m in region:
         node = graph.nodes[m]
-        if node.op not in _PRODUCT_OPS or w.net_of_seq(node.seq) is not None:
+        if node.op not in _PRODUCT_OPS or ctx.net_of_seq(node.seq) is not None:
             continue  # only the loss's own arithmetic, outside every network's forward
         ins = list(dict.fromkeys(graph.inputs_of(m)))
         if len(ins) != 2:
@@ -468,14 +505,14 @@ def _baselines(w: Watch, a: Analysis, term: Term, trained: set[str], index: int)
             if u in found and (found[u][1] in a.var_of_node or side not in a.var_of_node):
                 continue  # keep one factor per unit; a named one (`advantage`) when there is one
             if regressions is None:
-                regressions = _regressions(w, a, index)
+                regressions = _regressions(ctx, a, index)
             # regressed elsewhere, on its own (a shared trunk below it may be reached too)
             if any(u in r and not (r & other) for r in regressions) and _linear_path(a, side, u):
                 found[u] = (u, side, m)
     return list(found.values())
 
 
-def _regressions(w: Watch, a: Analysis, skip: int) -> list[frozenset[str]]:
+def _regressions(ctx: Context, a: Analysis, skip: int) -> list[frozenset[str]]:
     """The units below each regression (an output pulled towards a target) in the other terms."""
     graph = a.graph
     out: list[frozenset[str]] = []
@@ -484,7 +521,7 @@ def _regressions(w: Watch, a: Analysis, skip: int) -> list[frozenset[str]]:
             continue
         for nid in graph.upstream([t.root]):
             node = graph.nodes[nid]
-            if w.net_of_seq(node.seq) is not None:
+            if ctx.net_of_seq(node.seq) is not None:
                 continue
             if node.op in _REGRESSION_OPS or (node.op == "PowBackward0" and _is_difference(a, nid)):
                 out.append(a.reach[nid])
@@ -515,11 +552,12 @@ def _linear_path(a: Analysis, start: int, unit: str) -> bool:
     return False
 
 
-def is_for(w: Watch, call: BackwardCall, pid: int, opt_key: int) -> bool:
+def is_for(ctx: Context, call: BackwardCall, pid: int, opt_key: int) -> bool:
     """Whether gradient of ``call`` in parameter ``pid`` is meant for a step of ``opt_key``."""
-    if call.terms:
-        hit = [t for t in call.terms if pid in t.leaves]
+    d = ctx.decision(call)
+    if d.terms:
+        hit = [t for t in d.terms if pid in t.leaves]
         if hit:
-            unit = w.reg.unit_of(pid)
-            return opt_key in (call.for_opts or ()) and all(unit in t.for_units for t in hit)
-    return call.for_opts is None or opt_key in call.for_opts
+            unit = ctx.reg.unit_of(pid)
+            return opt_key in (d.for_opts or ()) and all(unit in t.for_units for t in hit)
+    return d.for_opts is None or opt_key in d.for_opts

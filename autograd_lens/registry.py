@@ -69,7 +69,8 @@ class NetInfo:
 class OptInfo:
     """An optimizer, or the manual updates of one network (``p.data.add_(p.grad, alpha=-lr)``)."""
 
-    __slots__ = ("key", "ref", "name", "pids", "pidset", "steps", "first_site", "no_grad", "with_grad", "manual")
+    __slots__ = ("key", "ref", "name", "pids", "pidset", "steps", "first_site", "no_grad", "with_grad", "manual",
+                 "n_groups", "n_listed")
 
     def __init__(self, key: int, ref: Callable[[], Any], name: str, *, manual: bool = False) -> None:
         self.key = key
@@ -84,6 +85,8 @@ class OptInfo:
         self.no_grad: set[int] = set()
         self.with_grad: set[int] = set()  # parameters it stepped with a gradient, at any time
         self.manual = manual
+        self.n_groups = 0  # param groups and parameters when last read (a change means: read again)
+        self.n_listed = 0
 
 
 class ForwardRange:
@@ -138,6 +141,9 @@ class Registry:
         self.param_opt: dict[int, int] = {}  # pid -> first optimizer key (the owner named first)
         self.param_opts: dict[int, tuple[int, ...]] = {}  # pid -> every optimizer key holding it
         self.tensors: dict[int, str] = {}  # optimized tensors of no network -> variable name
+        self.ever_grad: set[int] = set()  # parameters some backward ever wrote `.grad` of
+        # optimizers whose parameters a backward through networks in training mode reached
+        self.trained_opts: set[int] = set()
         self.not_networks: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
         self.ranges: list[ForwardRange] = []  # ordered by start
         self._starts: list[int] = []
@@ -146,8 +152,27 @@ class Registry:
         self._on_change = on_change
         self._manual_serial = 0
         self._split_cache: dict[int, bool] = {}
+        # answers that depend only on what is registered: cleared when anything is registered
+        self._unit_cache: dict[int, str | None] = {}
+        self._opts_cache: dict[int, tuple[int, ...]] = {}
+        self.generation = 0
+        self._columns: tuple[int, tuple[str, ...]] | None = None
         #: sequence numbers from here on were made while forward ranges were recorded
         self.first_seq: int | None = None
+
+    def _touch(self) -> None:
+        """Something was registered: answers computed from the registry are recomputed."""
+        self.generation += 1
+        self._split_cache.clear()
+        self._unit_cache.clear()
+        self._opts_cache.clear()
+
+    def bind(
+        self, *, on_param: Callable[[torch.Tensor], Any] | None = None, on_change: Callable[[], None] | None = None
+    ) -> None:
+        """Say whom to tell of each new parameter (the recorder hooks it) and of each change."""
+        self._on_param = on_param
+        self._on_change = on_change
 
     # ------------------------------------------------------------------------------------------
     # networks and optimizers
@@ -166,7 +191,7 @@ class Registry:
             name, i = f"{base}#{i}", i + 1
         net = NetInfo(mod, name)
         self.nets[net.key] = net
-        self._split_cache.clear()
+        self._touch()
         for mid, path in net.paths.items():
             old = self._module_of.get(mid)
             if old is None or old[0] not in self.nets or self.nets[old[0]].ref() is None or not path:
@@ -176,6 +201,7 @@ class Registry:
             if not self.owns(self.nets, self.param_net.get(pid), pid):
                 self.param_net[pid] = net.key
             self.tensors.pop(pid, None)
+        self._touch()
         if self._on_change is not None:
             self._on_change()
         if self._on_param is not None:
@@ -201,6 +227,7 @@ class Registry:
         self.opts[st.key] = st
         for pid in st.pids:
             self._own(pid, st)
+        self._touch()
         if self._on_change is not None:
             self._on_change()
         return st
@@ -216,7 +243,9 @@ class Registry:
                     self._on_param(p)
         st.pids = pids
         st.pidset = set(pids)
-        self._split_cache.clear()
+        st.n_groups = len(opt.param_groups)
+        st.n_listed = len(pids)
+        self._touch()
         for pid in pids:
             self._own(pid, st)
 
@@ -298,6 +327,7 @@ class Registry:
                 if key not in self.names.by_id or key in self.names.weak:
                     self.names.add(name, value, name)
                     self.tensors[key] = name
+                    self._touch()
 
     # ------------------------------------------------------------------------------------------
     # queries
@@ -320,10 +350,12 @@ class Registry:
 
     def opts_of(self, pid: int) -> tuple[int, ...]:
         """Every optimizer that steps parameter ``pid``."""
-        keys = self.param_opts.get(pid)
-        if not keys:
-            return ()
-        return tuple(k for k in keys if self.owns(self.opts, k, pid, alive=False))
+        got = self._opts_cache.get(pid)
+        if got is None:
+            keys = self.param_opts.get(pid)
+            got = tuple(k for k in keys if self.owns(self.opts, k, pid, alive=False)) if keys else ()
+            self._opts_cache[pid] = got
+        return got
 
     def net_of_param(self, pid: int) -> int | None:
         """The network holding parameter ``pid`` (None if it is none, or is gone)."""
@@ -344,6 +376,12 @@ class Registry:
         """The unit that parameter ``pid`` trains with: its network or, when the network has several
         children with parameters and every optimizer over it covers it alone (actor and critic
         under one Adam), the child (``agent.critic``); an optimized tensor of no network by name."""
+        got = self._unit_cache.get(pid, _MISSING)
+        if got is _MISSING:
+            got = self._unit_cache[pid] = self._unit_of(pid)
+        return got  # type: ignore[return-value]
+
+    def _unit_of(self, pid: int) -> str | None:
         key = self.net_of_param(pid)
         if key is None:
             return self.tensors.get(pid)
@@ -376,6 +414,12 @@ class Registry:
         """Columns of the flow table: networks, then optimized tensors of no network (``log_alpha``),
         then optimizers whose parameters are in no known network. A network made anew under the same
         variable (one per trial) keeps its name: one column."""
+        got = self._columns
+        if got is None or got[0] != self.generation:
+            got = self._columns = (self.generation, tuple(self._network_names()))
+        return list(got[1])
+
+    def _network_names(self) -> list[str]:
         names = list(dict.fromkeys(n.name for n in self.nets.values()))
         for name in self.tensors.values():
             if name not in names:
@@ -459,6 +503,9 @@ class Registry:
             return "" if seq is not None and self.first_seq is not None and seq >= self.first_seq else None
         net = self.nets.get(r.net)
         return net.qualified(r.path) if net is not None else None
+
+
+_MISSING = object()
 
 
 class _Manual:

@@ -1,4 +1,5 @@
-"""The pass over a graph that runs before each backward call.
+"""The pass over a graph that runs before the detailed backward calls (the first occurrences of
+each site; see :mod:`recorder`).
 
 One iterative walk of ``next_functions`` that
 - stamps every node with the call (``node.metadata``), and reads the stamps of earlier calls: which
@@ -6,10 +7,11 @@ One iterative walk of ``next_functions`` that
 - registers the post-accumulate-grad hook on every leaf it meets (once per leaf);
 - finds nodes created before an ``optimizer.step()`` that saved a parameter the step then
   modified (a stale saved tensor; fused optimizers do not bump versions, so PyTorch is silent);
-- for the first occurrences of a site, takes a full :class:`Graph` snapshot for the analysis and
-  the drawings.
+- takes a full :class:`Graph` snapshot for the analysis and the drawings.
 
 Nodes are held only during the walk; the result keeps ids, names and numbers.
+
+Imports: :mod:`graph`, and the recorder's type.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from .graph import Graph, _saved_attrs
 
 if TYPE_CHECKING:
     from .events import BackwardCall
-    from .watch import Watch
+    from .recorder import Recorder
 
 
 
@@ -81,7 +83,7 @@ def _root_nodes(roots: list[torch.Tensor]) -> list[Any]:
 
 
 def walk_graph(
-    w: Watch,
+    w: Recorder,
     roots: list[torch.Tensor],
     call: BackwardCall,
     detail: bool,
@@ -141,12 +143,7 @@ def walk_graph(
     if old_nodes:
         res.stale_saved = _stale_saved(w, old_nodes, markers)
     old_nodes.clear()
-    site = (call.site.file, call.site.line)
-    known = w.site_leaves.get(site)
-    if not detail and (known is None or not res.leaves <= known):
-        detail = True  # networks made anew at this site (a new trial, a re-initialised model)
     if detail and not res.truncated:
-        w.site_leaves[site] = (known or set()) | res.leaves
         index: dict[int, int] = {}
         res.graph = w.snapshot(roots, call, res.leaf_ids, local_names, index)
         for fid, nid in index.items():
@@ -156,7 +153,7 @@ def walk_graph(
     return res
 
 
-def _stale_saved(w: Watch, nodes: list[Any], markers: list[tuple[int, int, frozenset[int]]]) -> list[StaleSaved]:
+def _stale_saved(w: Recorder, nodes: list[Any], markers: list[tuple[int, int, frozenset[int]]]) -> list[StaleSaved]:
     """Saved parameters that a step modified after the node was created."""
     ptr_to_pid: dict[tuple[str, int], int] = {}
     for pid, st in w.param_states().items():

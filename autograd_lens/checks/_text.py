@@ -9,7 +9,7 @@ from .. import source
 
 if TYPE_CHECKING:
     from ..events import BackwardCall, OptimizerStep
-    from ..watch import Watch
+    from ..context import Context
 
 
 def code(text: str) -> str:
@@ -52,19 +52,19 @@ def names_text(names: Sequence[str], limit: int = 3) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
-def opts_text(w: Watch, keys: Any) -> str:
-    names = sorted(w.opt_name(k) for k in keys)
+def opts_text(ctx: Context, keys: Any) -> str:
+    names = sorted(ctx.opt_name(k) for k in keys)
     return " and ".join(code(n) for n in names) if names else "no optimizer"
 
 
-def param_names(w: Watch, pids: Sequence[int] | set[int]) -> tuple[str, ...]:
-    return tuple(sorted(w.param_name(p) for p in pids))
+def param_names(ctx: Context, pids: Sequence[int] | set[int]) -> tuple[str, ...]:
+    return tuple(sorted(ctx.param_name(p) for p in pids))
 
 
-def net_count_text(w: Watch, pids: set[int]) -> str:
+def net_count_text(ctx: Context, pids: set[int]) -> str:
     """`writes .grad on 12 of 12 netG parameters` style counts per network (per part of a network,
     `4 of 4 agent.critic parameters`, when the parameters are in some of its parts only)."""
-    reg = w.reg
+    reg = ctx.reg
     per: dict[str, set[int]] = {}
     loose = 0
     for p in pids:
@@ -104,10 +104,10 @@ def detach_fix(call: Any, var: str | None) -> str | None:
     return f"`{var} = {expr}.detach()`" if expr.isidentifier() else f"`{var} = ({expr}).detach()`"
 
 
-def units_text(w: Watch, pids: set[int] | frozenset[int]) -> list[str]:
+def units_text(ctx: Context, pids: set[int] | frozenset[int]) -> list[str]:
     """The names of what ``pids`` belong to: a network when they cover its parameters, else the
     parts of it (``agent.critic``), else optimized tensors by name."""
-    reg = w.reg
+    reg = ctx.reg
     by_net: dict[int | None, set[int]] = {}
     for p in pids:
         by_net.setdefault(reg.net_of_param(p), set()).add(p)

@@ -41,23 +41,23 @@ from ..findings import Finding, Label, Site
 from ._text import names_text
 
 if TYPE_CHECKING:
-    from ..watch import Watch
+    from ..context import Context
 
 
-def findings(w: Watch) -> list[Finding]:
+def findings(ctx: Context) -> list[Finding]:
     out = []
-    got: dict[int, set[int]] = {key: set(st.with_grad) for key, st in w.opts().items()}
-    for s in w.steps:  # steps of the run not judged yet
+    got: dict[int, set[int]] = {key: set(st.with_grad) for key, st in ctx.opts().items()}
+    for s in ctx.log.steps:  # steps whose run is not judged yet still carry their provenance
         got.setdefault(s.optimizer_key, set()).update(s.provenance)
-    for st in list(w.opts().values()):
+    ever = ctx.reg.ever_grad
+    for st in list(ctx.opts().values()):
         if st.steps == 0 or st.first_site is None:
             continue
         dead = []
         for pid in st.no_grad:
-            ps = w.param_states().get(pid)
-            if (ps is not None and ps.ever) or pid in got.get(st.key, ()) or pid in w.excluded:
+            if pid in ever or pid in got.get(st.key, ()) or pid in ctx.excluded:
                 continue
-            dead.append(w.param_name(pid))
+            dead.append(ctx.param_name(pid))
         if not dead:
             continue
         dead.sort()

@@ -54,7 +54,7 @@ from ._text import call_text, code, detach_fix, net_count_text, opts_text, param
 
 if TYPE_CHECKING:
     from ..events import BackwardCall
-    from ..watch import Watch
+    from ..context import Context
 
 
 @dataclass
@@ -73,25 +73,26 @@ class Leak:
     baseline_of: Any = None
 
 
-def leaks(w: Watch, call: BackwardCall, a: Analysis) -> list[Leak]:
+def leaks(ctx: Context, call: BackwardCall, a: Analysis) -> list[Leak]:
     graph = a.graph
     out: list[Leak] = []
-    if call.terms:
-        parts = [(t.for_units, graph.upstream([t.root])) for t in call.terms if t.for_units]
+    terms = ctx.terms(call)
+    if terms:
+        parts = [(t.for_units, graph.upstream([t.root])) for t in terms if t.for_units]
     else:
-        units = units_of_opts(w, call.reached, call.for_opts or frozenset())
+        units = units_of_opts(ctx, call.reached, ctx.for_opts(call) or frozenset())
         parts = [(units, None)] if units else []
     seen: set[int] = set()
-    baselines = {(side, m): t for t in call.terms or () for _u, side, m in t.baselines}
-    found = [c for groups, within in parts for c in crossings(w, a, groups, within) if c.kind == "leak"]
+    baselines = {(side, m): t for t in terms or () for _u, side, m in t.baselines}
+    found = [c for groups, within in parts for c in crossings(ctx, a, groups, within) if c.kind == "leak"]
     # a baseline's factor may also reach a trunk the term trains: it is where the leak is all the same
     found += [Crossing(side, m, "leak", a.reach[side]) for side, m in baselines if not any(
         c.producer == side and c.consumer == m for c in found)]
-    unit_of = {side: u for t in call.terms or () for u, side, _m in t.baselines}
+    unit_of = {side: u for t in terms or () for u, side, _m in t.baselines}
     for c in found:
         baseline_of = baselines.get((c.producer, c.consumer))
         baseline_unit = unit_of.get(c.producer)
-        producer, consumer = _network_output(w, a, c.producer, c.consumer, named_first=baseline_of is not None)
+        producer, consumer = _network_output(ctx, a, c.producer, c.consumer, named_first=baseline_of is not None)
         if producer in seen:
             continue
         seen.add(producer)
@@ -100,14 +101,14 @@ def leaks(w: Watch, call: BackwardCall, a: Analysis) -> list[Leak]:
         pids = {a.leaf_ids[j] for j in below if j in a.leaf_ids}
         pids &= call.reached if call.reached else pids
         if baseline_of is not None:  # only the unit it is a baseline of, not the trunk below
-            pids = {p for p in pids if w.reg.unit_of(p) == baseline_unit}
+            pids = {p for p in pids if ctx.reg.unit_of(p) == baseline_unit}
         node = graph.nodes[c.producer]
-        prange = w.range_of_seq(node.seq)
-        crange = w.range_of_seq(graph.nodes[c.consumer].seq)
+        prange = ctx.range_of_seq(node.seq)
+        crange = ctx.range_of_seq(graph.nodes[c.consumer].seq)
         out.append(Leak(
             var=a.var_of_node.get(c.producer),
-            producer_net=w.net_name(prange.net) if prange else None,
-            consumer_net=w.net_name(crange.net) if crange else None,
+            producer_net=ctx.net_name(prange.net) if prange else None,
+            consumer_net=ctx.net_name(crange.net) if crange else None,
             produced_at=prange.site if prange else None,
             enters_at=crange.site if crange and (not prange or crange.net != prange.net) else None,
             pids=pids,
@@ -118,7 +119,7 @@ def leaks(w: Watch, call: BackwardCall, a: Analysis) -> list[Leak]:
     return out
 
 
-def _network_output(w: Watch, a: Analysis, producer: int, consumer: int, *, named_first: bool = False) -> tuple[int, int]:
+def _network_output(ctx: Context, a: Analysis, producer: int, consumer: int, *, named_first: bool = False) -> tuple[int, int]:
     """The output of the network below a crossing made by ops outside any network.
 
     ``softmax(t_logits / T)`` entering a distillation loss crosses at the softmax; the tensor to
@@ -130,9 +131,9 @@ def _network_output(w: Watch, a: Analysis, producer: int, consumer: int, *, name
     i, above = producer, consumer
     # ops the consumer's forward ran before it met its weights (`img.view(img.size(0), -1)`,
     # `torch.cat((img, labels), -1)`): the tensor to detach is the one that entered that forward
-    inside = w.net_of_seq(graph.nodes[consumer].seq)
+    inside = ctx.net_of_seq(graph.nodes[consumer].seq)
     for _ in range(32):
-        if inside is None or w.net_of_seq(graph.nodes[i].seq) != inside:
+        if inside is None or ctx.net_of_seq(graph.nodes[i].seq) != inside:
             break
         ins = [j for j in dict.fromkeys(graph.inputs_of(i)) if a.reach[j]]
         if len(ins) != 1:
@@ -144,7 +145,7 @@ def _network_output(w: Watch, a: Analysis, producer: int, consumer: int, *, name
     named_first = named_first or inside is not None
     named: tuple[int, int] | None = None
     for _ in range(32):
-        if w.range_of_seq(graph.nodes[i].seq) is not None:
+        if ctx.range_of_seq(graph.nodes[i].seq) is not None:
             return i, above  # the network's output (`t_logits`), past what the loss made of it
         if i in a.var_of_node and named is None:
             named = (i, above)  # `soft_targets`: used when no network's output lies below
@@ -157,17 +158,17 @@ def _network_output(w: Watch, a: Analysis, producer: int, consumer: int, *, name
     return named or (producer, consumer)
 
 
-def findings(w: Watch, call: BackwardCall, found: list[Leak]) -> list[Finding]:
+def findings(ctx: Context, call: BackwardCall, found: list[Leak]) -> list[Finding]:
     out = []
     for lk in found:
         if not lk.pids:
             continue
         if lk.baseline_of is not None:
-            out.append(_baseline_finding(w, call, lk))
+            out.append(_baseline_finding(ctx, call, lk))
             continue
-        names = param_names(w, lk.pids)
-        owners = {o for p in lk.pids for o in w.reg.opts_of(p)}
-        nets = units_text(w, lk.pids)
+        names = param_names(ctx, lk.pids)
+        owners = {o for p in lk.pids for o in ctx.reg.opts_of(p)}
+        nets = units_text(ctx, lk.pids)
         into = code(nets[0]) if len(nets) == 1 else (", ".join(code(n) for n in nets) or "another network")
         tensor = code(lk.var) if lk.var else (f"the output of {code(lk.producer_net)}" if lk.producer_net else "a tensor")
         enters = f", which enters {code(lk.consumer_net)} without `.detach()`" if lk.consumer_net else " without `.detach()`"
@@ -180,33 +181,33 @@ def findings(w: Watch, call: BackwardCall, found: list[Leak]) -> list[Finding]:
                                 primary=lk.enters_at is None))
         if lk.enters_at is not None:
             labels.append(Label(lk.enters_at, f"{tensor} enters {code(lk.consumer_net)} without `.detach()`", primary=True))
-        labels.append(Label(call.site, f"writes `.grad` on {net_count_text(w, lk.pids)}", primary=primary is call.site))
+        labels.append(Label(call.site, f"writes `.grad` on {net_count_text(ctx, lk.pids)}", primary=primary is call.site))
         det = f"{lk.var}.detach()" if lk.var else "….detach()"
         fix = f"`{lk.consumer_net}({det})`" if lk.consumer_net and lk.var else f"`{det}`"
         help_ = (
-            f"detach it where the loss for {opts_text(w, call.for_opts or ())} uses it: {fix}; if gradient must "
+            f"detach it where the loss for {opts_text(ctx, ctx.for_opts(call) or ())} uses it: {fix}; if gradient must "
             f"flow through {into} without training it, use `{nets[0] if nets else 'net'}.requires_grad_(False)`"
         )
         out.append(Finding(
             RULE, SEVERITY,
             f"{call_text(call)} writes gradient into {into} through {tensor}{enters}",
             primary, tuple(labels),
-            (f"{call_text(call)} is for {opts_text(w, call.for_opts or ())}",),
+            (f"{call_text(call)} is for {opts_text(ctx, ctx.for_opts(call) or ())}",),
             help_,
             params=names,
-            optimizer=w.opt_name(next(iter(owners))) if len(owners) == 1 else None,
+            optimizer=ctx.opt_name(next(iter(owners))) if len(owners) == 1 else None,
             tensor=lk.var, backward=call.site, graph=call.graph_key,
-            extra={"networks": nets, "for": sorted(w.opt_name(k) for k in call.for_opts or ())},
+            extra={"networks": nets, "for": sorted(ctx.opt_name(k) for k in ctx.for_opts(call) or ())},
         ))
     return out
 
 
-def _baseline_finding(w: Watch, call: BackwardCall, lk: Leak) -> Finding:
+def _baseline_finding(ctx: Context, call: BackwardCall, lk: Leak) -> Finding:
     """A unit's output used as a factor (an advantage) in a term meant for another unit."""
     term = lk.baseline_of
-    names = param_names(w, lk.pids)
-    owners = {o for p in lk.pids for o in w.reg.opts_of(p)}
-    into = units_text(w, lk.pids)
+    names = param_names(ctx, lk.pids)
+    owners = {o for p in lk.pids for o in ctx.reg.opts_of(p)}
+    into = units_text(ctx, lk.pids)
     into_text = ", ".join(code(n) for n in into)
     trains = ", ".join(code(u) for u in sorted(term.for_units)) or "another unit"
     var = lk.var
@@ -217,7 +218,7 @@ def _baseline_finding(w: Watch, call: BackwardCall, lk: Leak) -> Finding:
     if at is not None:
         labels.append(Label(Site(call.site.file, at, call.site.function),
                             f"{tensor} is computed from {into_text}'s output and keeps its graph", primary=True))
-    labels.append(Label(call.site, f"writes `.grad` on {net_count_text(w, lk.pids)} through {tensor}", primary=at is None))
+    labels.append(Label(call.site, f"writes `.grad` on {net_count_text(ctx, lk.pids)} through {tensor}", primary=at is None))
     fix = detach_fix(call, var)
     if fix:
         pass
@@ -233,7 +234,7 @@ def _baseline_finding(w: Watch, call: BackwardCall, lk: Leak) -> Finding:
          f"gradient of {term_text} through {tensor} pushes it the wrong way",),
         f"detach the factor where it is computed: {fix}",
         params=names,
-        optimizer=w.opt_name(next(iter(owners))) if len(owners) == 1 else None,
+        optimizer=ctx.opt_name(next(iter(owners))) if len(owners) == 1 else None,
         tensor=var, backward=call.site, graph=call.graph_key,
         extra={"networks": into, "for": sorted(term.for_units), "baseline": True},
     )

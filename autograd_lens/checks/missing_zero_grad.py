@@ -49,15 +49,15 @@ from ._text import call_text, param_names, step_text
 
 if TYPE_CHECKING:
     from ..events import OptimizerStep
-    from ..watch import Watch
+    from ..context import Context
 
 
-def finding(w: Watch, step: OptimizerStep) -> Finding | None:
+def finding(ctx: Context, step: OptimizerStep) -> Finding | None:
     if not step.repeated:
         return None
     calls = sorted({cid for ids in step.repeated.values() for cid in ids})
-    first = w.call(calls[0])
-    names = param_names(w, step.repeated)
+    first = ctx.call(calls[0])
+    names = param_names(ctx, step.repeated)
     what = call_text(first) if first is not None else "an earlier backward"
     line = f" (line {first.site.line})" if first is not None else ""
     n_params = f"{len(names)} parameter{'s' if len(names) != 1 else ''}"

@@ -52,18 +52,18 @@ from ._text import call_text, code
 if TYPE_CHECKING:
     from ..events import BackwardCall, HeldGraphs
     from ..walk import WalkResult
-    from ..watch import Watch
+    from ..context import Context
 
 
-def finding(w: Watch, call: BackwardCall, walk: WalkResult) -> Finding | None:
+def finding(ctx: Context, call: BackwardCall, walk: WalkResult) -> Finding | None:
     olds = []
     for cid in walk.prev:
-        c = w.call(cid)
+        c = ctx.call(cid)
         if c is None or c.id == call.id or not c.retain_graph:
             continue
         # an earlier iteration: the same site, and a network ran forward again since then (calls of
         # one iteration over a shared graph, e.g. one per task in a comprehension, are intended)
-        if (c.site.file, c.site.line) == (call.site.file, call.site.line) and c.forwards < call.forwards:
+        if (c.site.file, c.site.line) == (call.site.file, call.site.line) and c.iteration < call.iteration:
             olds.append(c)
     if not olds:
         return None

@@ -60,20 +60,30 @@ if TYPE_CHECKING:
     from ..events import BackwardCall
     from ..registry import ForwardRange
     from ..walk import WalkResult
-    from ..watch import Watch
+    from ..context import Context
 
 
-def _earlier(w: Watch, call: BackwardCall, walk: WalkResult) -> BackwardCall | None:
-    cands = [w.call(cid) for cid in walk.prev if cid != call.id]
+def _earlier(ctx: Context, call: BackwardCall, walk: WalkResult) -> BackwardCall | None:
+    cands = [ctx.call(cid) for cid in walk.prev if cid != call.id]
     freed = [c for c in cands if c is not None and not c.retain_graph]
     return max(freed, key=lambda c: c.id) if freed else None
 
 
-def explain(w: Watch, call: BackwardCall, walk: WalkResult, exc_text: str) -> Finding:
+def unknown(site: Site | None, exc_text: str) -> Finding:
+    """Saved tensors used after a backward freed them, outside any backward the lens watched."""
+    return Finding(
+        RULE, SEVERITY,
+        "saved tensors were accessed after a backward freed them", site,
+        notes=(f"PyTorch: {exc_text}",),
+        fix="pass `retain_graph=True` to the earlier backward, or recompute the forward",
+    )
+
+
+def explain(ctx: Context, call: BackwardCall, walk: WalkResult, exc_text: str) -> Finding:
     """The error PyTorch raised, with the earlier call that freed the buffers and the shared part,
     and the fix where it belongs: the loss that must not train the network the shared part comes
     from gets the `.detach()`, whichever of the two runs first."""
-    earlier = _earlier(w, call, walk)
+    earlier = _earlier(ctx, call, walk)
     here = call_text(call)
     if earlier is None:
         return Finding(
@@ -85,17 +95,17 @@ def explain(w: Watch, call: BackwardCall, walk: WalkResult, exc_text: str) -> Fi
             backward=call.site,
         )
     top = (walk.tops.get(earlier.id) or [None])[0]
-    rng = w.range_of_seq(top.seq) if top is not None else None
-    net = w.net_name(rng.net) if rng is not None else None
+    rng = ctx.range_of_seq(top.seq) if top is not None else None
+    net = ctx.net_name(rng.net) if rng is not None else None
     var = top.var if top is not None else None
     # the same line in an earlier iteration: a network forward ran in between (not a loop over
     # several losses, nor `y.backward(); y.backward()` on one line)
     same_site = (
         earlier.site.file == call.site.file
         and earlier.site.line == call.site.line
-        and earlier.forwards < call.forwards
+        and earlier.iteration < call.iteration
     )
-    carried = _carried(w, walk, earlier) if same_site else None
+    carried = _carried(ctx, walk, earlier) if same_site else None
     if carried is not None and not var:
         var = carried[0]
     shared = code(var) if var else (f"the output of {code(net)}" if net else f"`{top.op}`" if top else "part of the graph")
@@ -105,7 +115,7 @@ def explain(w: Watch, call: BackwardCall, walk: WalkResult, exc_text: str) -> Fi
     elif rng is not None and rng.site is not None:
         what = f"{shared} is produced here by {code(net)}" if var else f"{code(net)} runs here"
         labels.append(Label(rng.site, f"{what}; both graphs go through it"))
-    enters = w.range_of_seq(top.consumer_seq) if top is not None and top.consumer_seq is not None else None
+    enters = ctx.range_of_seq(top.consumer_seq) if top is not None and top.consumer_seq is not None else None
     notes = []
     if same_site:
         earlier_text = f"the previous iteration's {here}"
@@ -136,16 +146,16 @@ def explain(w: Watch, call: BackwardCall, walk: WalkResult, exc_text: str) -> Fi
             f"{call_text(earlier)} (line {earlier.site.line}), from {shared} down"
         )
         message = f"{here} needs buffers that {call_text(earlier)} (line {earlier.site.line}) already freed"
-        owner_opts = _opts_of_net(w, rng.net) if rng is not None else frozenset()
-        earlier_trains = bool(owner_opts & (earlier.for_opts or frozenset()))
-        later_trains_others = bool(_reached_opts(w, walk.leaves) - owner_opts)
+        owner_opts = _opts_of_net(ctx, rng.net) if rng is not None else frozenset()
+        earlier_trains = bool(owner_opts & (ctx.for_opts(earlier) or frozenset()))
+        later_trains_others = bool(_reached_opts(ctx, walk.leaves) - owner_opts)
         if var and net and owner_opts and earlier_trains and later_trains_others:
             # the earlier loss was meant for the network that made the shared part (the generator's
             # step ran first): the later loss must not reach back into it
-            into = code(w.net_name(enters.net)) if enters is not None else None
+            into = code(ctx.net_name(enters.net)) if enters is not None else None
             if enters is not None and enters.site is not None:
                 labels.append(Label(enters.site, f"{shared} enters {into} without `.detach()`"))
-            where = f"`{w.net_name(enters.net)}({var}.detach())`" if enters is not None else f"`{var}.detach()`"
+            where = f"`{ctx.net_name(enters.net)}({var}.detach())`" if enters is not None else f"`{var}.detach()`"
             help_ = (
                 f"detach {shared} in the loss of {here}, which must not train {code(net)}: {where}"
                 + (f" at line {enters.site.line}" if enters is not None and enters.site is not None else "")
@@ -154,7 +164,7 @@ def explain(w: Watch, call: BackwardCall, walk: WalkResult, exc_text: str) -> Fi
             # the earlier loss was not meant for that network (the discriminator's step ran first)
             help_ = (
                 f"detach {shared} in the loss of {call_text(earlier)} (line {earlier.site.line}), which must not "
-                f"train {code(net)}: {_consumer_fix(w, rng, var, earlier)}; `retain_graph=True` would only hide "
+                f"train {code(net)}: {_consumer_fix(ctx, rng, var, earlier)}; `retain_graph=True` would only hide "
                 f"the error and let {call_text(earlier)} write gradient into {code(net)}"
             )
         else:
@@ -171,34 +181,34 @@ def explain(w: Watch, call: BackwardCall, walk: WalkResult, exc_text: str) -> Fi
     )
 
 
-def _opts_of_net(w: Watch, net_key: int) -> frozenset[int]:
-    net = w.reg.nets.get(net_key)
-    return frozenset(o for p in (net.pids if net is not None else ()) for o in w.reg.opts_of(p))
+def _opts_of_net(ctx: Context, net_key: int) -> frozenset[int]:
+    net = ctx.reg.nets.get(net_key)
+    return frozenset(o for p in (net.pids if net is not None else ()) for o in ctx.reg.opts_of(p))
 
 
-def _reached_opts(w: Watch, leaves: set[int]) -> frozenset[int]:
-    return frozenset(o for p in leaves for o in w.reg.opts_of(p))
+def _reached_opts(ctx: Context, leaves: set[int]) -> frozenset[int]:
+    return frozenset(o for p in leaves for o in ctx.reg.opts_of(p))
 
 
-def _consumer_fix(w: Watch, produced: ForwardRange, var: str, earlier: BackwardCall) -> str:
+def _consumer_fix(ctx: Context, produced: ForwardRange, var: str, earlier: BackwardCall) -> str:
     """`netD(fake.detach())`, for the network that consumed the shared part before ``earlier``."""
-    for r in w.reg.ranges:
+    for r in ctx.reg.ranges:
         if r.depth == 0 and r.net != produced.net and r.start > produced.end and r.site is not None:
             if r.site.line <= earlier.site.line or r.site.file != earlier.site.file:
-                return f"`{w.net_name(r.net)}({var}.detach())` at line {r.site.line}"
+                return f"`{ctx.net_name(r.net)}({var}.detach())` at line {r.site.line}"
     return f"`{var}.detach()`"
 
 
-def _carried(w: Watch, walk: WalkResult, earlier: BackwardCall) -> tuple[str, int, Site] | None:
+def _carried(ctx: Context, walk: WalkResult, earlier: BackwardCall) -> tuple[str, int, Site] | None:
     """The variable that carries the previous iteration's graph into a network's forward (the
     hidden state of a truncated-BPTT loop): (its name in the source, the length of its tuple or
     1, the forward's call site). It is an argument of a later forward of the network whose
     earlier forward made the shared part."""
     for top in walk.tops.get(earlier.id, []):
-        before = w.reg.top_range_of_seq(top.seq)
+        before = ctx.reg.top_range_of_seq(top.seq)
         if before is None:
             continue
-        for r in reversed(w.reg.ranges):
+        for r in reversed(ctx.reg.ranges):
             if r.depth or r.site is None or r.net != before.net or r.start <= before.end:
                 continue
             for pos, seq, length in r.carried:
@@ -209,12 +219,12 @@ def _carried(w: Watch, walk: WalkResult, earlier: BackwardCall) -> tuple[str, in
     return None
 
 
-def silent(w: Watch, call: BackwardCall, walk: WalkResult) -> Finding | None:
+def silent(ctx: Context, call: BackwardCall, walk: WalkResult) -> Finding | None:
     """A loss backwarded again through nodes that saved nothing: gradient added twice, no error."""
     earlier_ids = [cid for cid in walk.root_reused if cid != call.id]
     if not earlier_ids:
         return None
-    earlier = w.call(max(earlier_ids))
+    earlier = ctx.call(max(earlier_ids))
     if earlier is None:
         return None
     here = call_text(call)

@@ -62,19 +62,20 @@ from ._text import between, call_text, code, detach_fix, net_count_text, opts_te
 
 if TYPE_CHECKING:
     from ..events import BackwardCall, OptimizerStep
-    from ..watch import Watch
+    from ..context import Context
 
 
-def finding(w: Watch, step: OptimizerStep, call: BackwardCall, pids: list[int], leak: Any = None) -> Finding:
-    names = param_names(w, pids)
-    n_opt = len(w.opts()[step.optimizer_key].pids) if step.optimizer_key in w.opts() else len(pids)
-    own_step = step.optimizer_key in (call.for_opts or ())  # the call is for this optimizer too
+def finding(ctx: Context, step: OptimizerStep, call: BackwardCall, pids: list[int], leak: Any = None) -> Finding:
+    names = param_names(ctx, pids)
+    n_opt = len(ctx.opts()[step.optimizer_key].pids) if step.optimizer_key in ctx.opts() else len(pids)
+    for_opts = ctx.for_opts(call) or frozenset()
+    own_step = step.optimizer_key in for_opts  # the call is for this optimizer too
     labels = []
     if leak is not None and leak.enters_at is not None:
         labels.append(Label(leak.enters_at, f"`{leak.var or 'tensor'}` enters `{leak.consumer_net}` without `.detach()`"))
-    labels.append(Label(call.site, f"writes `.grad` on {net_count_text(w, set(pids))}"))
+    labels.append(Label(call.site, f"writes `.grad` on {net_count_text(ctx, set(pids))}"))
     labels.append(Label(step.site, f"steps with that gradient still in `{names[0]}`" + (f" and {len(names) - 1} more" if len(names) > 1 else ""), primary=True))
-    notes = [f"{call_text(call)} is for {opts_text(w, call.for_opts or ())}"]
+    notes = [f"{call_text(call)} is for {opts_text(ctx, for_opts)}"]
     if not own_step:
         notes.append(f"no `zero_grad()` on these parameters {between(call.site, step.site)}")
     if call.all_eval and call.eval_nets:
@@ -83,9 +84,9 @@ def finding(w: Watch, step: OptimizerStep, call: BackwardCall, pids: list[int], 
             f"{call_text(call)} ran with {nets} in eval mode: an evaluation, not a training step of "
             f"`{step.optimizer}`, which trains {nets} in train mode"
         )
-    into = units_text(w, set(pids))
-    units = {w.reg.unit_of(p) for p in pids}
-    passing = [t for t in call.terms or () if t.leaves & set(pids) and t.for_units and not units <= t.for_units]
+    into = units_text(ctx, set(pids))
+    units = {ctx.reg.unit_of(p) for p in pids}
+    passing = [t for t in ctx.terms(call) or () if t.leaves & set(pids) and t.for_units and not units <= t.for_units]
     baseline = next((t for t in passing if any(u in units for u, _s, _m in t.baselines)), None)
     if baseline is not None:
         term = code(baseline.name) if baseline.name else "a term"
@@ -124,7 +125,7 @@ def finding(w: Watch, step: OptimizerStep, call: BackwardCall, pids: list[int], 
             )
     elif leak is not None and leak.var:
         help_ = (
-            f"detach `{leak.var}` in the loss for {opts_text(w, call.for_opts or ())}: "
+            f"detach `{leak.var}` in the loss for {opts_text(ctx, for_opts)}: "
             f"`{leak.consumer_net}({leak.var}.detach())`; or call `{step.optimizer}.zero_grad()` before the "
             f"backward meant for `{step.optimizer}`"
         )
@@ -145,5 +146,5 @@ def finding(w: Watch, step: OptimizerStep, call: BackwardCall, pids: list[int], 
         step.site, tuple(labels), tuple(notes), help_,
         params=names, optimizer=step.optimizer, tensor=leak.var if leak is not None else None,
         backward=call.site, graph=call.graph_key,
-        extra={"for": sorted(w.opt_name(k) for k in call.for_opts or ()), "of": n_opt},
+        extra={"for": sorted(ctx.opt_name(k) for k in for_opts), "of": n_opt},
     )
