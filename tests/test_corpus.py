@@ -1383,7 +1383,7 @@ BUGGY: list[tuple[Callable[[], None], list[Expect], type[BaseException] | None]]
     ),
     (
         sac_alpha_not_detached,
-        [Expect("detach-leak", "policy_loss.backward()", lambda: {"log_alpha"}, "alpha_optim", "policy_loss.backward()", "alpha")],
+        [Expect("detach-leak", "alpha = log_alpha.exp().item() if detach_alpha", lambda: {"log_alpha"}, "alpha_optim", "policy_loss.backward()", "alpha")],
         None,
     ),
     (

@@ -174,11 +174,18 @@ def findings(ctx: Context, call: BackwardCall, found: list[Leak]) -> list[Findin
         enters = f", which enters {code(lk.consumer_net)} without `.detach()`" if lk.consumer_net else " without `.detach()`"
         labels = []
         # the culprit: where the tensor enters another network; else (it enters the loss's own
-        # arithmetic: a target network's output, a teacher's logits) where it is produced
-        primary = lk.enters_at or lk.produced_at or call.site
-        if lk.produced_at is not None:
-            labels.append(Label(lk.produced_at, f"{tensor} is produced by {code(lk.producer_net)} with its graph",
-                                primary=lk.enters_at is None))
+        # arithmetic: a target network's output, a teacher's logits) where it is produced, by the
+        # forward that made it or, without one recorded, by the line that assigns it
+        made = lk.produced_at
+        if made is None and lk.var:
+            at = source.assignment_line(call.site.file, call.site.line, lk.var)
+            if at is not None:
+                made = Site(call.site.file, at, call.site.function)
+        primary = lk.enters_at or made or call.site
+        if made is not None:
+            what = f"{tensor} is produced by {code(lk.producer_net)} with its graph" if lk.producer_net else (
+                f"{tensor} is computed here with the graph of {into}")
+            labels.append(Label(made, what, primary=lk.enters_at is None))
         if lk.enters_at is not None:
             labels.append(Label(lk.enters_at, f"{tensor} enters {code(lk.consumer_net)} without `.detach()`", primary=True))
         labels.append(Label(call.site, f"writes `.grad` on {net_count_text(ctx, lk.pids)}", primary=primary is call.site))
