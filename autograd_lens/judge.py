@@ -127,6 +127,12 @@ class Judge:
     # ------------------------------------------------------------------------------------------
     def after_backward(self, call: BackwardCall, walk: WalkResult) -> None:
         """After a backward call returned normally."""
+        if walk.graph is None and not walk.root_reused and not walk.prev and not walk.stale_saved:
+            if call.kind == "backward" and call.reached:  # past the detail: nothing to read in a walk
+                self.pending.append(call)
+                if len(self.pending) > 256:
+                    del self.pending[:128]
+            return
         ctx = self.ctx
         self.add(second_backward.silent(ctx, call, walk))
         self.add(retained_graph.finding(ctx, call, walk))

@@ -41,6 +41,7 @@ from .findings import Finding, Site
 from .graph import Graph, capture, saved_bytes
 from .hooks import (
     HookSet,
+    patch_optimizer_init,
     patch_zero_grad,
     register_global_module_hooks,
     register_global_optimizer_hooks,
@@ -55,7 +56,7 @@ from .walk import WalkResult, walk_graph
 DETAIL_PER_SITE = 2
 
 #: Backward calls in a row with every site past its detail before the module hooks come off.
-QUIET_CALLS = 4
+QUIET_CALLS = 2
 
 #: Graphs of this many earlier iterations of a backward site alive at once: something holds them.
 HELD_ITERATIONS = 2
@@ -198,6 +199,7 @@ class Recorder:
             patch_backward(self.hooks, self._on_engine, self._on_api)
             register_global_optimizer_hooks(self.hooks, g(self._on_step_pre), g(self._on_step_post))
             patch_zero_grad(self.hooks, g(self._on_zero_grad))
+            patch_optimizer_init(self.hooks, g(self._on_new_optimizer))
             watch_warnings(self.hooks, g(self._on_warning))
             self._modules_on()
         except Exception:
@@ -231,7 +233,9 @@ class Recorder:
         """A network or optimizer was registered: what each site knew may be about others."""
         self.generation += 1
         for s in self._sites.values():
-            s.detailed = 0
+            # one more detailed call teaches the site what changed (new networks' leaves, the terms
+            # its loss splits into now that another optimizer steps)
+            s.detailed = min(s.detailed, self.detail - 1)
             s.leaves = set()
         self._quiet = 0
         self._modules_on()
@@ -599,7 +603,6 @@ class Recorder:
             self.reg.ever_grad |= call.reached
             if self._manual_on:
                 self._fingerprint_reached(call)
-            self._stamp_roots(roots, call)
             self._track_graphs(roots, call)
             self._note_mode(call)
             call.networks = self._row(call, walk)
@@ -608,6 +611,18 @@ class Recorder:
         except Exception as exc:
             self._internal(exc)
         return result
+
+    def _on_new_optimizer(self, opt: torch.optim.Optimizer) -> None:
+        """An optimizer was made (a new trial, a re-initialised model): its parameters are watched
+        from their first backward on, and the next forwards are recorded (networks made anew are
+        found there). It is named at its first step, from the variable that holds it by then."""
+        if self.closed:
+            return
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if isinstance(p, torch.Tensor):
+                    self.ensure_param(p)
+        self.registry_changed()
 
     def _settle_detail(self) -> None:
         """Once every known site has had its detail for a few calls in a row, the module hooks come
@@ -626,7 +641,7 @@ class Recorder:
         reached, stopped at a detach, or not reached."""
         reg = self.reg
         leaves = call.reached or walk.leaves
-        columns = tuple(reg.network_names())
+        columns = reg.columns()
         if walk.graph is None:
             key = (leaves if isinstance(leaves, frozenset) else frozenset(leaves), columns, self.generation)
             row = self._rows.get(key)
@@ -671,8 +686,22 @@ class Recorder:
 
     # graphs kept alive across iterations ---------------------------------------------------------
     def _track_graphs(self, roots: Sequence[torch.Tensor], call: BackwardCall) -> None:
-        """Tag this call's graph; if graphs of two or more earlier iterations of this site are still
-        alive, something holds them (`epoch_loss += loss`, `history.append(loss)`)."""
+        """Stamp the root (a later backward through it again is a silent double backward) and tag
+        its graph; if graphs of two or more earlier iterations of this site are still alive,
+        something holds them (`epoch_loss += loss`, `history.append(loss)`). Past a site's detail
+        one call in four is tagged: a held graph stays alive, so it is seen all the same."""
+        fn = None
+        for t in roots:
+            fn = t.grad_fn
+            if fn is not None:
+                break
+        if fn is None:
+            return
+        md = fn.metadata
+        if not call.retain_graph:
+            md[self.stamp_keys[1]] = call.id
+        if not call.detailed and call.occurrence & 3:
+            return
         key = (call.site.file, call.site.line)
         alive = self._alive.get(key)
         if alive is None:
@@ -688,13 +717,9 @@ class Recorder:
                     self._holders[key] = held
                 if held is not None:
                     self.sink.held(call, held, len(older), any(e[2] for e in older))
-        for t in roots:
-            fn = t.grad_fn
-            if fn is not None:
-                tag = _GraphTag()
-                fn.metadata[self._tag_key] = tag
-                alive.append((call.id, call.iteration, call.retain_graph, weakref.ref(tag)))
-                break
+        tag = _GraphTag()
+        md[self._tag_key] = tag
+        alive.append((call.id, call.iteration, call.retain_graph, weakref.ref(tag)))
 
     def _find_holder(self) -> HeldGraphs | None:
         """The variable that keeps old graphs alive, its line, and the saved bytes they hold."""
@@ -719,14 +744,6 @@ class Recorder:
         finally:
             del frame
         return None
-
-    def _stamp_roots(self, roots: Sequence[torch.Tensor], call: BackwardCall) -> None:
-        if call.retain_graph:
-            return
-        for t in roots:
-            fn = t.grad_fn
-            if fn is not None:
-                fn.metadata[self.stamp_keys[1]] = call.id
 
     def sites(self) -> list[SiteState]:
         return list(self._sites.values())

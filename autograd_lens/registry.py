@@ -414,10 +414,14 @@ class Registry:
         """Columns of the flow table: networks, then optimized tensors of no network (``log_alpha``),
         then optimizers whose parameters are in no known network. A network made anew under the same
         variable (one per trial) keeps its name: one column."""
+        return list(self.columns())
+
+    def columns(self) -> tuple[str, ...]:
+        """:meth:`network_names` as a tuple, computed once per registration."""
         got = self._columns
         if got is None or got[0] != self.generation:
             got = self._columns = (self.generation, tuple(self._network_names()))
-        return list(got[1])
+        return got[1]
 
     def _network_names(self) -> list[str]:
         names = list(dict.fromkeys(n.name for n in self.nets.values()))

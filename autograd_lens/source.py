@@ -33,8 +33,22 @@ def tree(filename: str) -> ast.Module | None:
     return _tree(filename, sum(len(s) for s in lines)) if lines else None
 
 
-def _functions(mod: ast.Module) -> list[ast.AST]:
-    return [n for n in ast.walk(mod) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))]
+_FUNCTIONS: dict[int, tuple[ast.Module, list[tuple[int, int, ast.AST]]]] = {}
+
+
+def _functions(mod: ast.Module) -> list[tuple[int, int, ast.AST]]:
+    """(first line, last line, node) of every function of the module (computed once per tree)."""
+    got = _FUNCTIONS.get(id(mod))
+    if got is None or got[0] is not mod:
+        spans = [
+            (n.lineno, getattr(n, "end_lineno", None) or n.lineno, n)
+            for n in ast.walk(mod)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        ]
+        if len(_FUNCTIONS) > 64:
+            _FUNCTIONS.clear()
+        got = _FUNCTIONS[id(mod)] = (mod, spans)
+    return got[1]
 
 
 def enclosing(filename: str, line: int) -> ast.AST | None:
@@ -44,10 +58,9 @@ def enclosing(filename: str, line: int) -> ast.AST | None:
         return None
     best: ast.AST = mod
     best_span = 1 << 30
-    for fn in _functions(mod):
-        end = getattr(fn, "end_lineno", None) or fn.lineno
-        if fn.lineno <= line <= end and end - fn.lineno < best_span:
-            best, best_span = fn, end - fn.lineno
+    for start, end, fn in _functions(mod):
+        if start <= line <= end and end - start < best_span:
+            best, best_span = fn, end - start
     return best
 
 
@@ -72,6 +85,12 @@ _COMPOUND = (
 
 
 def call_text(filename: str, line: int, method: str) -> str | None:
+    mod = tree(filename)
+    return _call_text(filename, line, method, id(mod)) if mod is not None else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _call_text(filename: str, line: int, method: str, _tree: int) -> str | None:
     """The text of the call to ``.method(...)`` (or ``method(...)``) on ``line``, without what
     surrounds it on the line: ``errD.backward()`` from ``errD.backward()  # D step``, or
     ``d_loss.backward()`` from ``opt.zero_grad(); d_loss.backward(); opt.step()``."""
@@ -184,6 +203,14 @@ class Update:
 def manual_updates(filename: str) -> tuple[Update, ...]:
     """Statements of the file that update a tensor in place from a gradient: ``p.data.add_(p.grad,
     alpha=-lr)``, ``p -= lr * p.grad``, ``p.data -= lr * p.grad.data``, ``w.data = w.data - lr * w.grad``."""
+    mod = tree(filename)
+    if mod is None:
+        return ()
+    return _manual_updates(filename, id(mod))
+
+
+@functools.lru_cache(maxsize=256)
+def _manual_updates(filename: str, _tree: int) -> tuple[Update, ...]:
     mod = tree(filename)
     if mod is None:
         return ()

@@ -147,6 +147,18 @@ def patch_zero_grad(hooks: HookSet, on_zero: Callable[[Any, bool], None]) -> Non
     hooks.patch(torch.nn.Module, "zero_grad", mod_zero_grad)
 
 
+def patch_optimizer_init(hooks: HookSet, on_new: Callable[[Any], None]) -> None:
+    """Report each optimizer made while the hooks are installed (after it is made)."""
+    orig = torch.optim.Optimizer.__init__
+
+    def init(self: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> None:
+        orig(self, *args, **kwargs)
+        on_new(self)
+
+    init.__wrapped__ = orig  # type: ignore[attr-defined]
+    hooks.patch(torch.optim.Optimizer, "__init__", init)
+
+
 def watch_warnings(hooks: HookSet, on_warning: Callable[[Warning | str, str, int], None]) -> None:
     """Report warnings as Python shows them (then show them as usual)."""
     import warnings
