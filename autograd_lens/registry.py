@@ -170,7 +170,8 @@ class Registry:
     def bind(
         self, *, on_param: Callable[[torch.Tensor], Any] | None = None, on_change: Callable[[], None] | None = None
     ) -> None:
-        """Say whom to tell of each new parameter (the recorder hooks it) and of each change."""
+        """Say whom to tell of each new parameter (the recorder hooks it) and of each registration
+        (before it is made)."""
         self._on_param = on_param
         self._on_change = on_change
 
@@ -183,7 +184,14 @@ class Registry:
         st = states.get(id(obj))
         return st is not None and st.ref() is obj
 
+    def _changing(self) -> None:
+        """Tell of a registration before it is made: what is pending is judged with the networks and
+        optimizers it belongs to (a new one can take the id of a dead one and replace its entry)."""
+        if self._on_change is not None:
+            self._on_change()
+
     def add_net(self, mod: torch.nn.Module, name: str) -> NetInfo:
+        self._changing()
         # the names of live networks are taken; a dead one's name can be given again
         used = {n.name for n in self.nets.values() if n.ref() is not None}
         base, i = name, 2
@@ -202,23 +210,21 @@ class Registry:
                 self.param_net[pid] = net.key
             self.tensors.pop(pid, None)
         self._touch()
-        if self._on_change is not None:
-            self._on_change()
         if self._on_param is not None:
             for p in mod.parameters():
                 self._on_param(p)  # also for leaves a walk cannot see (reentrant checkpointing)
         return net
 
     def add_opt(self, opt: torch.optim.Optimizer, name: str) -> OptInfo:
+        self._changing()
         st = OptInfo(id(opt), weakref.ref(opt), name)
         self.opts[st.key] = st
         self.refresh_opt(st, opt)
-        if self._on_change is not None:
-            self._on_change()
         return st
 
     def add_manual(self, name: str, pids: Iterable[int]) -> OptInfo:
         """Manual updates (no optimizer object) of the parameters ``pids``, as a step-taking unit."""
+        self._changing()
         self._manual_serial += 1
         marker = _Manual()
         st = OptInfo(id(marker), lambda: marker, name, manual=True)
@@ -228,8 +234,6 @@ class Registry:
         for pid in st.pids:
             self._own(pid, st)
         self._touch()
-        if self._on_change is not None:
-            self._on_change()
         return st
 
     def refresh_opt(self, st: OptInfo, opt: torch.optim.Optimizer) -> None:
