@@ -250,8 +250,8 @@ class Judge:
                 if found:
                     self.add_highlights(c.graph_key, *detach_leak.highlights(found))
                 self.knowledge.analyses.pop(c.id, None)
-            elif not c.detailed and c.reached:
-                # past the detailed occurrences of a site: the leaks found there, where this call wrote
+            elif c.reached:
+                # a call without a graph of its own: the leaks found at its site, where this call wrote
                 cached = self.knowledge.site_leaks.get((c.site.file, c.site.line))
                 if cached:
                     yield from detach_leak.findings(ctx, c, [lk for lk in cached if lk.pids & c.reached])
@@ -357,6 +357,12 @@ class Judge:
     def _intern(self, value: Any) -> Any:
         """One shared object for equal values (a loop repeats the same sets every iteration)."""
         return self._interned.setdefault(value, value)
+
+    def wants_snapshot(self, site: Site) -> bool:
+        """Whether another graph of this backward site would teach something: its loss split among
+        several networks, whose own losses may have shown since."""
+        terms = self.knowledge.site_terms.get((site.file, site.line))
+        return bool(terms) and len({u for t in terms for u in t.units}) > 1
 
     def graph_key(self, site: Site) -> str:
         return f"{rel_path(site.file)}:{site.line}"

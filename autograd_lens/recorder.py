@@ -82,6 +82,7 @@ class Sink(Protocol):
     def explain_error(self, exc: BaseException, site: Site | None, **ctx: Any) -> Finding | None: ...
     def keep_graph(self, key: str, graph: Graph, *, replace: bool = True) -> None: ...
     def graph_key(self, site: Site) -> str: ...
+    def wants_snapshot(self, site: Site) -> bool: ...
 
 
 class ParamState:
@@ -102,7 +103,7 @@ class SiteState:
     """What the recorder knows of one backward site."""
 
     __slots__ = ("site", "key", "count", "last", "detailed", "roots", "leaves", "graph_key", "graph_ranged",
-                 "site_key", "steady")
+                 "site_key", "steady", "snapshots")
 
     def __init__(self, site: Site) -> None:
         self.site = site
@@ -116,6 +117,7 @@ class SiteState:
         self.graph_ranged = False
         self.site_key = site.key
         self.steady: WalkResult | None = None  # what a call past its detail sees, without a walk
+        self.snapshots = 0  # graphs taken (since the last registration)
 
 
 class _GraphTag:
@@ -236,6 +238,7 @@ class Recorder:
             # one more detailed call teaches the site what changed (new networks' leaves, the terms
             # its loss splits into now that another optimizer steps)
             s.detailed = min(s.detailed, self.detail - 1)
+            s.snapshots = 0
             s.leaves = set()
         self._quiet = 0
         self._modules_on()
@@ -517,6 +520,17 @@ class Recorder:
         inputs: Any = None,
     ) -> Any:
         try:
+            prepared = self._before_backward(t_outputs, retain, accumulate, create_graph, inputs)
+        except Exception as exc:  # a failure of the lens: the backward runs, unwatched
+            self._internal(exc)
+            return go()
+        return self._run_backward(go, *prepared)
+
+    def _before_backward(
+        self, t_outputs: Any, retain: bool, accumulate: bool, create_graph: bool, inputs: Any
+    ) -> tuple[Any, ...]:
+        """Everything the lens does before the engine runs: the site, the call, the graph walk."""
+        try:
             s, local_names = self._site_state()
         except Exception as exc:
             self._internal(exc)
@@ -557,7 +571,12 @@ class Recorder:
         try:
             self._settle_grads()
             if detail:
-                walk = walk_graph(self, roots, call, True, local_names or {})
+                # the first detailed call of a site is snapshotted; later ones when the judge still
+                # learns from them (a loss split among several networks)
+                snap = s.snapshots == 0 or self.sink.wants_snapshot(site)
+                walk = walk_graph(self, roots, call, snap, local_names or {})
+                if walk.graph is not None:
+                    s.snapshots += 1
                 s.leaves |= walk.leaves
                 # the site's picture: its first snapshot, replaced once by one with forward ranges
                 if walk.graph is not None and (s.graph_key is None or (ranged and not s.graph_ranged)):
@@ -579,6 +598,13 @@ class Recorder:
         except Exception as exc:
             self._internal(exc)
             walk = WalkResult()
+        return call, s, walk, roots, local_names
+
+    def _run_backward(
+        self, go: Callable[[], Any], call: BackwardCall, s: SiteState, walk: WalkResult, roots: list[Any],
+        local_names: dict[int, str] | None,
+    ) -> Any:
+        site = s.site
         self._tls.in_backward = True
         running = (call, walk.leaves, threading.get_ident())
         with self._lock:
@@ -1003,6 +1029,11 @@ class Recorder:
         return running[-1][0] if running else None
 
     # an error that ends the watch ----------------------------------------------------------------
+    def finish(self) -> None:
+        """The end of the watch: a manual update after the last backward is a step too."""
+        if self._manual_on:
+            self._note_manual_updates(None)
+
     def ddp_unused(self, exc: BaseException) -> tuple[list[str], Site | None, str, int | None] | None:
         """When DistributedDataParallel failed at a forward because parameters of the network took
         no part in the previous loss: their names, the forward that did not use them, the network
@@ -1046,7 +1077,8 @@ class Recorder:
             if module is None:
                 continue
             unit = self._manual_units.get(key)
-            where = self._update_site(site)
+            # a known unit keeps its statement; a new one takes the update statement near the site
+            where = unit.first_site if unit is not None and unit.first_site is not None else self._update_site(site)
             if unit is None or unit.ref() is None:
                 name = f"manual update of {net.name}"
                 if where is not None:

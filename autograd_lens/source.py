@@ -29,8 +29,15 @@ def _tree(filename: str, size: int) -> ast.Module | None:
 
 def tree(filename: str) -> ast.Module | None:
     """The parsed module of ``filename`` (cached on its size, so an edited file is parsed again)."""
-    lines = linecache.getlines(filename)
-    return _tree(filename, sum(len(s) for s in lines)) if lines else None
+    entry = linecache.cache.get(filename)
+    if entry is None or len(entry) != 4:  # not read yet, or a lazy entry of a module's loader
+        if not linecache.getlines(filename):
+            return None
+        entry = linecache.cache.get(filename)
+        if entry is None or len(entry) != 4:
+            return None
+    size = entry[0] if isinstance(entry[0], int) else sum(len(s) for s in entry[2])
+    return _tree(filename, size)
 
 
 _FUNCTIONS: dict[int, tuple[ast.Module, list[tuple[int, int, ast.AST]]]] = {}

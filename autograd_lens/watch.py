@@ -111,8 +111,9 @@ class Watch:
         if self._closed:
             return
         self._closed = True
-        self.recorder.closed = True
         guard = self.recorder.guard
+        guard(self.recorder.finish)()  # what only the end shows (a last manual update)
+        self.recorder.closed = True
         if exc is not None and not isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
             self.error = exc_text(exc)
             if not getattr(exc, "_autograd_lens_explained", False):

@@ -352,3 +352,16 @@ def test_autograd_grad_does_not_hide_dead_parameters() -> None:
             opt.step()
     [dead] = w.report.by_rule("dead-param")
     assert dead.params == ("model.unused.bias", "model.unused.weight")
+
+
+def test_a_failure_of_the_lens_before_a_backward_never_reaches_the_users_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    import autograd_lens.judge
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise AttributeError("lens bug before the engine runs")
+
+    monkeypatch.setattr(autograd_lens.judge.Judge, "close_run", broken)
+    bare = train(3, watched=False)
+    with pytest.warns(RuntimeWarning, match="autograd_lens: internal error.*lens bug before the engine"):
+        seen = train(3, watched=True)
+    assert all(torch.equal(a, b) for a, b in zip(bare, seen))

@@ -1000,3 +1000,16 @@ def test_truncated_bptt_names_the_carried_state_and_detaches_it_as_a_tuple() -> 
     assert "# the next chunk" not in f.message  # the comment on the line is not the call
     at = line(tbptt_lstm_without_repackage, "output, hidden = model(x, hidden)")
     assert f"`hidden = tuple(h.detach() for h in hidden)` before line {at}" in f.fix
+
+
+def test_the_last_manual_update_of_a_run_is_a_step_too() -> None:
+    torch.manual_seed(0)
+    model = mlp(4, 1)  # alive when the watch ends, as a script's model is
+    with lens.watch() as w:
+        for _ in range(3):
+            model.zero_grad()
+            F.mse_loss(model(torch.randn(8, 4)), torch.randn(8, 1)).backward()
+            for p in model.parameters():
+                p.data.add_(p.grad, alpha=-0.1)
+    [manual] = [s for s in w.report.steps if s.optimizer.startswith("manual update of model")]
+    assert manual.count == 3  # the update after the last backward is seen when the watch ends
