@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,7 +32,7 @@ COMPILED = "compiled"
 KINDS = (OP, PARAM, INPUT, CUSTOM, COMPILED)
 
 #: Highlight tags the renderers know.
-HIGHLIGHTS = ("freed", "leak", "stray", "pass-through", "error", "focus")
+HIGHLIGHTS = ("freed", "leak", "stray", "pass-through", "error", "focus", "crossing")
 
 # Ops that only re-view their single input: a parameter seen through them still belongs to the
 # module of that parameter (``AddmmBackward0 <- TBackward0 <- weight``).
@@ -125,6 +125,9 @@ class Graph:
     outputs: tuple[Output, ...]
     title: str = ""
     highlights: tuple[Highlight, ...] = ()
+    #: ``(module name, type name)`` of the modules that nodes belong to, and of those containing
+    #: them (``("netD.main", "Sequential")``), in the order the networks hold them
+    modules: tuple[tuple[str, str], ...] = ()
     #: default render options (``max_nodes``, ``collapse``...), given to ``draw``; not serialised
     options: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     _index: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -140,6 +143,11 @@ class Graph:
     @property
     def param_names(self) -> tuple[str, ...]:
         return tuple(n.name for n in self.nodes if n.kind == PARAM and n.name)
+
+    @property
+    def module_types(self) -> dict[str, str]:
+        """Module name -> type name (``{"netD.main": "Sequential"}``)."""
+        return dict(self.modules)
 
     @property
     def freed_nodes(self) -> tuple[Node, ...]:
@@ -244,6 +252,7 @@ class Graph:
                 {"tag": h.tag, "node": h.node, "edge": list(h.edge) if h.edge else None, "label": h.label}
                 for h in self.highlights
             ],
+            "modules": dict(self.modules),
         }
 
     def to_json(self, *, indent: int | None = None) -> str:
@@ -289,23 +298,20 @@ class Graph:
                 Highlight(h["tag"], h.get("node"), tuple(h["edge"]) if h.get("edge") else None, h.get("label", ""))
                 for h in data.get("highlights", ())
             )
+            modules = tuple((str(k), str(v)) for k, v in dict(data.get("modules") or {}).items())
         except (KeyError, TypeError, ValueError) as exc:
             raise LensError(f"malformed autograd_lens graph JSON: {exc!r}") from None
         for i, n in enumerate(nodes):
             if n.id != i:
                 raise LensError(f"malformed autograd_lens graph JSON: node {i} has id {n.id}")
-        return cls(nodes, edges, outputs, str(data.get("title", "")), highlights)
+        return cls(nodes, edges, outputs, str(data.get("title", "")), highlights, modules)
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> Graph:
         """A graph from JSON text or from the path of a ``.json`` file written by ``save``."""
         text = str(text_or_path)
         if not text.lstrip().startswith("{"):
-            path = Path(text)
-            try:
-                text = path.read_text()
-            except OSError as exc:
-                raise LensError(f"cannot read graph file {str(path)!r}: {exc.strerror}") from None
+            return cls.from_dict(read_json(Path(text), "graph file", "the JSON of a saved graph"))
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -345,6 +351,25 @@ class Graph:
         return to_text(self)
 
 
+def read_json(path: Path, what: str, expected: str) -> Any:
+    """The JSON content of the file at ``path``; a ``LensError`` that names ``what`` it was to be
+    (``"graph file"``) and what was ``expected`` when it is missing, unreadable or not JSON."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LensError(f"{what} {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise LensError(f"{what} {str(path)!r} is a folder (expected {expected})") from None
+    except OSError as exc:
+        raise LensError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise LensError(f"{what} {str(path)!r} is not text (expected {expected})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LensError(f"{what} {str(path)!r} is not valid JSON: {exc}") from None
+
+
 # ----------------------------------------------------------------------------------------------
 # Capture
 # ----------------------------------------------------------------------------------------------
@@ -370,29 +395,29 @@ def _dtype(dt: torch.dtype) -> str:
     return name
 
 
-def _saved_of(node: Any, names: ParamNames) -> tuple[tuple[SavedTensor, ...], bool]:
-    """Saved tensors of ``node`` and whether its buffers were released."""
-    attrs = _saved_attrs(type(node))
-    if not attrs:
-        return (), False
+def _saved_of(node: Any, attrs: tuple[str, ...], by_id: dict[int, str], by_ptr: dict[int, tuple[str, str]]
+              ) -> tuple[tuple[SavedTensor, ...], bool]:
+    """Saved tensors of ``node`` (each read once) and whether its buffers were released."""
     out: list[SavedTensor] = []
     freed = False
-    by_id = names.by_id
-    by_ptr = names.by_ptr
     dtypes = _DTYPE_NAMES
     tensor = torch.Tensor
+    new = tuple.__new__
     for attr in attrs:
         raw = getattr(node, attr)
         label = attr[11:]  # strip "_raw_saved_"
-        is_list = type(raw) is list or type(raw) is tuple
-        for i, sv in enumerate(raw) if is_list else ((0, raw),):
+        if type(raw) is list or type(raw) is tuple:
+            items: Iterable[tuple[str, Any]] = ((f"{label}[{i}]", sv) for i, sv in enumerate(raw))
+        else:
+            items = ((label, raw),)
+        for name, sv in items:
             data = sv.data
             if data is None:
                 # Released by a backward, or an optional tensor never given. An optional that was
                 # never given has a getter that returns None without raising.
                 if freed or _released(node, attr):
                     freed = True
-                    out.append(SavedTensor(f"{label}[{i}]" if is_list else label, None, None, 0, True))
+                    out.append(new(SavedTensor, (name, None, None, 0, True, None)))
                 continue
             if not isinstance(data, tensor):
                 continue  # packed by saved-tensor hooks (e.g. non-reentrant checkpointing)
@@ -405,16 +430,7 @@ def _saved_of(node: Any, names: ParamNames) -> tuple[tuple[SavedTensor, ...], bo
                 if hit is not None and hit[0] == str(data.device):
                     param = hit[1]
             dt = data.dtype
-            out.append(
-                SavedTensor(
-                    f"{label}[{i}]" if is_list else label,
-                    data.shape,  # torch.Size: a tuple
-                    dtypes.get(dt) or _dtype(dt),
-                    data.nbytes,
-                    False,
-                    param,
-                )
-            )
+            out.append(new(SavedTensor, (name, data.shape, dtypes.get(dt) or _dtype(dt), data.nbytes, False, param)))
     return tuple(out), freed
 
 
@@ -463,16 +479,19 @@ def capture(
     saved: bool = True,
     leaf_ids: dict[int, int] | None = None,
     node_index: dict[int, int] | None = None,
+    module_of_seq: Callable[[int], str | None] | None = None,
 ) -> Graph:
     """Snapshot the graph behind ``tensors``. Iterative; holds no node or tensor afterwards.
 
     ``leaf_ids``, when given, is filled with ``graph node id -> id(leaf tensor)``, and
     ``node_index`` with ``id(autograd node) -> graph node id`` (ids only: nothing is kept alive).
+    ``module_of_seq``, when given, names the module whose forward created the op of an autograd
+    sequence number (or None); ops it does not name are attributed by the parameters they use.
     """
     gc_was_enabled = gc.isenabled()
     gc.disable()  # hundreds of thousands of small records: collections would cost a third
     try:
-        return _capture(tensors, names, output_names, input_names, title, saved, leaf_ids, node_index)
+        return _capture(tensors, names, output_names, input_names, title, saved, leaf_ids, node_index, module_of_seq)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -487,81 +506,104 @@ def _capture(
     saved: bool,
     leaf_ids: dict[int, int] | None,
     node_index: dict[int, int] | None,
+    module_of_seq: Callable[[int], str | None] | None,
 ) -> Graph:
     names = names if names is not None else ParamNames()
-    input_names = input_names or {}
+    input_get = (input_names or {}).get
     index: dict[int, int] = node_index if node_index is not None else {}  # id(node) -> graph id
-    rows: list[list[Any]] = []  # fields of Node, module and seq filled after the walk
+    index_get = index.get
+    nodes: list[Node] = []
     edges: list[tuple[int, int]] = []
-    outputs: list[Output] = []
+    append_node = nodes.append
+    append_edge = edges.append
     name_of = names.by_id.get
     module_of = names.module_of.get
+    by_id, by_ptr = names.by_id, names.by_ptr
     backward_cfunction = torch.autograd.function.BackwardCFunction
     parameter = torch.nn.Parameter
-    # a stack of (autograd node, graph id); nodes are held only while the walk runs
-    stack: list[tuple[Any, int]] = []
-
     dtypes = _DTYPE_NAMES
-
-    def visit(fn: Any) -> int:
-        key = id(fn)
-        nid = index.get(key)
-        if nid is not None:
-            return nid
-        nid = len(rows)
-        index[key] = nid
-        op = type(fn).__name__
-        if op == "AccumulateGrad":
-            var = fn.variable
-            pname = name_of(id(var))
-            module = None
-            if pname is not None or isinstance(var, parameter):
-                kind = PARAM
-                module = module_of(pname) if pname else None
-            else:
-                kind = INPUT
-                pname = input_names.get(id(var))
-            rows.append([nid, op, kind, pname, module, tuple(var.shape), _dtype(var.dtype), (), False, None, ()])
-            if leaf_ids is not None:
-                leaf_ids[nid] = id(var)
-            return nid
-        if isinstance(fn, backward_cfunction):
-            kind = COMPILED if op.startswith("CompiledFunction") else CUSTOM
-        else:
-            kind = OP
-        saved_t, freed = _saved_of(fn, names) if saved else ((), False)
-        meta = fn._input_metadata
-        if meta:
-            m0 = meta[0]
-            dt = m0.dtype
-            shape, dtype = tuple(m0.shape), dtypes.get(dt) or _dtype(dt)
-        else:
-            shape = dtype = None
-        rows.append(
-            [nid, op, kind, None, None, shape, dtype, saved_t, freed, fn._sequence_nr(),
-             _ctx_tensors(fn) if kind == CUSTOM else ()]
-        )
-        stack.append((fn, nid))
-        return nid
-
+    saved_attrs = _SAVED_ATTRS
+    new = tuple.__new__
+    no_saved: tuple[SavedTensor, ...] = ()
+    # (next_functions of a node, its graph id); nodes are held only while the walk runs. The roots
+    # come first, as the inputs of a node -1 that is not drawn.
+    roots = [_node_of(t) for t in tensors]
+    pending: list[tuple[Any, int]] = [(tuple((r, 0) for r in roots if r is not None), -1)]
+    root_ids: list[int] = []
+    while pending:
+        nexts, dst = pending.pop()
+        used: list[int] | None = [] if len(nexts) > 1 else None
+        for fn, _ in nexts:
+            if fn is None:
+                continue
+            nid = index_get(id(fn))
+            if nid is None:
+                nid = len(nodes)
+                index[id(fn)] = nid
+                tp = type(fn)
+                op = tp.__name__
+                if op == "AccumulateGrad":
+                    var = fn.variable
+                    pname = name_of(id(var))
+                    module = None
+                    if pname is not None or isinstance(var, parameter):
+                        kind = PARAM
+                        module = module_of(pname) if pname else None
+                    else:
+                        kind = INPUT
+                        pname = input_get(id(var))
+                    dt = var.dtype
+                    append_node(new(Node, (nid, op, kind, pname, module, tuple(var.shape), dtypes.get(dt) or _dtype(dt),
+                                           no_saved, False, None, ())))
+                    if leaf_ids is not None:
+                        leaf_ids[nid] = id(var)
+                else:
+                    if isinstance(fn, backward_cfunction):
+                        kind = COMPILED if op.startswith("CompiledFunction") else CUSTOM
+                    else:
+                        kind = OP
+                    attrs = saved_attrs.get(tp)
+                    if attrs is None:
+                        attrs = _saved_attrs(tp)
+                    if attrs and saved:
+                        saved_t, freed = _saved_of(fn, attrs, by_id, by_ptr)
+                    else:
+                        saved_t, freed = no_saved, False
+                    meta = fn._input_metadata
+                    if meta:
+                        m0 = meta[0]
+                        dt = m0.dtype
+                        shape, dtype = tuple(m0.shape), dtypes.get(dt) or _dtype(dt)
+                    else:
+                        shape = dtype = None
+                    seq = fn._sequence_nr()
+                    append_node(new(Node, (nid, op, kind, None, module_of_seq(seq) if module_of_seq else None, shape,
+                                           dtype, saved_t, freed, seq, _ctx_tensors(fn) if kind == CUSTOM else ())))
+                    pending.append((fn.next_functions, nid))
+            if dst < 0:
+                root_ids.append(nid)
+                continue
+            if used is not None:
+                if nid in used:
+                    continue  # the same input twice (x * x): one edge
+                used.append(nid)
+            append_edge((nid, dst))
+    del fn, nexts, pending, roots
+    outputs: list[Output] = []
+    it = iter(root_ids)
     for i, t in enumerate(tensors):
         oname = output_names[i] if output_names and i < len(output_names) else f"output{i if i else ''}"
-        root = _node_of(t)
-        nid = visit(root) if root is not None else None
+        nid = next(it) if (t.grad_fn is not None or t.requires_grad) else None
         outputs.append(Output(oname, nid, tuple(t.shape), _dtype(t.dtype)))
-
-    fn = None
-    while stack:
-        fn, dst = stack.pop()
-        for nxt, _ in fn.next_functions:
-            if nxt is not None:
-                edges.append((visit(nxt), dst))
-    del fn
-    unique_edges = tuple(dict.fromkeys(edges))
-    if names.by_id:
-        _assign_modules(rows, unique_edges)
-    nodes = tuple(Node(*r) for r in rows)
-    return Graph(nodes, unique_edges, tuple(outputs), title)
+    if names.by_id or module_of_seq is not None:
+        _assign_modules(nodes, edges)
+    # the types of every module of the networks that appear (for cluster labels and descriptions)
+    types = names.module_types
+    used_modules: list[tuple[str, str]] = []
+    if types:
+        tops = {n.module.partition(".")[0] for n in nodes if n.module}
+        used_modules = [(m, t) for m, t in types.items() if m.partition(".")[0] in tops]
+    return Graph(tuple(nodes), tuple(edges), tuple(outputs), title, modules=tuple(used_modules))
 
 
 def _common_prefix(mods: list[str]) -> str | None:
@@ -580,30 +622,38 @@ def _common_prefix(mods: list[str]) -> str | None:
     return ".".join(parts)
 
 
-def _assign_modules(rows: list[list[Any]], edges: tuple[tuple[int, int], ...]) -> None:
-    """Attribute op nodes to modules (``rows[i][4]``): the module of a parameter they consume
-    (through view ops), else the common module of their inputs, in forward order."""
-    inputs: list[list[int]] = [[] for _ in rows]
+def _assign_modules(nodes: list[Node], edges: list[tuple[int, int]]) -> None:
+    """Attribute op nodes to modules, in place: an op that already names its module (the module
+    whose forward ran it) keeps it; any other takes the module of a parameter it consumes
+    (through view ops), else the common module of its inputs, in forward order."""
+    inputs: list[list[int]] = [[] for _ in nodes]
     for src, dst in edges:
         inputs[dst].append(src)
-    order = sorted((i for i in range(len(rows)) if rows[i][9] is not None), key=lambda i: rows[i][9])
-    view_param: list[str | None] = [None] * len(rows)
-    for i in order:
+    order = sorted((n.seq, n.id) for n in nodes if n.seq is not None)
+    mods: list[str | None] = [n.module for n in nodes]
+    view_param: list[str | None] = [None] * len(nodes)
+    for _, i in order:
         direct_mods = []
         other_mods = []
         for src in inputs[i]:
-            if rows[src][2] == PARAM and rows[src][4]:
-                direct_mods.append(rows[src][4])
+            m = mods[src]
+            if nodes[src].kind == PARAM and m:
+                direct_mods.append(m)
             elif view_param[src]:
                 direct_mods.append(view_param[src])
-            elif rows[src][4]:
-                other_mods.append(rows[src][4])
+            elif m:
+                other_mods.append(m)
+        if direct_mods and nodes[i].op in _VIEW_OPS and len(direct_mods) == 1 and not other_mods:
+            view_param[i] = direct_mods[0]
+        if mods[i]:
+            continue
         if direct_mods:
-            if rows[i][1] in _VIEW_OPS and len(direct_mods) == 1 and not other_mods:
-                view_param[i] = direct_mods[0]
-            rows[i][4] = _common_prefix(direct_mods)
+            mods[i] = _common_prefix(direct_mods)
         elif other_mods:
-            rows[i][4] = _common_prefix(other_mods)
+            mods[i] = _common_prefix(other_mods)
+    for i, m in enumerate(mods):
+        if m != nodes[i].module:
+            nodes[i] = nodes[i]._replace(module=m)
 
 
 def _as_tensor_list(tensors: tuple[Any, ...]) -> list[torch.Tensor]:

@@ -137,6 +137,7 @@ class ParamNames:
         self.by_id: dict[int, str] = {}
         self.by_ptr: dict[int, tuple[str, str]] = {}  # data_ptr -> (device, name)
         self.module_of: dict[str, str] = {}
+        self.module_types: dict[str, str] = {}  # module name -> type name (``Sequential``)
         self.weak: set[int] = set()  # ids named only as a fallback; a module's name replaces them
 
     def __len__(self) -> int:
@@ -167,9 +168,19 @@ class ParamNames:
             pass
 
     def add_module(self, prefix: str, module: torch.nn.Module, *, force: bool = False) -> None:
-        for qual, p in module.named_parameters(remove_duplicate=True):
-            owner = qual.rsplit(".", 1)[0] if "." in qual else ""
-            self.add(f"{prefix}.{qual}", p, f"{prefix}.{owner}" if owner else prefix, force=force)
+        """Name the parameters of ``module`` ``prefix.<qualified name>``, and record the type of each
+        submodule, in one pass over its modules (a parameter shared by two submodules keeps its
+        first name, as ``named_parameters`` gives it)."""
+        types = self.module_types
+        seen: set[int] = set()
+        add = self.add
+        for qual, mod in module.named_modules(prefix=prefix):
+            types[qual] = type(mod).__name__
+            for pname, p in mod._parameters.items():
+                if p is None or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                add(f"{qual}.{pname}", p, qual, force=force)
 
     def name_of(self, tensor: torch.Tensor) -> str | None:
         return self.by_id.get(id(tensor))

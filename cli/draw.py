@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from autograd_lens.errors import LensError
-from autograd_lens.graph import Graph
+from autograd_lens.graph import Graph, read_json
 from autograd_lens.render.dot import COLLAPSE_MODES, FORMATS, save
 
 
 def load_graph(path: Path) -> Graph:
     """A graph from a ``.json`` file written by ``Graph.save``; ``LensError`` with one clear line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LensError(f"graph file {str(path)!r} does not exist") from None
-    except OSError as exc:
-        raise LensError(f"cannot read graph file {str(path)!r}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise LensError(f"graph file {str(path)!r} is not text (expected the JSON of a saved graph)") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise LensError(f"graph file {str(path)!r} is not valid JSON: {exc}") from None
-    return Graph.from_dict(data)
+    return Graph.from_dict(read_json(path, "graph file", "the JSON of a saved graph"))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
