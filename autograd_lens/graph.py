@@ -334,11 +334,12 @@ class Graph:
 
         return save(self, path, **options)
 
-    def _repr_svg_(self) -> str | None:
-        try:
-            return self.to_svg()
-        except LensError:
-            return None
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        """In a notebook: the drawing inline (pan, zoom, folded parts open on click), or the
+        terminal tree when Graphviz is missing."""
+        from .render.html import graph_html
+
+        return {"text/html": graph_html(self), "text/plain": f"<autograd_lens.Graph: {len(self)} nodes>"}
 
     def __rich__(self) -> Any:
         from .render.tree import to_tree

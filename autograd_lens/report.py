@@ -158,6 +158,12 @@ class Report:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield from renderables(self)
 
+    def _repr_html_(self) -> str:
+        """In a notebook: the findings in the rustc form and the tables, as HTML."""
+        from .render.html import report_fragment
+
+        return report_fragment(self, [])
+
 
 def renderables(report: Report, *, totals: bool = True) -> list[Any]:
     """The terminal view, piece by piece: findings, flow table, step table, and (with ``totals``)

@@ -185,7 +185,8 @@ def test_missing_dot(two_nets: Graph, tmp_path: Path, monkeypatch: pytest.Monkey
     assert "conda install graphviz" in message
     assert ".dot and .json" in message
     assert not (tmp_path / "g.svg").exists()
-    assert two_nets._repr_svg_() is None
+    shown = two_nets._repr_mimebundle_()["text/html"]  # a notebook shows the tree and the hint
+    assert "<svg" not in shown and "apt-get install graphviz" in shown and "AddmmBackward0" in shown
     assert two_nets.save(tmp_path / "g.dot").read_text().startswith("digraph")
     assert two_nets.save(tmp_path / "g.gv").exists()
     assert Graph.from_json(two_nets.save(tmp_path / "g.json")) == two_nets

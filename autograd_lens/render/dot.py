@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LensError
-from .layout import Box, Plan, clusters_of, describe_module, plan
+from .layout import BUDGET, Box, Plan, clusters_of, describe_module, plan
 
 if TYPE_CHECKING:
     from ..graph import Graph, Highlight, Node
@@ -57,6 +57,11 @@ FORMATS: dict[str, str] = {
 #: Above this layout cost (see :func:`.layout.layout_cost`), network simplex is cut short
 #: (``nslimit``): a wider drawing, but seconds instead of minutes.
 NSLIMIT_ABOVE = 1000
+
+#: Above this many ranks crossed by long edges (a weight shared by many steps that are not
+#: folded), edges are drawn straight: spline routing around thousands of hidden nodes takes
+#: seconds where straight lines take milliseconds.
+STRAIGHT_ABOVE = 800
 
 #: Saved tensors listed per op node before "+N more".
 MAX_SAVED_LINES = 6
@@ -515,6 +520,8 @@ def to_dot(
 def build(graph: Graph, opts: Mapping[str, Any]) -> tuple[str, Plan]:
     """The DOT source for ``graph`` under resolved options, and the plan it draws."""
     p = plan(graph, opts)
+    if opts.get("note"):
+        p.notes.append(str(opts["note"]))
     em = _Emitter(graph, opts)
     item = p.item
     nodes = graph.nodes
@@ -607,6 +614,7 @@ def build(graph: Graph, opts: Mapping[str, Any]) -> tuple[str, Plan]:
         f'  graph [rankdir={opts["rankdir"]} fontname="{FONT}" fontsize=12 nodesep=0.25 ranksep=0.35 '
         'bgcolor="white" labeljust=l outputorder=edgesfirst'
         + (" nslimit=0.01 nslimit1=0.01" if p.cost > NSLIMIT_ABOVE else "")
+        + (" splines=line" if p.span > STRAIGHT_ABOVE else "")
         + "]",
         f'  node [fontname="{FONT}" fontsize=11 margin="0.12,0.05" penwidth=1.2 height=0.3]',
         f'  edge [fontname="{FONT}" fontsize=9 color="#64748b" arrowsize=0.7]',
@@ -694,7 +702,7 @@ def run_dot(source: str, fmt: str, *, timeout: float = 60.0, nodes: int | None =
         )
     except subprocess.TimeoutExpired:
         size = f" ({nodes} nodes)" if nodes is not None else ""
-        raise LensError(
+        raise DotTimeout(
             f"`dot` did not finish laying out the graph{size} within {timeout:g} s; pass a smaller "
             "max_nodes=, collapse='module' or 'fold', or a larger timeout="
         ) from None
@@ -710,6 +718,31 @@ def run_dot(source: str, fmt: str, *, timeout: float = 60.0, nodes: int | None =
     return proc.stdout
 
 
+class DotTimeout(LensError):
+    """``dot`` did not finish within its time."""
+
+
+def lay_out(graph: Graph, fmt: str, **options: Any) -> tuple[bytes, Plan]:
+    """``graph`` laid out by ``dot`` as ``fmt`` (svg, png, pdf), and the plan it draws.
+
+    The plan is chosen to fit the layout budget, so ``dot`` finishes in seconds; should it still
+    run out of time, the graph is drawn again, coarser, and the drawing says so.
+    """
+    opts = resolve_options(graph, options)
+    source, p = build(graph, opts)
+    timeout = float(opts["timeout"])
+    try:
+        return run_dot(source, fmt, timeout=timeout, nodes=len(graph)), p
+    except DotTimeout:
+        coarse = {
+            **opts,
+            "budget": max(50, int(opts["budget"] or BUDGET) // 8),
+            "note": f"drawn coarser: the layout did not finish within {timeout:g} s",
+        }
+        source, p = build(graph, coarse)
+        return run_dot(source, fmt, timeout=timeout, nodes=len(graph)), p
+
+
 def render(graph: Graph, fmt: str, **options: Any) -> bytes:
     """``graph`` as bytes in ``fmt``: ``svg``, ``png``, ``pdf`` (through ``dot``), ``dot``/``gv`` or ``json``."""
     fmt = fmt.lower().lstrip(".")
@@ -717,15 +750,11 @@ def render(graph: Graph, fmt: str, **options: Any) -> bytes:
         return graph.to_json(indent=1).encode("utf-8")
     if fmt == "svg":
         options.setdefault("ids", "")  # ids on boxes and edges, for pages that point at them
-    source = to_dot(graph, **options)
     if fmt in ("dot", "gv"):
-        return source.encode("utf-8")
+        return to_dot(graph, **options).encode("utf-8")
     if fmt not in ("svg", "png", "pdf"):
         raise LensError(f"cannot render format {fmt!r}; supported: svg, png, pdf, dot, gv, json")
-    timeout = options.get("timeout")
-    if timeout is None:
-        timeout = (getattr(graph, "options", None) or {}).get("timeout", DEFAULTS["timeout"])
-    return run_dot(source, fmt, timeout=float(timeout), nodes=len(graph))
+    return lay_out(graph, fmt, **options)[0]
 
 
 def save(graph: Graph, path: str | Path, **options: Any) -> Path:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LensError
-from ..findings import Finding, Label, Site
+from ..findings import Finding, Label, Site, site_text
 from ..graph import Graph, read_json
 from ..report import SCHEMA as REPORT_SCHEMA
 from ..report import BackwardSummary, Report, StepSummary, finding_lines, flow_rows, step_rows
@@ -30,7 +30,7 @@ from . import dot as dot_mod
 from .layout import Plan
 from .marks import finding_marks, findings_about
 
-__all__ = ["graph_fragment", "load_report", "report_fragment", "report_from_dict", "report_page", "write_html"]
+__all__ = ["graph_fragment", "graph_html", "load_report", "report_fragment", "report_from_dict", "report_page", "write_html"]
 
 HTML_NAME = "report.html"
 
@@ -180,9 +180,8 @@ def _tables_html(report: Report) -> str:
 
 def _svg(graph: Graph, prefix: str, **options: Any) -> tuple[str, Plan]:
     """An inline SVG of ``graph`` (ids prefixed) and its plan; the XML header dropped."""
-    opts = dot_mod.resolve_options(graph, {**options, "ids": ""})  # as `render` draws it: laid out once
-    source, p = dot_mod.build(graph, opts)
-    svg = dot_mod.run_dot(source, "svg", timeout=float(opts["timeout"]), nodes=len(graph)).decode("utf-8")
+    data, p = dot_mod.lay_out(graph, "svg", **options, ids="")  # as `render` draws it: laid out once
+    svg = data.decode("utf-8")
     start = svg.find("<svg")
     svg = svg[start:] if start >= 0 else svg
     return svg.replace(' id="', f' id="{prefix}'), p
@@ -348,7 +347,7 @@ def report_fragment(
     for i, (entry, graph) in enumerate(graphs):
         gid = f"{token}g{i}"
         site = _site(entry.get("site"))
-        heading = str(entry.get("key") or (f"{site.file}:{site.line}" if site else f"graph {i + 1}"))
+        heading = site_text(site.file, site.line) if site and site.file else str(entry.get("key") or f"graph {i + 1}")
         frag, p = graph_fragment(graph, gid, heading=heading, budget=budget, warn=warn)
         sections.append(frag)
         drawn.append((entry, graph, gid, p))
@@ -382,6 +381,13 @@ def report_fragment(
         + (f"<h2>Graphs</h2>{''.join(sections)}" if sections else "")
         + f"<script>{JS}</script></div>"
     )
+
+
+def graph_html(graph: Graph) -> str:
+    """One graph as an HTML fragment with its own style and script (how a notebook shows it)."""
+    token = f"r{next(_tokens)}"
+    frag, _ = graph_fragment(graph, f"{token}g0")
+    return f'<div class="lens-report" id="{token}"><style>{CSS}</style>{frag}<script>{JS}</script></div>'
 
 
 def report_page(

@@ -106,6 +106,7 @@ class Plan:
     hidden: int = 0
     notes: list[str] = field(default_factory=list)
     cost: int = 0
+    span: int = 0  # ranks crossed by long edges (see layout_cost)
     boxes_drawn: int = 0
     #: drawn edges inside a fold that stand for what one instance hands to the next
     carried: set[tuple[str, str]] = field(default_factory=set)
@@ -197,9 +198,12 @@ def _best_phase(graph: Graph, ids: list[int], pos: dict[int, int], lo: int, end:
                 dist[q % p] += d
     nodes = graph.nodes
     split = [0] * p
-    for j in window:
-        if _block(nodes[ids[j]].module) != _block(nodes[ids[j - 1]].module):
+    prev = ""
+    for j in range(lo, window.stop):
+        blk = _block(nodes[ids[j]].module) or prev  # ops of no numbered block stay with the last
+        if j in window and blk != prev:
             split[j % p] -= 1  # a block boundary that a phase at j keeps whole
+        prev = blk
     phases = [lo + d for d in range(p) if (end - lo - d) // p >= MIN_REPEATS]
 
     def leaves_in(ph: int) -> int:  # an instance starts where weights and inputs come in
@@ -333,8 +337,13 @@ def _label_fold(graph: Graph, fold: Fold) -> None:
         return ".".join(m.split(".")[: depth + 1])
 
     def firsts(inst: list[int]) -> list[str]:
-        mods = [nodes[i].module for _, i in sorted((nodes[i].seq, i) for i in inst if nodes[i].seq is not None)]
-        return list(dict.fromkeys(child(m) for m in mods if m and m != common))
+        """The modules right below ``common`` that an instance runs, in order; those with a
+        small share of its ops (one taken from a neighbour by attribution) left out."""
+        ops = sorted((nodes[i].seq, i) for i in inst if nodes[i].seq is not None)
+        kids = [child(m) for m in (nodes[i].module for _, i in ops) if m and m != common]
+        share = {k: kids.count(k) for k in set(kids)}
+        big = [k for k in dict.fromkeys(kids) if share[k] * 5 >= len(kids)]
+        return big or list(dict.fromkeys(kids))
 
     first = firsts(fold.instances[0])
     last = firsts(fold.instances[-1])
@@ -361,10 +370,11 @@ def _alias_name(names: list[str]) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def layout_cost(n_items: int, edges: Iterable[tuple[int, int]], clusters: int = 0) -> int:
+def layout_cost(n_items: int, edges: Iterable[tuple[int, int]], clusters: int = 0) -> tuple[int, int]:
     """Estimated work for ``dot``: boxes, plus for each edge the ranks it crosses (each one a hidden
-    node that crossing minimisation moves), plus clusters. Ranks are longest paths from the
-    sources, with each source placed just above its first consumer, as ``dot`` would."""
+    node that crossing minimisation moves), plus clusters; and the span part alone (long edges
+    are also what spline routing spends its time on). Ranks are longest paths from the sources,
+    with each source placed just above its first consumer, as ``dot`` would."""
     succ: list[list[int]] = [[] for _ in range(n_items)]
     indeg = [0] * n_items
     elist = list(edges)
@@ -392,7 +402,7 @@ def layout_cost(n_items: int, edges: Iterable[tuple[int, int]], clusters: int = 
         d = rank[b] - rank[a]
         if d > 1:
             span += d - 1
-    return n_items + len(elist) + span + 8 * clusters
+    return n_items + len(elist) + span + 8 * clusters, span
 
 
 # ----------------------------------------------------------------------------------------------
@@ -442,8 +452,9 @@ def _with_folds(graph: Graph, folds: list[Fold]) -> Plan:
     return p
 
 
-def _collapse(graph: Graph, p: Plan, depth: int, pins: set[int]) -> None:
-    """Nodes of modules deeper than ``depth`` are drawn by the box of their module at ``depth``."""
+def _collapse(graph: Graph, p: Plan, depth: int, pins: set[int], opened: Iterable[str] = ()) -> None:
+    """Nodes of modules deeper than ``depth`` are drawn by the box of their module at ``depth``,
+    except in the modules named in ``opened`` (``"module:net.5"``)."""
     nodes = graph.nodes
     boxes: dict[tuple[str | None, str], str] = {}
     for i, key in enumerate(p.item):
@@ -459,6 +470,8 @@ def _collapse(graph: Graph, p: Plan, depth: int, pins: set[int]) -> None:
         if len(parts) < depth:
             continue
         name = ".".join(parts[:depth])
+        if opened and any(f"module:{'.'.join(parts[:k])}" in opened for k in range(1, depth + 1)):
+            continue
         fold = p.fold_of.get(key)
         if fold is not None:
             common = p.folds[fold].common
@@ -476,11 +489,14 @@ def _collapse(graph: Graph, p: Plan, depth: int, pins: set[int]) -> None:
 
 
 def _drawn_edges(graph: Graph, item: list[str | None]) -> dict[tuple[str, str], int]:
+    """Drawn edge -> how many graph edges it stands for; edges from cut nodes come from ``more``."""
     out: dict[tuple[str, str], int] = {}
     for a, b in graph.edges:
         ka, kb = item[a], item[b]
-        if ka is None or kb is None or ka == kb:
+        if kb is None or ka == kb:
             continue
+        if ka is None:
+            ka = "more"
         out[(ka, kb)] = out.get((ka, kb), 0) + 1
     return out
 
@@ -488,6 +504,8 @@ def _drawn_edges(graph: Graph, item: list[str | None]) -> dict[tuple[str, str], 
 def clusters_of(graph: Graph, p: Plan, key: str) -> tuple[str, ...]:
     """The nested clusters a drawn item sits in, outermost first: module names, and ``f<k>`` for
     the frame of a fold (inside it, the modules below the one that holds the whole fold)."""
+    if key == "more":
+        return ()
     if key[0] == "m":
         box = p.boxes[key]
         mod = box.module.rsplit(".", 1)[0] if "." in box.module else ""
@@ -508,20 +526,21 @@ def clusters_of(graph: Graph, p: Plan, key: str) -> tuple[str, ...]:
 
 
 def _measure(graph: Graph, p: Plan) -> None:
-    keys = p.keys()
+    keys = p.keys() + (["more"] if p.hidden else [])
     pos = {k: i for i, k in enumerate(keys)}
     edges = _drawn_edges(graph, p.item)
     clusters: set[str] = set()
     for k in keys:
         clusters.update(clusters_of(graph, p, k))
-    extra = len(graph.outputs) + (1 if p.hidden else 0) + 1  # outputs, the note of a cut, the legend
+    extra = len(graph.outputs) + 1  # outputs, the legend
     pairs = []
     for a, b in edges:
         if (a, b) in p.carried:
             continue  # carried to the next instance: not a ranking constraint
         pairs.append((pos[a], pos[b]))
     p.boxes_drawn = len(keys) + extra
-    p.cost = layout_cost(len(keys), pairs, len(clusters)) + extra
+    cost, p.span = layout_cost(len(keys), pairs, len(clusters))
+    p.cost = cost + extra
 
 
 def _mark_carried(graph: Graph, p: Plan) -> None:
@@ -626,7 +645,7 @@ def plan(graph: Graph, opts: Mapping[str, Any]) -> Plan:
     for builder, depth in candidates:
         p = builder()
         if depth is not None:
-            _collapse(graph, p, depth, pins)
+            _collapse(graph, p, depth, pins, opened)
         if fits(p):
             _annotate(p, graph, coarser=last is not None)
             return p
