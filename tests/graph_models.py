@@ -7,6 +7,8 @@ argument for :func:`autograd_lens.draw`.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -73,3 +75,29 @@ def chain(n: int = 100_000) -> tuple[list[torch.Tensor], dict[str, Any]]:
     for i in range(n):
         y = torch.tanh(y) if i % 2 == 0 else y * 0.99
     return [y.sum()], {}
+
+
+def in_big_stack(fn: Callable[[], None]) -> None:
+    """Run ``fn`` in a thread with a 512 MB stack and re-raise what it raised.
+
+    Freeing an autograd chain of more than ~50,000 nodes whose nodes Python has touched (any walk
+    of ``next_functions``, with or without the lens) recurses in PyTorch's C++ destructors and
+    overflows the default 8 MB stack.
+    """
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+            errors.append(exc)
+
+    old = threading.stack_size(512 * 1024 * 1024)
+    try:
+        t = threading.Thread(target=target)
+        t.start()
+        t.join()
+    finally:
+        threading.stack_size(old)
+    if errors:
+        raise errors[0]

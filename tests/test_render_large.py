@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +19,7 @@ from autograd_lens.render.dot import build, resolve_options
 from autograd_lens.render.layout import BUDGET, Plan, find_folds, pinned
 
 import graph_models as gm
+from graph_models import in_big_stack
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is not installed")
 
@@ -157,26 +157,6 @@ def test_svg_of_each_graph_without_a_timeout(name: str, request: pytest.FixtureR
     assert "drawn coarser" not in svg
 
 
-def _in_big_stack(fn: Callable[[], None]) -> None:
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            fn()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            errors.append(exc)
-
-    old = threading.stack_size(512 * 1024 * 1024)
-    try:
-        t = threading.Thread(target=target)
-        t.start()
-        t.join()
-    finally:
-        threading.stack_size(old)
-    if errors:
-        raise errors[0]
-
-
 @needs_dot
 def test_chain_of_100k_nodes() -> None:
     def body() -> None:
@@ -189,4 +169,4 @@ def test_chain_of_100k_nodes() -> None:
         svg = dot_mod.lay_out(g, "svg")[0].decode()
         assert "×50000 TanhBackward0 → MulBackward0" in svg
 
-    _in_big_stack(body)
+    in_big_stack(body)
