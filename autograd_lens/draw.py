@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .errors import LensError, describe
-from .graph import Graph, _as_tensor_list, capture
+from .graph import Graph, _as_tensor_list, capture, no_gc
 from .naming import ParamNames, tensor_names, user_frame
 from .render.marks import crossings, findings_about, from_any, mark
 
@@ -74,13 +74,15 @@ def draw(
             )
     out_names = list(names) if names is not None else [var_names.get(id(t), f"output{i if i else ''}") for i, t in enumerate(tlist)]
     index: dict[int, int] = {}
-    graph = capture(tlist, names=param_names, output_names=out_names, input_names=var_names, title=title,
-                    node_index=index)
-    var_of_node = {nid: var_names[fid] for fid, nid in index.items() if fid in var_names}
-    index.clear()
-    graph = graph.with_highlights(*crossings(graph, var_of_node))
-    if marks_for:
-        graph = mark(graph, findings_about(graph, marks_for), title=False)
+    with no_gc():  # until the records are made: see capture
+        graph = capture(tlist, names=param_names, output_names=out_names, input_names=var_names, title=title,
+                        node_index=index)
+        var_of_node = {index[fid]: name for fid, name in var_names.items() if fid in index}
+        index.clear()
+        if len({m.partition(".")[0] for m in param_names.module_types}) > 1:  # two networks or more
+            graph = graph.with_highlights(*crossings(graph, var_of_node))
+        if marks_for:
+            graph = mark(graph, findings_about(graph, marks_for), title=False)
     if options:
         graph = dataclasses.replace(graph, options=dict(options))
     return graph

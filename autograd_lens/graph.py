@@ -8,10 +8,11 @@ were released are marked ``freed``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -378,6 +379,22 @@ def read_json(path: Path, what: str, expected: str) -> Any:
 _SAVED_ATTRS: dict[type, tuple[str, ...]] = {}
 
 
+_TYPE_INFO: dict[type, tuple[str, str, tuple[tuple[str, str], ...]]] = {}
+
+
+def _type_info(tp: type) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    """``(op name, kind, ((raw saved attribute, label), ...))`` of an autograd node type."""
+    info = _TYPE_INFO.get(tp)
+    if info is None:
+        op = tp.__name__
+        if issubclass(tp, torch.autograd.function.BackwardCFunction):
+            kind = COMPILED if op.startswith("CompiledFunction") else CUSTOM
+        else:
+            kind = OP
+        info = _TYPE_INFO[tp] = (op, kind, tuple((a, a[11:]) for a in _saved_attrs(tp)))
+    return info
+
+
 def _saved_attrs(tp: type) -> tuple[str, ...]:
     attrs = _SAVED_ATTRS.get(tp)
     if attrs is None:
@@ -396,43 +413,66 @@ def _dtype(dt: torch.dtype) -> str:
     return name
 
 
-def _saved_of(node: Any, attrs: tuple[str, ...], by_id: dict[int, str], by_ptr: dict[int, tuple[str, str]]
-              ) -> tuple[tuple[SavedTensor, ...], bool]:
-    """Saved tensors of ``node`` (each read once) and whether its buffers were released."""
+def _saved_of(node: Any, spec: tuple[tuple[str, str], ...], by_id: dict[int, str],
+              by_ptr: dict[int, tuple[str, str]]) -> tuple[tuple[SavedTensor, ...], bool]:
+    """Saved tensors of ``node`` (each read once) and whether its buffers were released.
+
+    A saved tensor that reads ``None`` was either released by a backward or is an optional one
+    never given (no affine weight). A backward releases all of a node's buffers at once, so only
+    a node with nothing else readable is asked which it is.
+    """
     out: list[SavedTensor] = []
-    freed = False
-    dtypes = _DTYPE_NAMES
-    tensor = torch.Tensor
-    new = tuple.__new__
-    for attr in attrs:
-        raw = getattr(node, attr)
-        label = attr[11:]  # strip "_raw_saved_"
-        if type(raw) is list or type(raw) is tuple:
-            items: Iterable[tuple[str, Any]] = ((f"{label}[{i}]", sv) for i, sv in enumerate(raw))
-        else:
-            items = ((label, raw),)
-        for name, sv in items:
-            data = sv.data
-            if data is None:
-                # Released by a backward, or an optional tensor never given. An optional that was
-                # never given has a getter that returns None without raising.
-                if freed or _released(node, attr):
-                    freed = True
-                    out.append(new(SavedTensor, (name, None, None, 0, True, None)))
-                continue
-            if not isinstance(data, tensor):
-                continue  # packed by saved-tensor hooks (e.g. non-reentrant checkpointing)
+    empty: list[tuple[str, str]] = []  # (name, attr) of the saved tensors that read None
+    for attr, label in spec:
+        sv = getattr(node, attr)
+        if type(sv) is list or type(sv) is tuple:  # a list of tensors (cat, stack)
+            for i, item in enumerate(sv):
+                _saved_one(f"{label}[{i}]", attr, item.data, out, empty, by_id, by_ptr)
+            continue
+        data = sv.data
+        if data is None:
+            empty.append((label, attr))
+        elif type(data) is _TENSOR:  # the common case, inline
+            # a saved parameter seen through a view (`W.t()` saved by a matmul); a plain tensor
+            # that is no view is no parameter's
             param = by_id.get(id(data)) if by_id else None
-            if param is None and by_ptr:
-                try:
-                    hit = by_ptr.get(data.data_ptr())
-                except RuntimeError:  # no storage (fake tensors under torch.compile)
-                    hit = None
-                if hit is not None and hit[0] == str(data.device):
-                    param = hit[1]
+            if param is None and by_ptr and data._is_view():
+                param = _param_by_ptr(data, by_ptr)
             dt = data.dtype
-            out.append(new(SavedTensor, (name, data.shape, dtypes.get(dt) or _dtype(dt), data.nbytes, False, param)))
-    return tuple(out), freed
+            out.append(_new(SavedTensor, (label, data.shape, _DTYPE_NAMES.get(dt) or _dtype(dt), data.nbytes, False,
+                                          param)))
+        else:
+            _saved_one(label, attr, data, out, empty, by_id, by_ptr)
+    if empty and not out and _released(node, empty[0][1]):
+        return tuple(_new(SavedTensor, (name, None, None, 0, True, None)) for name, _ in empty), True
+    return tuple(out), False
+
+
+_TENSOR = torch.Tensor
+_new = tuple.__new__
+
+
+def _param_by_ptr(data: torch.Tensor, by_ptr: dict[int, tuple[str, str]]) -> str | None:
+    """The parameter whose storage ``data`` shares (``W.t()`` saved by a matmul), if any."""
+    try:
+        hit = by_ptr.get(data.data_ptr())
+    except RuntimeError:  # no storage (fake tensors under torch.compile)
+        return None
+    return hit[1] if hit is not None and hit[0] == str(data.device) else None
+
+
+def _saved_one(name: str, attr: str, data: Any, out: list[SavedTensor], empty: list[tuple[str, str]],
+               by_id: dict[int, str], by_ptr: dict[int, tuple[str, str]]) -> None:
+    if data is None:
+        empty.append((name, attr))
+        return
+    if not isinstance(data, _TENSOR):
+        return  # packed by saved-tensor hooks (e.g. non-reentrant checkpointing)
+    param = by_id.get(id(data)) if by_id else None
+    if param is None and by_ptr:
+        param = _param_by_ptr(data, by_ptr)
+    dt = data.dtype
+    out.append(_new(SavedTensor, (name, data.shape, _DTYPE_NAMES.get(dt) or _dtype(dt), data.nbytes, False, param)))
 
 
 def _released(node: Any, raw_attr: str) -> bool:
@@ -458,6 +498,17 @@ def _ctx_tensors(node: Any) -> tuple[str, ...]:
     except TypeError:
         return ()
     return tuple(sorted(k for k, v in attrs.items() if isinstance(v, torch.Tensor)))
+
+
+def _accumulate_grad_type() -> type:
+    global _ACCUMULATE_GRAD
+    if _ACCUMULATE_GRAD is None:
+        leaf = torch.zeros(1, requires_grad=True)
+        _ACCUMULATE_GRAD = type(torch.autograd.graph.get_gradient_edge(leaf).node)
+    return _ACCUMULATE_GRAD
+
+
+_ACCUMULATE_GRAD: type | None = None
 
 
 def _node_of(t: torch.Tensor) -> Any:
@@ -489,12 +540,20 @@ def capture(
     ``module_of_seq``, when given, names the module whose forward created the op of an autograd
     sequence number (or None); ops it does not name are attributed by the parameters they use.
     """
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # hundreds of thousands of small records: collections would cost a third
-    try:
+    with no_gc():
         return _capture(tensors, names, output_names, input_names, title, saved, leaf_ids, node_index, module_of_seq)
+
+
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused: a capture makes hundreds of thousands of small
+    records, and collections in the middle of it would cost a third of its time."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
     finally:
-        if gc_was_enabled:
+        if was_enabled:
             gc.enable()
 
 
@@ -520,10 +579,10 @@ def _capture(
     name_of = names.by_id.get
     module_of = names.module_of.get
     by_id, by_ptr = names.by_id, names.by_ptr
-    backward_cfunction = torch.autograd.function.BackwardCFunction
     parameter = torch.nn.Parameter
     dtypes = _DTYPE_NAMES
-    saved_attrs = _SAVED_ATTRS
+    type_info = _TYPE_INFO
+    accumulate_grad = _accumulate_grad_type()
     new = tuple.__new__
     no_saved: tuple[SavedTensor, ...] = ()
     # (next_functions of a node, its graph id); nodes are held only while the walk runs. The roots
@@ -533,17 +592,17 @@ def _capture(
     root_ids: list[int] = []
     while pending:
         nexts, dst = pending.pop()
-        used: list[int] | None = [] if len(nexts) > 1 else None
+        first_edge = len(edges)
         for fn, _ in nexts:
             if fn is None:
                 continue
-            nid = index_get(id(fn))
+            key = id(fn)
+            nid = index_get(key)
             if nid is None:
                 nid = len(nodes)
-                index[id(fn)] = nid
+                index[key] = nid
                 tp = type(fn)
-                op = tp.__name__
-                if op == "AccumulateGrad":
+                if tp is accumulate_grad:
                     var = fn.variable
                     pname = name_of(id(var))
                     module = None
@@ -554,41 +613,36 @@ def _capture(
                         kind = INPUT
                         pname = input_get(id(var))
                     dt = var.dtype
-                    append_node(new(Node, (nid, op, kind, pname, module, tuple(var.shape), dtypes.get(dt) or _dtype(dt),
+                    append_node(new(Node, (nid, "AccumulateGrad", kind, pname, module, var.shape,
+                                           dtypes.get(dt) or _dtype(dt),
                                            no_saved, False, None, ())))
                     if leaf_ids is not None:
                         leaf_ids[nid] = id(var)
                 else:
-                    if isinstance(fn, backward_cfunction):
-                        kind = COMPILED if op.startswith("CompiledFunction") else CUSTOM
-                    else:
-                        kind = OP
-                    attrs = saved_attrs.get(tp)
-                    if attrs is None:
-                        attrs = _saved_attrs(tp)
-                    if attrs and saved:
-                        saved_t, freed = _saved_of(fn, attrs, by_id, by_ptr)
+                    op, kind, spec = type_info.get(tp) or _type_info(tp)
+                    if spec and saved:
+                        saved_t, freed = _saved_of(fn, spec, by_id, by_ptr)
                     else:
                         saved_t, freed = no_saved, False
                     meta = fn._input_metadata
                     if meta:
                         m0 = meta[0]
                         dt = m0.dtype
-                        shape, dtype = tuple(m0.shape), dtypes.get(dt) or _dtype(dt)
+                        shape, dtype = tuple(m0.shape), dtypes.get(dt) or _dtype(dt)  # a list
                     else:
                         shape = dtype = None
                     seq = fn._sequence_nr()
                     append_node(new(Node, (nid, op, kind, None, module_of_seq(seq) if module_of_seq else None, shape,
                                            dtype, saved_t, freed, seq, _ctx_tensors(fn) if kind == CUSTOM else ())))
                     pending.append((fn.next_functions, nid))
-            if dst < 0:
-                root_ids.append(nid)
-                continue
-            if used is not None:
-                if nid in used:
-                    continue  # the same input twice (x * x): one edge
-                used.append(nid)
             append_edge((nid, dst))
+        if dst < 0:
+            root_ids = [nid for nid, _ in edges[first_edge:]]
+            del edges[first_edge:]
+        elif len(edges) - first_edge > 1:
+            mine = edges[first_edge:]
+            if len(set(mine)) != len(mine):  # the same input twice (x * x): one edge
+                edges[first_edge:] = list(dict.fromkeys(mine))
     del fn, nexts, pending, roots
     outputs: list[Output] = []
     it = iter(root_ids)
@@ -627,34 +681,49 @@ def _assign_modules(nodes: list[Node], edges: list[tuple[int, int]]) -> None:
     """Attribute op nodes to modules, in place: an op that already names its module (the module
     whose forward ran it) keeps it; any other takes the module of a parameter it consumes
     (through view ops), else the common module of its inputs, in forward order."""
-    inputs: list[list[int]] = [[] for _ in nodes]
+    n = len(nodes)
+    inputs: list[list[int] | None] = [None] * n
     for src, dst in edges:
-        inputs[dst].append(src)
-    order = sorted((n.seq, n.id) for n in nodes if n.seq is not None)
-    mods: list[str | None] = [n.module for n in nodes]
-    view_param: list[str | None] = [None] * len(nodes)
+        ins = inputs[dst]
+        if ins is None:
+            inputs[dst] = [src]
+        else:
+            ins.append(src)
+    mods: list[str | None] = [nd[4] for nd in nodes]
+    params = {nd[0] for nd in nodes if nd[2] == PARAM}
+    view_param: dict[int, str] = {}
+    order = sorted((nd[9], nd[0]) for nd in nodes if nd[9] is not None)
+    new = tuple.__new__
+    views = _VIEW_OPS
     for _, i in order:
-        direct_mods = []
-        other_mods = []
-        for src in inputs[i]:
+        ins = inputs[i]
+        if not ins:
+            continue
+        direct: list[str] = []
+        other: list[str] = []
+        for src in ins:
             m = mods[src]
-            if nodes[src].kind == PARAM and m:
-                direct_mods.append(m)
-            elif view_param[src]:
-                direct_mods.append(view_param[src])
+            if src in params:
+                if m:
+                    direct.append(m)
+            elif src in view_param:
+                direct.append(view_param[src])
             elif m:
-                other_mods.append(m)
-        if direct_mods and nodes[i].op in _VIEW_OPS and len(direct_mods) == 1 and not other_mods:
-            view_param[i] = direct_mods[0]
+                other.append(m)
+        nd = nodes[i]
+        if len(direct) == 1 and not other and nd[1] in views:
+            view_param[i] = direct[0]
         if mods[i]:
             continue
-        if direct_mods:
-            mods[i] = _common_prefix(direct_mods)
-        elif other_mods:
-            mods[i] = _common_prefix(other_mods)
-    for i, m in enumerate(mods):
-        if m != nodes[i].module:
-            nodes[i] = nodes[i]._replace(module=m)
+        if direct:
+            m = direct[0] if len(direct) == 1 else _common_prefix(direct)
+        elif other:
+            m = other[0] if len(other) == 1 else _common_prefix(other)
+        else:
+            continue
+        if m:
+            mods[i] = m
+            nodes[i] = new(Node, (nd[0], nd[1], nd[2], nd[3], m, nd[5], nd[6], nd[7], nd[8], nd[9], nd[10]))
 
 
 def _as_tensor_list(tensors: tuple[Any, ...]) -> list[torch.Tensor]:

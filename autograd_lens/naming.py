@@ -174,13 +174,34 @@ class ParamNames:
         types = self.module_types
         seen: set[int] = set()
         add = self.add
-        for qual, mod in module.named_modules(prefix=prefix):
+        by_id, by_ptr, module_of = self.by_id, self.by_ptr, self.module_of
+        devices: dict[Any, str] = {}
+        stack = [(prefix, module)]
+        visited: set[int] = set()
+        while stack:  # named_modules' order (depth first, children in order), without recursion
+            qual, mod = stack.pop()
+            if id(mod) in visited:
+                continue
+            visited.add(id(mod))
             types[qual] = type(mod).__name__
             for pname, p in mod._parameters.items():
                 if p is None or id(p) in seen:
                     continue
                 seen.add(id(p))
-                add(f"{qual}.{pname}", p, qual, force=force)
+                name = f"{qual}.{pname}"
+                if id(p) in by_id:  # named before: the rules of `add`
+                    add(name, p, qual, force=force)
+                    continue
+                by_id[id(p)] = name
+                module_of[name] = qual
+                try:
+                    dev = p.device
+                    by_ptr[p.data_ptr()] = (devices.get(dev) or devices.setdefault(dev, str(dev)), name)
+                except RuntimeError:  # tensors without storage (meta, some subclasses)
+                    pass
+            children = mod._modules
+            if children:
+                stack.extend((f"{qual}.{k}", c) for k, c in reversed(children.items()) if c is not None)
 
     def name_of(self, tensor: torch.Tensor) -> str | None:
         return self.by_id.get(id(tensor))
