@@ -251,3 +251,53 @@ def test_example_draw_two_nets(tmp_path: Path) -> None:
     assert 'label="fake: netA → netB"' in dot  # marked by draw() itself
     assert "buffers freed" in dot
     assert "netA.0.weight" in dot and "netB.3.bias" in dot
+
+
+def _gan_step() -> tuple[lens.Watch, torch.Tensor, nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    netG = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    netD = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1))
+    optG = torch.optim.SGD(netG.parameters(), lr=0.1)
+    optD = torch.optim.SGD(netD.parameters(), lr=0.1)
+    with lens.watch() as w:
+        for _ in range(2):
+            fake = netG(torch.randn(5, 4))
+            optD.zero_grad()
+            errD = netD(fake).mean()  # no .detach(): errD writes into netG too
+            errD.backward(retain_graph=True)
+            optD.step()
+            errG = -netD(fake).mean()
+            errG.backward()
+            optG.step()
+    return w, errD, netG, netD
+
+
+def test_draw_marks_where_one_network_enters_another() -> None:
+    torch.manual_seed(0)
+    netG = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    netD = nn.Sequential(nn.Linear(3, 1))
+    fake = netG(torch.randn(2, 4))
+    g = lens.draw(netD(fake).sum())
+    crossing = [h for h in g.highlights if h.tag == "crossing"]
+    assert [h.label for h in crossing] == ["fake: netG → netD"]
+    a, b = crossing[0].edge
+    assert g.nodes[a].module.startswith("netG") and g.nodes[b].module == "netD.0"
+    assert 'label="fake: netG → netD"' in g.to_dot()
+    detached = lens.draw(netD(fake.detach()).sum())
+    assert not [h for h in detached.highlights if h.tag == "crossing"]
+
+
+def test_draw_with_findings_marks_what_they_name() -> None:
+    w, errD, netG, netD = _gan_step()  # the networks in this frame name the parameters
+    stray = next(f for f in w.report.findings if f.rule == "stray-grad")
+    for given in (w.report.findings, w.report, w):
+        g = lens.draw(errD, findings=given)
+        marked = {g.nodes[h.node].name for h in g.highlights if h.tag == "stray"}
+        assert marked == set(stray.params) and marked
+        labels = {h.label for h in g.highlights if h.tag == "stray"}
+        assert labels == {f"stepped by `optG.step()` (line {stray.site.line})"}
+        assert any(h.tag == "leak" and h.label == "fake: detach here" for h in g.highlights)
+    with pytest.raises(LensError, match="findings= takes a list of findings, a Report or a watch; got int 3"):
+        lens.draw(errD, findings=3)
+    with pytest.raises(LensError, match="findings= takes Finding objects"):
+        lens.draw(errD, findings=["stray-grad"])

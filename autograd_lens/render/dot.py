@@ -625,7 +625,10 @@ def build(graph: Graph, opts: Mapping[str, Any]) -> tuple[str, Plan]:
         sub = f"{n_nodes} nodes" + (f", drawn as {drawn} boxes" if drawn != n_nodes else "")
         if p.notes:
             sub += "; " + "; ".join(p.notes)
-        text = (f"<B>{_esc(title)}</B><BR/>" if title else "") + _small(_esc(sub), "#64748b", FONT)
+        lead, _, premise = title.partition(" — ")  # the premise, when the title states one, below it
+        text = f"<B>{_esc(lead)}</B><BR/>" if lead else ""
+        text += f'<FONT POINT-SIZE="11">{_esc(premise)}</FONT><BR/>' if premise else ""
+        text += _small(_esc(sub), "#64748b", FONT)
         head.append(f"  label=<{text}> labelloc=t")
     parts = ["\n".join(head)]
     parts.append(_clusters(em, graph, p, by_cluster))

@@ -270,7 +270,7 @@ CSS = """
 .lens-report .gtitle{margin:2px 0 6px;color:#334155}.lens-report .toolbar{display:flex;gap:6px;align-items:center;margin-bottom:4px}
 .lens-report .toolbar button{font:inherit;padding:1px 9px;border:1px solid #cbd5e1;background:#fff;border-radius:4px;cursor:pointer}
 .lens-report .toolbar .hint{color:#64748b;font-size:12px}
-.lens-report .view{height:70vh;overflow:hidden;border:1px solid #f1f5f9;cursor:grab;touch-action:none}
+.lens-report .view{height:70vh;overflow:hidden;resize:vertical;border:1px solid #f1f5f9;cursor:grab;touch-action:none}
 .lens-report .view svg{width:100%;height:100%}
 .lens-report .lens-fold,.lens-report .lens-box{cursor:zoom-in}
 .lens-report .lens-hl polygon,.lens-report .lens-hl path,.lens-report .lens-hl ellipse{stroke:#2563eb!important;stroke-width:5px!important}
@@ -305,7 +305,11 @@ JS = r"""
     var tip=(a&&(a.getAttribute('xlink:title')||a.getAttribute('title')))||'';
     if(el.classList.contains('lens-box')){var m=tip.split(' (collapsed')[0];return 'module:'+m}
     return tip};
-  Viewer.prototype.attach=function(){this.svg=q('svg',this.view);this.svg.removeAttribute('width');this.svg.removeAttribute('height');
+  Viewer.prototype.attach=function(){this.svg=q('svg',this.view);
+    var hpt=parseFloat(this.svg.getAttribute('height')||'0'),wpt=parseFloat(this.svg.getAttribute('width')||'0');
+    if(hpt&&wpt){var w=this.view.clientWidth||800,h=Math.min(hpt*4/3,w*hpt/wpt);
+      this.view.style.height=Math.max(160,Math.min(h+8,0.7*window.innerHeight))+'px'}
+    this.svg.removeAttribute('width');this.svg.removeAttribute('height');
     var vb=this.svg.getAttribute('viewBox').split(/[ ,]+/).map(Number);this.full=vb.slice();this.vb=vb.slice();this.apply()};
   Viewer.prototype.apply=function(){this.svg.setAttribute('viewBox',this.vb.join(' '))};
   Viewer.prototype.zoom=function(f,fx,fy){if(fx===undefined){fx=.5;fy=.5}var w=this.vb[2]*f,h=this.vb[3]*f;

@@ -90,12 +90,13 @@ def finding_marks(graph: Graph, f: Finding) -> list[Highlight]:
         wanted = set(f.params)
         out += [Highlight(tag, node=n.id, label=label) for n in graph.nodes if n.kind == PARAM and n.name in wanted]
     if f.rule in ("detach-leak", "stray-grad") and f.tensor is not None:
-        for h in graph.highlights:
-            if h.edge is None or h.tag not in ("leak", "crossing"):
-                continue
-            var = h.label.split(":", 1)[0] if ":" in h.label else None
-            if var == f.tensor:
-                out.append(Highlight("leak", edge=h.edge, label=f"{f.tensor}: detach here"))
+        # the edge where that tensor enters another network: by its name, else the crossings
+        # drawn without a name
+        edges = [h for h in graph.highlights if h.edge is not None and h.tag in ("leak", "crossing")]
+        named = [h for h in edges if h.label.split(":", 1)[0] == f.tensor and ":" in h.label]
+        unnamed = [h for h in edges if h.tag == "crossing" and ":" not in h.label]
+        for h in named or unnamed:
+            out.append(Highlight("leak", edge=h.edge, label=f"{f.tensor}: detach here"))
     return out
 
 
