@@ -145,3 +145,22 @@ def test_draw_rejects_non_tensors(value: object, shown: str) -> None:
 def test_draw_rejects_an_empty_list() -> None:
     with pytest.raises(LensError, match="at least one tensor.*empty list"):
         lens.draw([])
+
+
+def test_module_of_seq_attributes_ops_to_the_module_that_ran_them() -> None:
+    from autograd_lens.graph import capture
+    from autograd_lens.naming import ParamNames
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    loss = net(torch.randn(2, 3)).pow(2).mean()
+    names = ParamNames.build({"net": net})
+    plain = capture([loss], names=names)
+    tanh = next(n for n in plain.nodes if n.op == "TanhBackward0")
+    assert tanh.module == "net.0"  # by the parameters its input used
+    ran = {tanh.seq: "net.1"}
+    g = capture([loss], names=names, module_of_seq=ran.get)
+    assert next(n for n in g.nodes if n.op == "TanhBackward0").module == "net.1"
+    # ops the callable does not name keep the attribution by parameters
+    assert {n.module for n in g.nodes if n.op == "AddmmBackward0"} == {"net.0", "net.2"}
+    assert g.module_types["net.1"] == "Tanh" and g.module_types["net"] == "Sequential"

@@ -214,3 +214,18 @@ def test_graphs_pan_zoom_and_folds_open(browser: Any, tmp_path: Path) -> None:
     back.click()
     assert len(browser.find_elements(By.CSS_SELECTOR, ".view .lens-node")) == boxes
     assert not back.is_displayed()
+
+
+@needs_dot
+def test_page_without_graphviz_shows_graphs_as_text(
+    traced: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autograd_lens.render import dot as dot_mod
+    from autograd_lens.render.html import write_html
+
+    monkeypatch.setattr(dot_mod.shutil, "which", lambda name: None)
+    warnings: list[str] = []
+    page = write_html(traced / "report.json", tmp_path / "r.html", warn=warnings.append).read_text()
+    assert "<svg" not in page and page.count('class="nograph"') == 3
+    assert "AddmmBackward0" in page and "error[stray-grad]" in page  # the tree and the findings
+    assert warnings == [warnings[0]] and warnings[0].startswith("3 graphs shown as text in the HTML report: ")

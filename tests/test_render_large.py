@@ -170,3 +170,21 @@ def test_chain_of_100k_nodes() -> None:
         assert "×50000 TanhBackward0 → MulBackward0" in svg
 
     in_big_stack(body)
+
+
+@needs_dot
+def test_a_layout_that_runs_out_of_time_is_drawn_again_coarser(mlp: Graph, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = dot_mod.run_dot
+    calls: list[str] = []
+
+    def first_times_out(source: str, fmt: str, **kwargs: Any) -> bytes:
+        calls.append(source)
+        if len(calls) == 1:
+            raise dot_mod.DotTimeout("`dot` did not finish laying out the graph within 0.5 s")
+        return run(source, fmt, **kwargs)
+
+    monkeypatch.setattr(dot_mod, "run_dot", first_times_out)
+    svg = mlp.to_svg(timeout=0.5, fold=False)
+    assert len(calls) == 2
+    assert "drawn coarser: the layout did not finish within 0.5 s" in svg
+    assert "drawn coarser" not in calls[0]

@@ -214,7 +214,7 @@ def graph_fragment(graph: Graph, gid: str, *, heading: str = "", budget: list[fl
         svg, p = _svg(graph, f"{gid}-")
     except LensError as exc:
         if warn is not None:
-            warn(f"graph {heading or gid} is not drawn in the HTML report: {exc}")
+            warn(str(exc))
         return (
             f'<section class="graph" id="{gid}">{head}{title}<p class="nograph">{_e(str(exc))}</p>'
             f"<pre class=\"tree\">{_e(str(graph))}</pre></section>",
@@ -347,14 +347,18 @@ def report_fragment(
     token = f"r{next(_tokens)}"
     budget = [OPEN_BUDGET_S]
     sections: list[str] = []
+    failures: list[str] = []
     drawn: list[tuple[Mapping[str, Any], Graph, str, Plan | None]] = []
     for i, (entry, graph) in enumerate(graphs):
         gid = f"{token}g{i}"
         site = _site(entry.get("site"))
         heading = site_text(site.file, site.line) if site and site.file else str(entry.get("key") or f"graph {i + 1}")
-        frag, p = graph_fragment(graph, gid, heading=heading, budget=budget, warn=warn)
+        frag, p = graph_fragment(graph, gid, heading=heading, budget=budget, warn=failures.append)
         sections.append(frag)
         drawn.append((entry, graph, gid, p))
+    if failures and warn is not None:  # one line, however many graphs
+        n = len(failures)
+        warn(f"{n} graph{'s' if n != 1 else ''} shown as text in the HTML report: {failures[0]}")
     items = []
     for j, f in enumerate(report.findings):
         gid = None
