@@ -229,3 +229,37 @@ def test_page_without_graphviz_shows_graphs_as_text(
     assert "<svg" not in page and page.count('class="nograph"') == 3
     assert "AddmmBackward0" in page and "error[stray-grad]" in page  # the tree and the findings
     assert warnings == [warnings[0]] and warnings[0].startswith("3 graphs shown as text in the HTML report: ")
+
+
+LSTM_SCRIPT = '''\
+import torch
+from torch import nn
+
+torch.manual_seed(0)
+cell1, cell2, head = nn.LSTMCell(8, 16), nn.LSTMCell(16, 16), nn.Linear(16, 8)
+opt = torch.optim.SGD([*cell1.parameters(), *cell2.parameters(), *head.parameters()], lr=0.1)
+for _ in range(2):
+    h1 = c1 = h2 = c2 = torch.zeros(4, 16)
+    for x in torch.randn(20, 4, 8):
+        h1, c1 = cell1(x, (h1, c1))
+        h2, c2 = cell2(h1, (h2, c2))
+    loss = head(h2).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+'''
+
+
+@needs_dot
+def test_trace_of_an_unrolled_lstm_keeps_its_picture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lstm.py").write_text(LSTM_SCRIPT)
+    result = CliRunner().invoke(main, ["trace", "--out", "out", "lstm.py"])
+    assert result.exit_code == exit_codes.OK, result.output
+    assert "json only" not in result.stderr and "did not finish" not in result.stderr
+    [entry] = json.loads((tmp_path / "out" / "report.json").read_text())["graphs"]
+    svg = (tmp_path / "out" / entry["svg"]).read_text()
+    assert re.search(r"×1[89] step: cell1 → cell2", svg)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count("<svg") >= 2  # the drawing, and the drawing with the fold open
+    assert '<template data-open="fold:' in page

@@ -188,3 +188,15 @@ def test_a_layout_that_runs_out_of_time_is_drawn_again_coarser(mlp: Graph, monke
     assert len(calls) == 2
     assert "drawn coarser: the layout did not finish within 0.5 s" in svg
     assert "drawn coarser" not in calls[0]
+
+
+def test_layout_cost_counts_long_edges_through_cycles() -> None:
+    from autograd_lens.render.layout import layout_cost
+
+    chain = [(k, k + 1) for k in range(1, 20)]
+    fan = [(0, k) for k in range(1, 21)]  # one box that feeds every step ...
+    assert layout_cost(21, chain + fan)[1] >= sum(range(19))  # ... sends edges across the ranks
+    back = [(k, 0) for k in range(1, 21)]  # ... and takes each step's output back: a cycle
+    cost, span = layout_cost(21, chain + fan + back)
+    assert span >= sum(range(19)) and cost > 21 + 59
+    assert layout_cost(3, [(0, 1), (1, 2), (2, 0)]) == (7, 1)  # 3 boxes, 3 edges, one drawn backwards

@@ -35,7 +35,7 @@ __all__ = ["graph_fragment", "graph_html", "load_report", "report_fragment", "re
 HTML_NAME = "report.html"
 
 #: Seconds of ``dot`` spent on drawings with a fold or module open, for the whole page.
-OPEN_BUDGET_S = 20.0
+OPEN_BUDGET_S = 10.0
 #: Parts that can be opened, per graph.
 MAX_OPENABLE = 8
 

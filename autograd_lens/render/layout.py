@@ -385,10 +385,23 @@ def layout_cost(n_items: int, edges: Iterable[tuple[int, int]], clusters: int = 
     stack = [i for i in range(n_items) if indeg[i] == 0]
     sources = list(stack)
     deg = indeg[:]
-    while stack:
+    done = [False] * n_items
+    left = n_items
+    while left:
+        if not stack:
+            # a cycle (a collapsed module that both feeds and consumes nodes drawn on their own):
+            # broken at the waiting node with fewest inputs left, as dot reverses an edge
+            stack.append(min((i for i in range(n_items) if not done[i]), key=deg.__getitem__))
+            deg[stack[-1]] = 0
         a = stack.pop()
+        if done[a]:
+            continue
+        done[a] = True
+        left -= 1
         ra = rank[a] + 1
         for b in succ[a]:
+            if done[b]:
+                continue
             if rank[b] < ra:
                 rank[b] = ra
             deg[b] -= 1
@@ -399,7 +412,7 @@ def layout_cost(n_items: int, edges: Iterable[tuple[int, int]], clusters: int = 
             rank[s] = min(rank[b] for b in succ[s]) - 1
     span = 0
     for a, b in elist:
-        d = rank[b] - rank[a]
+        d = abs(rank[b] - rank[a])  # an edge drawn backwards spans its ranks too
         if d > 1:
             span += d - 1
     return n_items + len(elist) + span + 8 * clusters, span
@@ -411,9 +424,12 @@ def layout_cost(n_items: int, edges: Iterable[tuple[int, int]], clusters: int = 
 
 
 def pinned(graph: Graph) -> set[int]:
-    """Nodes that must stay individually visible: highlighted ones and the outputs' nodes."""
+    """Nodes that must stay individually visible: highlighted ones and the outputs' nodes. (A
+    crossing between networks is no reason: it repeats with the steps and folds with them.)"""
     pins = {o.node for o in graph.outputs if o.node is not None}
     for h in graph.highlights:
+        if h.tag == "crossing":
+            continue
         if h.node is not None:
             pins.add(h.node)
         if h.edge is not None:
