@@ -50,6 +50,10 @@ with lens.watch() as w:
     optG.step()
 w.report"""
 
+BAD_OPTION = """\
+%%lens --sideways
+x = 1"""
+
 
 def _line(cell: str, text: str) -> int:
     return next(i for i, line in enumerate(cell.splitlines(), 1) if line.strip().startswith(text))
@@ -62,7 +66,7 @@ def _html(cell: Any) -> str:
 @pytest.fixture(scope="module")
 def executed() -> Any:
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(src) for src in (SETUP, LOOP, DRAW, WATCH)]
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in (SETUP, LOOP, DRAW, WATCH, BAD_OPTION)]
     client = nbclient.NotebookClient(nb, timeout=180, kernel_name="python3", allow_errors=False)
     try:
         client.execute()
@@ -110,3 +114,10 @@ def test_report_shows_as_html(executed: Any) -> None:
     # the tables name the cell and its lines, as IPython's own tracebacks do
     assert f"Cell In[{cell.execution_count}], line {_line(WATCH, 'loss.backward()')}" in html
     assert f"Cell In[{cell.execution_count}], line {_line(WATCH, 'optG.step()')}" in html
+
+
+def test_a_bad_option_is_one_line(executed: Any) -> None:
+    cell = executed.cells[4]
+    text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+    assert text == "lens: error: %%lens: unknown option '--sideways'; use --no-graphs, --select RULE,..., --ignore RULE,...\n"
+    assert not [o for o in cell.outputs if o.output_type in ("error", "display_data")]

@@ -725,6 +725,11 @@ class DotTimeout(LensError):
     """``dot`` did not finish within its time."""
 
 
+#: Without a ``timeout`` given, the seconds ``dot`` has before the graph is drawn again coarser
+#: (the budget keeps layouts far below this; it is the net under an estimate gone wrong).
+FIRST_TRY_S = 15.0
+
+
 def lay_out(graph: Graph, fmt: str, **options: Any) -> tuple[bytes, Plan]:
     """``graph`` laid out by ``dot`` as ``fmt`` (svg, png, pdf), and the plan it draws.
 
@@ -734,16 +739,18 @@ def lay_out(graph: Graph, fmt: str, **options: Any) -> tuple[bytes, Plan]:
     opts = resolve_options(graph, options)
     source, p = build(graph, opts)
     timeout = float(opts["timeout"])
+    chosen = options.get("timeout") is not None or (getattr(graph, "options", None) or {}).get("timeout") is not None
+    first = timeout if chosen else min(timeout, FIRST_TRY_S)
     try:
-        return run_dot(source, fmt, timeout=timeout, nodes=len(graph)), p
+        return run_dot(source, fmt, timeout=first, nodes=len(graph)), p
     except DotTimeout:
         coarse = {
             **opts,
             "budget": max(50, int(opts["budget"] or BUDGET) // 8),
-            "note": f"drawn coarser: the layout did not finish within {timeout:g} s",
+            "note": f"drawn coarser: the layout did not finish within {first:g} s",
         }
         source, p = build(graph, coarse)
-        return run_dot(source, fmt, timeout=timeout, nodes=len(graph)), p
+        return run_dot(source, fmt, timeout=max(1.0, timeout - first) if not chosen else timeout, nodes=len(graph)), p
 
 
 def render(graph: Graph, fmt: str, **options: Any) -> bytes:
