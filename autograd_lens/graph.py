@@ -422,29 +422,33 @@ def _saved_of(node: Any, spec: tuple[tuple[str, str], ...], by_id: dict[int, str
     a node with nothing else readable is asked which it is.
     """
     out: list[SavedTensor] = []
-    empty: list[tuple[str, str]] = []  # (name, attr) of the saved tensors that read None
+    empty: list[tuple[str, str]] | None = None  # (name, attr) of the saved tensors that read None
+    tensor, new, dtypes = _TENSOR, _new, _DTYPE_NAMES
     for attr, label in spec:
         sv = getattr(node, attr)
         if type(sv) is list or type(sv) is tuple:  # a list of tensors (cat, stack)
+            empty = empty if empty is not None else []
             for i, item in enumerate(sv):
                 _saved_one(f"{label}[{i}]", attr, item.data, out, empty, by_id, by_ptr)
             continue
         data = sv.data
         if data is None:
+            if empty is None:
+                empty = []
             empty.append((label, attr))
-        elif type(data) is _TENSOR:  # the common case, inline
+        elif type(data) is tensor:  # the common case, inline
             # a saved parameter seen through a view (`W.t()` saved by a matmul); a plain tensor
             # that is no view is no parameter's
             param = by_id.get(id(data)) if by_id else None
             if param is None and by_ptr and data._is_view():
                 param = _param_by_ptr(data, by_ptr)
             dt = data.dtype
-            out.append(_new(SavedTensor, (label, data.shape, _DTYPE_NAMES.get(dt) or _dtype(dt), data.nbytes, False,
-                                          param)))
+            out.append(new(SavedTensor, (label, data.shape, dtypes.get(dt) or _dtype(dt), data.nbytes, False, param)))
         else:
+            empty = empty if empty is not None else []
             _saved_one(label, attr, data, out, empty, by_id, by_ptr)
     if empty and not out and _released(node, empty[0][1]):
-        return tuple(_new(SavedTensor, (name, None, None, 0, True, None)) for name, _ in empty), True
+        return tuple(new(SavedTensor, (name, None, None, 0, True, None)) for name, _ in empty), True
     return tuple(out), False
 
 
@@ -500,15 +504,10 @@ def _ctx_tensors(node: Any) -> tuple[str, ...]:
     return tuple(sorted(k for k, v in attrs.items() if isinstance(v, torch.Tensor)))
 
 
-def _accumulate_grad_type() -> type:
-    global _ACCUMULATE_GRAD
-    if _ACCUMULATE_GRAD is None:
-        leaf = torch.zeros(1, requires_grad=True)
-        _ACCUMULATE_GRAD = type(torch.autograd.graph.get_gradient_edge(leaf).node)
-    return _ACCUMULATE_GRAD
-
-
-_ACCUMULATE_GRAD: type | None = None
+def _accumulate_grad_type() -> type | None:
+    """The type of the nodes that accumulate into leaves (no tensor is made to find it: a user's
+    dispatch mode would see it)."""
+    return getattr(getattr(torch._C, "_functions", None), "AccumulateGrad", None)
 
 
 def _node_of(t: torch.Tensor) -> Any:
@@ -602,7 +601,7 @@ def _capture(
                 nid = len(nodes)
                 index[key] = nid
                 tp = type(fn)
-                if tp is accumulate_grad:
+                if tp is accumulate_grad or (accumulate_grad is None and tp.__name__ == "AccumulateGrad"):
                     var = fn.variable
                     pname = name_of(id(var))
                     module = None
