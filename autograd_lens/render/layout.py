@@ -26,6 +26,7 @@ Highlighted nodes and the outputs' nodes are never folded, collapsed or cut.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -138,6 +139,7 @@ def _segments(sigs: list[int]) -> list[tuple[int, int, int]]:
         nxt[i] = last.get(sigs[i], -1)
         last[sigs[i]] = i
     out: list[tuple[int, int, int]] = []
+    runs: dict[int, int] = {}  # period -> where its last run of matches ended (reused while inside it)
     i = 0
     while i < k:
         best_cover, best_p = 0, 0
@@ -147,9 +149,12 @@ def _segments(sigs: list[int]) -> list[tuple[int, int, int]]:
             p = j - i
             if p > MAX_PERIOD or i + p * MIN_REPEATS > k:
                 break
-            e = j
-            while e < k and sigs[e] == sigs[e - p]:
-                e += 1
+            e = runs.get(p, -1)
+            if e <= j:
+                e = j
+                while e < k and sigs[e] == sigs[e - p]:
+                    e += 1
+                runs[p] = e
             cover = (e - i) // p * p
             if cover // p >= MIN_REPEATS and cover > best_cover:
                 best_cover, best_p = cover, p
@@ -179,8 +184,10 @@ def _best_phase(graph: Graph, ids: list[int], pos: dict[int, int], lo: int, end:
     that splits fewest numbered blocks (``net.3``), then cuts fewest edges between instances, then
     the shortest ones (a step's state handed on at its very end), then starts where weights and
     inputs come in."""
-    count = [0] * p
-    dist = [0] * p
+    # per phase, the edges an instance boundary there would cut, and their lengths: each edge
+    # adds to a (cyclic) run of phases, kept as differences and summed once
+    count_d = [0] * (p + 1)
+    dist_d = [0] * (p + 1)
     # edges ending inside the window, which holds every phase equally often
     window = range(lo + p, lo + p * ((end - lo) // p - 1))
     for b_pos in window:
@@ -192,10 +199,15 @@ def _best_phase(graph: Graph, ids: list[int], pos: dict[int, int], lo: int, end:
             d = b_pos - a_pos
             if d >= p:
                 continue  # crosses a boundary whatever the phase
-            # crosses where a boundary lies in (a_pos, b_pos]
-            for q in range(a_pos + 1, b_pos + 1):
-                count[q % p] += 1
-                dist[q % p] += d
+            # crosses where a boundary lies in (a_pos, b_pos]: phases r0 .. r0 + d - 1 (mod p)
+            r0 = (a_pos + 1) % p
+            for start, stop in ((r0, r0 + d),) if r0 + d <= p else ((r0, p), (0, r0 + d - p)):
+                count_d[start] += 1
+                count_d[stop] -= 1
+                dist_d[start] += d
+                dist_d[stop] -= d
+    count = list(itertools.accumulate(count_d[:p]))
+    dist = list(itertools.accumulate(dist_d[:p]))
     nodes = graph.nodes
     split = [0] * p
     prev = ""
