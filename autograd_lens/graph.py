@@ -421,9 +421,18 @@ def _saved_of(node: Any, spec: tuple[tuple[str, str], ...], by_id: dict[int, str
     never given (no affine weight). A backward releases all of a node's buffers at once, so only
     a node with nothing else readable is asked which it is.
     """
+    tensor, new, dtypes = _TENSOR, _new, _DTYPE_NAMES
+    if len(spec) == 1:  # one saved tensor (tanh's result, ...): the most common case, made directly
+        attr, label = spec[0]
+        sv = getattr(node, attr)
+        if type(sv) is not list and type(sv) is not tuple:
+            data = sv.data
+            if type(data) is tensor and not by_id:
+                dt = data.dtype
+                param = _param_by_ptr(data, by_ptr) if by_ptr and data._is_view() else None
+                return (new(SavedTensor, (label, data.shape, dtypes.get(dt) or _dtype(dt), data.nbytes, False, param)),), False
     out: list[SavedTensor] = []
     empty: list[tuple[str, str]] | None = None  # (name, attr) of the saved tensors that read None
-    tensor, new, dtypes = _TENSOR, _new, _DTYPE_NAMES
     for attr, label in spec:
         sv = getattr(node, attr)
         if type(sv) is list or type(sv) is tuple:  # a list of tensors (cat, stack)
@@ -589,16 +598,22 @@ def _capture(
     roots = [_node_of(t) for t in tensors]
     pending: list[tuple[Any, int]] = [(tuple((r, 0) for r in roots if r is not None), -1)]
     root_ids: list[int] = []
+    count = 0  # nodes made
+    pop = pending.pop
+    push = pending.append
     while pending:
-        nexts, dst = pending.pop()
-        first_edge = len(edges)
+        nexts, dst = pop()
+        several = len(nexts) > 1
+        if several:
+            first_edge = len(edges)
         for fn, _ in nexts:
             if fn is None:
                 continue
             key = id(fn)
             nid = index_get(key)
             if nid is None:
-                nid = len(nodes)
+                nid = count
+                count += 1
                 index[key] = nid
                 tp = type(fn)
                 if tp is accumulate_grad or (accumulate_grad is None and tp.__name__ == "AccumulateGrad"):
@@ -619,10 +634,7 @@ def _capture(
                         leaf_ids[nid] = id(var)
                 else:
                     op, kind, spec = type_info.get(tp) or _type_info(tp)
-                    if spec and saved:
-                        saved_t, freed = _saved_of(fn, spec, by_id, by_ptr)
-                    else:
-                        saved_t, freed = no_saved, False
+                    saved_t, freed = _saved_of(fn, spec, by_id, by_ptr) if spec and saved else (no_saved, False)
                     meta = fn._input_metadata
                     if meta:
                         m0 = meta[0]
@@ -633,12 +645,12 @@ def _capture(
                     seq = fn._sequence_nr()
                     append_node(new(Node, (nid, op, kind, None, module_of_seq(seq) if module_of_seq else None, shape,
                                            dtype, saved_t, freed, seq, _ctx_tensors(fn) if kind == CUSTOM else ())))
-                    pending.append((fn.next_functions, nid))
+                    push((fn.next_functions, nid))
             append_edge((nid, dst))
         if dst < 0:
-            root_ids = [nid for nid, _ in edges[first_edge:]]
-            del edges[first_edge:]
-        elif len(edges) - first_edge > 1:
+            root_ids = [nid for nid, _ in edges]
+            edges.clear()
+        elif several:
             mine = edges[first_edge:]
             if len(set(mine)) != len(mine):  # the same input twice (x * x): one edge
                 edges[first_edge:] = list(dict.fromkeys(mine))
