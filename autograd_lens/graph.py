@@ -421,7 +421,7 @@ def _saved_of(node: Any, spec: tuple[tuple[str, str], ...], by_id: dict[int, str
     never given (no affine weight). A backward releases all of a node's buffers at once, so only
     a node with nothing else readable is asked which it is.
     """
-    tensor, new, dtypes = _TENSOR, _new, _DTYPE_NAMES
+    tensor, parameter, new, dtypes = _TENSOR, _PARAMETER, _new, _DTYPE_NAMES
     if len(spec) == 1:  # one saved tensor (tanh's result, ...): the most common case, made directly
         attr, label = spec[0]
         sv = getattr(node, attr)
@@ -445,9 +445,9 @@ def _saved_of(node: Any, spec: tuple[tuple[str, str], ...], by_id: dict[int, str
             if empty is None:
                 empty = []
             empty.append((label, attr))
-        elif type(data) is tensor:  # the common case, inline
-            # a saved parameter seen through a view (`W.t()` saved by a matmul); a plain tensor
-            # that is no view is no parameter's
+        elif type(data) is tensor or type(data) is parameter:  # the common cases, inline
+            # a parameter saved as it is, or seen through a view (`W.t()` saved by a matmul); a
+            # plain tensor that is no view is no parameter's
             param = by_id.get(id(data)) if by_id else None
             if param is None and by_ptr and data._is_view():
                 param = _param_by_ptr(data, by_ptr)
@@ -462,6 +462,7 @@ def _saved_of(node: Any, spec: tuple[tuple[str, str], ...], by_id: dict[int, str
 
 
 _TENSOR = torch.Tensor
+_PARAMETER = torch.nn.Parameter
 _new = tuple.__new__
 
 
@@ -635,13 +636,17 @@ def _capture(
                 else:
                     op, kind, spec = type_info.get(tp) or _type_info(tp)
                     saved_t, freed = _saved_of(fn, spec, by_id, by_ptr) if spec and saved else (no_saved, False)
-                    meta = fn._input_metadata
-                    if meta:
-                        m0 = meta[0]
-                        dt = m0.dtype
-                        shape, dtype = tuple(m0.shape), dtypes.get(dt) or _dtype(dt)  # a list
+                    first = saved_t[0] if saved_t else None
+                    if first is not None and first[0] == "result" and not freed:
+                        shape, dtype = first[1], first[2]  # the op's output, already read
                     else:
-                        shape = dtype = None
+                        meta = fn._input_metadata
+                        if meta:
+                            m0 = meta[0]
+                            dt = m0.dtype
+                            shape, dtype = tuple(m0.shape), dtypes.get(dt) or _dtype(dt)  # a list
+                        else:
+                            shape = dtype = None
                     seq = fn._sequence_nr()
                     append_node(new(Node, (nid, op, kind, None, module_of_seq(seq) if module_of_seq else None, shape,
                                            dtype, saved_t, freed, seq, _ctx_tensors(fn) if kind == CUSTOM else ())))
@@ -667,7 +672,7 @@ def _capture(
     types = names.module_types
     used_modules: list[tuple[str, str]] = []
     if types:
-        tops = {n.module.partition(".")[0] for n in nodes if n.module}
+        tops = {m.partition(".")[0] for m in {n[4] for n in nodes} if m}
         used_modules = [(m, t) for m, t in types.items() if m.partition(".")[0] in tops]
     return Graph(tuple(nodes), tuple(edges), tuple(outputs), title, modules=tuple(used_modules))
 
