@@ -1,4 +1,4 @@
-"""``Finding``: what a check reports, as plain data (rule, severity, sites, names, help).
+"""``Finding``: what a check reports, as plain data (rule, severity, sites, names, fix).
 
 Views (terminal, JSON) live in :mod:`autograd_lens.report`; a finding only holds facts.
 """
@@ -20,7 +20,21 @@ _RANK = {ERROR: 0, WARNING: 1}
 
 def rel_path(path: str) -> str:
     """``path`` relative to the working directory when it lies below it, else as given."""
-    return _rel_path(path, os.getcwd())
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the working directory was removed
+        return path
+    return _rel_path(path, cwd)
+
+
+def abs_path(path: str) -> str:
+    """``path`` made absolute; pseudo-files such as ``<string>`` stay as they are."""
+    if path.startswith("<") and path.endswith(">"):
+        return path
+    try:
+        return os.path.abspath(path)
+    except OSError:
+        return path
 
 
 @functools.lru_cache(maxsize=1024)
@@ -29,7 +43,7 @@ def _rel_path(path: str, cwd: str) -> str:
         rel = os.path.relpath(path, cwd)
     except ValueError:
         return path
-    return rel if not rel.startswith("..") else path
+    return path if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
 
 
 def cell_name(path: str) -> str | None:
@@ -72,8 +86,26 @@ class Site:
     def __str__(self) -> str:
         return f"{self.file}:{self.line}"
 
+    @property
+    def key(self) -> str:
+        """``train.py:56``: the file relative to the working directory, and the line."""
+        return f"{rel_path(self.file)}:{self.line}"
+
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "line": self.line, "function": self.function}
+        """``file`` relative to the working directory when the file lies below it (else absolute),
+        ``path`` always absolute."""
+        return {
+            "file": rel_path(self.file),
+            "path": abs_path(self.file),
+            "line": self.line,
+            "function": self.function,
+        }
+
+
+def _site(d: dict[str, Any] | None) -> Site | None:
+    if not d:
+        return None
+    return Site(d.get("path") or d.get("file", ""), int(d.get("line", 0)), d.get("function", ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +121,7 @@ class Label:
 class Finding:
     """One problem the lens found.
 
-    ``message`` stands on its own; ``help`` is the fix; ``notes`` are facts. ``params`` lists the
+    ``message`` stands on its own; ``fix`` says what to change; ``notes`` are facts. ``params`` lists the
     parameters concerned by name, ``optimizer`` the optimizer concerned (if any), ``tensor`` the
     tensor concerned (e.g. the one that should have been detached). ``count`` says how many times
     the same rule fired at the same site.
@@ -101,7 +133,7 @@ class Finding:
     site: Site | None
     labels: tuple[Label, ...] = ()
     notes: tuple[str, ...] = ()
-    help: str = ""
+    fix: str = ""
     params: tuple[str, ...] = ()
     optimizer: str | None = None
     tensor: str | None = None
@@ -143,13 +175,27 @@ class Finding:
             "optimizer": self.optimizer,
             "tensor": self.tensor,
             "backward": self.backward.to_dict() if self.backward else None,
-            "fix": self.help,
+            "fix": self.fix,
             "notes": list(self.notes),
             "labels": [
                 {"site": lab.site.to_dict(), "text": lab.text, "primary": lab.primary} for lab in self.labels
             ],
             "graph": self.graph,
+            **({"ranks": list(self.extra["ranks"])} if "ranks" in self.extra else {}),
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Finding:
+        """The finding written by :meth:`to_dict` (``report.json``)."""
+        return cls(
+            rule=d["rule"], severity=d["severity"], message=d["message"], site=_site(d.get("site")),
+            labels=tuple(Label(_site(lab["site"]) or Site("", 0), lab["text"], bool(lab.get("primary")))
+                         for lab in d.get("labels", ())),
+            notes=tuple(d.get("notes", ())), fix=d.get("fix", ""), params=tuple(d.get("params", ())),
+            optimizer=d.get("optimizer"), tensor=d.get("tensor"), backward=_site(d.get("backward")),
+            count=int(d.get("count", 1)), graph=d.get("graph"),
+            extra={"ranks": tuple(d["ranks"])} if "ranks" in d else {},
+        )
 
     def text(self, width: int = 100) -> str:
         """The full rustc-style text, plain (no colour)."""

@@ -215,7 +215,7 @@ class Graph:
 
     # ----- views ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "schema": SCHEMA,
             "title": self.title,
             "nodes": [
@@ -253,71 +253,42 @@ class Graph:
                 {"tag": h.tag, "node": h.node, "edge": list(h.edge) if h.edge else None, "label": h.label}
                 for h in self.highlights
             ],
-            "modules": dict(self.modules),
         }
+        if self.modules:  # module types, for cluster labels (older files have none)
+            data["modules"] = dict(self.modules)
+        return data
 
     def to_json(self, *, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Graph:
-        if not isinstance(data, Mapping) or data.get("schema") != SCHEMA:
-            got = data.get("schema") if isinstance(data, Mapping) else type(data).__name__
-            raise LensError(f"not an autograd_lens graph: expected schema {SCHEMA!r}, got {got!r}")
-        try:
-            nodes = tuple(
-                Node(
-                    id=int(n["id"]),
-                    op=str(n["op"]),
-                    kind=str(n["kind"]),
-                    name=n.get("name"),
-                    module=n.get("module"),
-                    shape=tuple(n["shape"]) if n.get("shape") is not None else None,
-                    dtype=n.get("dtype"),
-                    saved=tuple(
-                        SavedTensor(
-                            name=s["name"],
-                            shape=tuple(s["shape"]) if s.get("shape") is not None else None,
-                            dtype=s.get("dtype"),
-                            nbytes=int(s.get("nbytes", 0)),
-                            freed=bool(s.get("freed", False)),
-                            param=s.get("param"),
-                        )
-                        for s in n.get("saved", ())
-                    ),
-                    freed=bool(n.get("freed", False)),
-                    seq=n.get("seq"),
-                    ctx_tensors=tuple(n.get("ctx_tensors", ())),
-                )
-                for n in data["nodes"]
-            )
-            edges = tuple((int(a), int(b)) for a, b in data["edges"])
-            outputs = tuple(
-                Output(o["name"], o.get("node"), tuple(o["shape"]), o["dtype"]) for o in data["outputs"]
-            )
-            highlights = tuple(
-                Highlight(h["tag"], h.get("node"), tuple(h["edge"]) if h.get("edge") else None, h.get("label", ""))
-                for h in data.get("highlights", ())
-            )
-            modules = tuple((str(k), str(v)) for k, v in dict(data.get("modules") or {}).items())
-        except (KeyError, TypeError, ValueError) as exc:
-            raise LensError(f"malformed autograd_lens graph JSON: {exc!r}") from None
-        for i, n in enumerate(nodes):
-            if n.id != i:
-                raise LensError(f"malformed autograd_lens graph JSON: node {i} has id {n.id}")
-        return cls(nodes, edges, outputs, str(data.get("title", "")), highlights, modules)
+        """A graph from the data of a graph file (``to_dict``), checked against the graph schema
+        (types, node ids, index ranges, sizes; see :mod:`autograd_lens.graphfile`).
+
+        Raises:
+            LensError: one line naming the first field that breaks the schema.
+        """
+        from .graphfile import graph_parts
+
+        nodes, edges, outputs, title, highlights = graph_parts(data)
+        return cls(nodes, edges, outputs, title, highlights, _modules_of(data))
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> Graph:
         """A graph from JSON text or from the path of a ``.json`` file written by ``save``."""
+        from .graphfile import parse_text
+
         text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
-            return cls.from_dict(read_json(Path(text), "graph file", "the JSON of a saved graph"))
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise LensError(f"graph file is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
+        if isinstance(text_or_path, Path) or not text.lstrip().startswith("{"):
+            path = Path(text)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise LensError(f"cannot read graph file {str(path)!r}: {exc.strerror or exc}") from None
+            except UnicodeDecodeError:
+                raise LensError(f"graph file {str(path)!r} is not text (expected the JSON of a saved graph)") from None
+        return cls.from_dict(parse_text(text))
 
     def to_dot(self, **options: Any) -> str:
         from .render.dot import to_dot
@@ -353,11 +324,19 @@ class Graph:
         return to_text(self)
 
 
-def read_json(path: Path, what: str, expected: str) -> Any:
-    """The JSON content of the file at ``path``; a ``LensError`` that names ``what`` it was to be
-    (``"graph file"``) and what was ``expected`` when it is missing, unreadable or not JSON."""
+def _modules_of(data: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The ``modules`` of a graph file (module name -> type name); absent in older files."""
+    raw = data.get("modules") or {}
+    if not isinstance(raw, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+        raise LensError("malformed autograd_lens graph JSON: modules: expected an object of module names to type names")
+    return tuple(raw.items())
+
+
+def read_text(path: Path, what: str, expected: str) -> str:
+    """The text of the file at ``path``; a ``LensError`` that names ``what`` it was to be
+    (``"graph file"``) and what was ``expected`` when it is missing, unreadable or not text."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise LensError(f"{what} {str(path)!r} does not exist") from None
     except IsADirectoryError:
@@ -366,10 +345,17 @@ def read_json(path: Path, what: str, expected: str) -> Any:
         raise LensError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise LensError(f"{what} {str(path)!r} is not text (expected {expected})") from None
+
+
+def read_json(path: Path, what: str, expected: str) -> Any:
+    """The JSON content of the file at ``path`` (see :func:`read_text`), or a ``LensError``."""
+    text = read_text(path, what, expected)
     try:
         return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise LensError(f"{what} {str(path)!r} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise LensError(f"{what} {str(path)!r} is not valid: its JSON is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
+        raise LensError(f"{what} {str(path)!r} is not valid JSON: {' '.join(str(exc).split())}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -489,6 +475,24 @@ def _saved_one(name: str, attr: str, data: Any, out: list[SavedTensor], empty: l
     out.append(_new(SavedTensor, (name, data.shape, _DTYPE_NAMES.get(dt) or _dtype(dt), data.nbytes, False, param)))
 
 
+def saved_bytes(node: Any) -> int:
+    """Bytes of the tensors ``node`` saved for backward and still holds (0 once freed)."""
+    total = 0
+    for attr in _saved_attrs(type(node)):
+        try:
+            raw = getattr(node, attr)
+        except Exception:
+            continue
+        for sv in raw if type(raw) is list or type(raw) is tuple else (raw,):
+            data = getattr(sv, "data", None)
+            if isinstance(data, torch.Tensor):
+                try:
+                    total += data.nbytes
+                except RuntimeError:
+                    pass
+    return total
+
+
 def _released(node: Any, raw_attr: str) -> bool:
     getter = "_saved_" + raw_attr[11:]
     if raw_attr == "_raw_saved_tensors" and not hasattr(type(node), getter):
@@ -546,8 +550,8 @@ def capture(
 
     ``leaf_ids``, when given, is filled with ``graph node id -> id(leaf tensor)``, and
     ``node_index`` with ``id(autograd node) -> graph node id`` (ids only: nothing is kept alive).
-    ``module_of_seq``, when given, names the module whose forward created the op of an autograd
-    sequence number (or None); ops it does not name are attributed by the parameters they use.
+    ``module_of_seq`` maps an op's autograd sequence number to the module whose forward made it
+    (the runtime knows forward ranges); ops it does not place keep the module of their inputs.
     """
     with no_gc():
         return _capture(tensors, names, output_names, input_names, title, saved, leaf_ids, node_index, module_of_seq)
@@ -575,7 +579,7 @@ def _capture(
     saved: bool,
     leaf_ids: dict[int, int] | None,
     node_index: dict[int, int] | None,
-    module_of_seq: Callable[[int], str | None] | None,
+    module_of_seq: Callable[[int], str | None] | None = None,
 ) -> Graph:
     names = names if names is not None else ParamNames()
     input_get = (input_names or {}).get
@@ -648,8 +652,8 @@ def _capture(
                         else:
                             shape = dtype = None
                     seq = fn._sequence_nr()
-                    append_node(new(Node, (nid, op, kind, None, module_of_seq(seq) if module_of_seq else None, shape,
-                                           dtype, saved_t, freed, seq, _ctx_tensors(fn) if kind == CUSTOM else ())))
+                    append_node(new(Node, (nid, op, kind, None, None, shape, dtype, saved_t, freed, seq,
+                                           _ctx_tensors(fn) if kind == CUSTOM else ())))
                     push((fn.next_functions, nid))
             append_edge((nid, dst))
         if dst < 0:
@@ -666,8 +670,14 @@ def _capture(
         oname = output_names[i] if output_names and i < len(output_names) else f"output{i if i else ''}"
         nid = next(it) if (t.grad_fn is not None or t.requires_grad) else None
         outputs.append(Output(oname, nid, tuple(t.shape), _dtype(t.dtype)))
-    if names.by_id or module_of_seq is not None:
+    if names.by_id:
         _assign_modules(nodes, edges)
+    if module_of_seq is not None:  # the module whose forward made an op, where the runtime knows it
+        for i, nd in enumerate(nodes):
+            if nd[9] is not None:
+                m = module_of_seq(nd[9])
+                if m is not None and m != nd[4]:
+                    nodes[i] = nd._replace(module=m or None)  # "": made outside every module's forward
     # the types of every module of the networks that appear (for cluster labels and descriptions)
     types = names.module_types
     used_modules: list[tuple[str, str]] = []
@@ -694,9 +704,8 @@ def _common_prefix(mods: list[str]) -> str | None:
 
 
 def _assign_modules(nodes: list[Node], edges: list[tuple[int, int]]) -> None:
-    """Attribute op nodes to modules, in place: an op that already names its module (the module
-    whose forward ran it) keeps it; any other takes the module of a parameter it consumes
-    (through view ops), else the common module of its inputs, in forward order."""
+    """Attribute op nodes to modules, in place: the module of a parameter an op consumes (through
+    view ops), else the common module of its inputs, in forward order."""
     n = len(nodes)
     inputs: list[list[int] | None] = [None] * n
     for src, dst in edges:

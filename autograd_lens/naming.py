@@ -10,30 +10,68 @@ from __future__ import annotations
 
 import sys
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 
+from . import frameworks
+
 _PACKAGE_PREFIX = __name__.rsplit(".", 1)[0]
 
 
-def user_frame(skip_modules: tuple[str, ...] = ()) -> types.FrameType | None:
-    """The innermost frame that belongs neither to the lens nor to torch (nor to ``skip_modules``)."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        mod = frame.f_globals.get("__name__", "")
-        if not (
+_NOT_USER: dict[str, bool] = {}
+_NOT_USER_FOR: tuple[str, ...] = ()
+
+
+def is_machinery(mod: str) -> bool:
+    """Whether frames of module ``mod`` are machinery: the lens, torch, a training framework."""
+    return _not_user(mod)
+
+
+def _not_user(mod: str) -> bool:
+    """Whether frames of module ``mod`` are machinery: the lens, torch, a training framework."""
+    global _NOT_USER_FOR
+    skipped = frameworks.skipped()
+    if skipped != _NOT_USER_FOR:
+        _NOT_USER.clear()
+        _NOT_USER_FOR = skipped
+    hit = _NOT_USER.get(mod)
+    if hit is None:
+        hit = (
             mod == _PACKAGE_PREFIX
             or mod.startswith(_PACKAGE_PREFIX + ".")
             or mod == "torch"
             or mod.startswith("torch.")
             or mod == "contextlib"
-            or mod in skip_modules
-        ):
+            or frameworks.is_skipped(mod)
+        )
+        if len(_NOT_USER) < 4096:
+            _NOT_USER[mod] = hit
+    return hit
+
+
+def user_frame(skip_modules: tuple[str, ...] = ()) -> types.FrameType | None:
+    """The innermost frame that belongs neither to the lens, nor to torch, nor to a training
+    framework (nor to ``skip_modules``)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        mod = frame.f_globals.get("__name__", "")
+        if not (_not_user(mod) or mod in skip_modules):
             return frame
         frame = frame.f_back
     return None
+
+
+def framework_frames(frame: types.FrameType | None) -> list[types.FrameType]:
+    """The frames of training frameworks between the caller and ``frame`` (the user's)."""
+    out = []
+    f = sys._getframe(1)
+    while f is not None and f is not frame:
+        if frameworks.is_skipped(f.f_globals.get("__name__", "") or ""):
+            out.append(f)
+        f = f.f_back
+    return out
 
 
 _CO_OPTIMIZED = 0x0001
@@ -90,15 +128,29 @@ def _is_plain_object(value: Any) -> bool:
         return False
 
 
-def find_in_frame(frame: types.FrameType | None, kind: type) -> dict[str, Any]:
+def find_in_frame(
+    frame: types.FrameType | None, kind: type, unwrap: Callable[[Any, type], Any] | None = None
+) -> dict[str, Any]:
     """Objects of ``kind`` held by variables of ``frame`` (or one attribute deep), by name.
 
-    Every object appears once, under the first (shortest-path) name that holds it.
+    Every object appears once, under the first (shortest-path) name that holds it. With
+    ``unwrap``, a wrapper that holds one (``unwrap(value, kind)``) names it too.
     """
     found: dict[str, Any] = {}
     ids: set[int] = set()
     nested: list[tuple[str, Any]] = []
     for name, value in _candidates(frame):
+        if unwrap is not None:
+            if isinstance(value, (list, tuple)) and len(value) <= 64:
+                for i, item in enumerate(value):
+                    inner = unwrap(item, kind)
+                    if inner is not None and id(inner) not in ids:
+                        ids.add(id(inner))
+                        found[f"{name}[{i}]"] = inner
+                continue
+            inner = unwrap(value, kind)
+            if inner is not None:
+                value = inner
         if isinstance(value, kind):
             if id(value) not in ids:
                 ids.add(id(value))
@@ -162,10 +214,9 @@ class ParamNames:
             self.weak.add(key)
         self.by_id[key] = name
         self.module_of[name] = module if module is not None else name.rsplit(".", 1)[0]
-        try:
-            self.by_ptr[tensor.data_ptr()] = (str(tensor.device), name)
-        except RuntimeError:  # tensors without storage (meta, some subclasses)
-            pass
+        ptr = storage_ptr(tensor)
+        if ptr is not None:
+            self.by_ptr[ptr] = (str(tensor.device), name)
 
     def add_module(self, prefix: str, module: torch.nn.Module, *, force: bool = False) -> None:
         """Name the parameters of ``module`` ``prefix.<qualified name>``, and record the type of each
@@ -194,11 +245,10 @@ class ParamNames:
                     continue
                 by_id[id(p)] = name
                 module_of[name] = qual
-                try:
+                ptr = storage_ptr(p)
+                if ptr is not None:
                     dev = p.device
-                    by_ptr[p.data_ptr()] = (devices.get(dev) or devices.setdefault(dev, str(dev)), name)
-                except RuntimeError:  # tensors without storage (meta, some subclasses)
-                    pass
+                    by_ptr[ptr] = (devices.get(dev) or devices.setdefault(dev, str(dev)), name)
             children = mod._modules
             if children:
                 stack.extend((f"{qual}.{k}", c) for k, c in reversed(children.items()) if c is not None)
@@ -209,10 +259,8 @@ class ParamNames:
     def name_of_storage(self, tensor: torch.Tensor) -> str | None:
         if not self.by_ptr:
             return None
-        try:
-            hit = self.by_ptr.get(tensor.data_ptr())
-        except RuntimeError:
-            return None
+        ptr = storage_ptr(tensor)
+        hit = self.by_ptr.get(ptr) if ptr is not None else None
         return hit[1] if hit is not None and hit[0] == str(tensor.device) else None
 
     @classmethod
@@ -268,6 +316,16 @@ def tensor_names(frame: types.FrameType | None, *, grad_fns: bool = False) -> di
             if grad_fns and value.grad_fn is not None:
                 out.setdefault(id(value.grad_fn), name)
     return out
+
+
+def storage_ptr(t: torch.Tensor) -> int | None:
+    """``t.data_ptr()``, or None for tensors whose data must not be touched (fake, meta, no storage)."""
+    if t.is_meta or type(t).__name__ == "FakeTensor":
+        return None
+    try:
+        return t.data_ptr()
+    except RuntimeError:
+        return None
 
 
 def tensors_in(obj: Any) -> list[torch.Tensor]:

@@ -2,7 +2,9 @@
 ``report.html`` (the same, one self-contained page: :mod:`autograd_lens.render.html`).
 
 ``prepare(out)`` makes the folder (and says clearly when it cannot); ``write(...)`` writes the report
-and one graph per backward site, highlighted with what the findings name: the edge where a tensor
+and one graph per backward site (each file atomically: a temporary file in the same folder, then a
+rename, so a reader never sees half a file and an earlier report stays whole until replaced);
+``write_or_fallback(...)`` writes to a temporary folder when ``out`` cannot be written. Graphs are highlighted with what the findings name: the edge where a tensor
 should have been detached (already on the graph), the parameters that took a stray step, the
 nodes whose buffers a backward freed. Without Graphviz's ``dot`` the graphs are written as JSON only
 (``lens draw`` renders them later) and one warning says so.
@@ -14,6 +16,7 @@ import dataclasses
 import json
 import os
 import re
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +25,7 @@ from typing import Any
 from .errors import LensError
 from .findings import Finding, Site
 from .graph import Graph
-from .render.html import write_html
+from .render.html import HTML_NAME, write_html
 from .render.marks import crossings, findings_about, mark
 from .report import Report
 
@@ -44,12 +47,16 @@ class Written:
     graphs_written: int = 0
     graphs_skipped: int = 0
     warnings: list[str] = field(default_factory=list)
+    #: the folder asked for, when it could not be written and ``out_dir`` is a temporary one
+    fallback_from: Path | None = None
 
 
 def prepare(out_dir: str | os.PathLike[str]) -> Path:
     """Create ``out_dir`` if needed and check that files can be written in it; ``LensError`` if not."""
-    path = Path(out_dir)
     shown = os.fspath(out_dir)
+    if not shown.strip():
+        raise LensError("the output folder's name is empty (use '.' for the current folder)")
+    path = Path(out_dir)
     for parent in (path, *path.parents):
         if parent.exists() and not parent.is_dir():
             raise LensError(f"cannot write to output folder {shown!r}: {str(parent)!r} is a file, not a folder")
@@ -163,8 +170,42 @@ def write(
     report = dataclasses.replace(report, graphs=tuple(entries))
     report_path = out / REPORT_NAME
     _write_bytes(report_path, (report.to_json() + "\n").encode("utf-8"))
-    write_html(report_path, warn=warning)
+    html_path = out / HTML_NAME
+    if draw:
+        write_html(report_path, warn=warning, write=_write_bytes)
+    elif html_path.is_file():  # an earlier run's page would show another report
+        _unlink(html_path)
     return Written(report, out, report_path, files, len(entries), skipped, warnings)
+
+
+def write_or_fallback(
+    report: Report,
+    out_dir: str | os.PathLike[str],
+    graphs: Mapping[str, Graph] | None = None,
+    *,
+    warn: Callable[[str], None] | None = None,
+    **options: Any,
+) -> Written:
+    """:func:`write` into ``out_dir``, or, when that fails, into a new temporary folder.
+
+    The run that produced the report has happened; losing its report to a folder that went away
+    or became unwritable helps no one. ``warn`` says where the report went instead, and
+    ``Written.fallback_from`` is the folder that failed. ``LensError`` only when the temporary
+    folder cannot be written either.
+    """
+    try:
+        return write(report, out_dir, graphs, warn=warn, **options)
+    except LensError as exc:
+        reason = " ".join(str(exc).split())
+    try:
+        temp = Path(tempfile.mkdtemp(prefix="lens-out-"))
+    except OSError as exc:
+        raise LensError(f"{reason}; and no temporary folder could be made: {exc.strerror or exc}") from None
+    if warn is not None:
+        warn(f"{reason}; the report is written to {temp} instead")
+    written = write(report, temp, graphs, warn=warn, **options)
+    written.fallback_from = Path(out_dir)
+    return written
 
 
 def _choose(
@@ -217,10 +258,27 @@ def _mkdir(path: Path) -> None:
         raise LensError(f"cannot create folder {str(path)!r}: {exc.strerror or exc}") from None
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
+def _unlink(path: Path) -> None:
     try:
-        path.write_bytes(data)
+        path.unlink()
     except OSError as exc:
+        raise LensError(f"cannot remove the earlier {str(path)!r}: {exc.strerror or exc}") from None
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write ``path`` atomically: a temporary file beside it, flushed to disk, then renamed."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except OSError as exc:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
         raise LensError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
 
 

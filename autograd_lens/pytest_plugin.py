@@ -4,9 +4,13 @@ Registered through the ``pytest11`` entry point ``autograd_lens``; turn it off w
 ``-p no:autograd_lens``.
 
 - ``lens`` fixture: the test body runs under :func:`autograd_lens.watch`; the fixture is the
-  :class:`~autograd_lens.Watch`, so ``lens.report`` holds what the lens found so far.
+  :class:`~autograd_lens.Watch`, so ``lens.report`` holds what the lens found so far. The test
+  judges those findings itself: ``--lens`` does not fail it for them.
 - ``--lens``: every test runs under the lens, and a test in which a finding at or above
   ``--lens-fail-on`` (``error`` by default, or ``warning``) occurred fails with the finding's text.
+  Findings that the test asked for (inside ``expect(...)``, or through the ``lens`` fixture) are
+  left to the test. With pytest-xdist (``-n 2``) the findings travel with each test's report to
+  the controller, whose summary lists them.
 - ``@pytest.mark.lens(ignore=["dead-param"])``: leave those rules out for one test.
 
 Example::
@@ -34,7 +38,11 @@ from .testing import findings_text
 from .watch import Watch
 
 GROUP = "autograd_lens"
-_FINDINGS_KEY = pytest.StashKey[list[tuple[str, Finding]]]()
+#: Attribute of a test's call report that carries its findings (plain JSON data, so that
+#: pytest-xdist sends it from the worker to the controller with the report).
+REPORT_ATTR = "autograd_lens_findings"
+_FINDINGS_KEY = pytest.StashKey[list[tuple[str, dict[str, Any]]]]()
+_ITEM_FINDINGS_KEY = pytest.StashKey[list[dict[str, Any]]]()
 _IGNORE_KEY = pytest.StashKey[tuple[str, ...]]()
 
 
@@ -69,6 +77,8 @@ def pytest_configure(config: pytest.Config) -> None:
         if not config.getoption("lens"):
             raise pytest.UsageError("--lens-fail-on needs --lens (it says which findings fail a test under --lens)")
     config.stash[_FINDINGS_KEY] = []
+    if not config.pluginmanager.has_plugin("autograd_lens-collector"):
+        config.pluginmanager.register(_Collector(config), "autograd_lens-collector")
 
 
 def _enabled(config: pytest.Config) -> bool:
@@ -134,15 +144,9 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     testing.reset_claims()
     from .watch import watch
 
-    fixture_watch = getattr(item, "funcargs", {}).get("lens")
-    if fixture_watch is not None:
-        try:
-            result = yield
-        except BaseException:
-            _judge(item, fixture_watch.report, passed=False)  # the test's own failure comes first
-            raise
-        _judge(item, fixture_watch.report, passed=True)
-        return result
+    if getattr(item, "funcargs", {}).get("lens") is not None:
+        # the test has the lens fixture: it asked for the findings and judges them itself
+        return (yield)
     w = watch()
     w.__enter__()
     try:
@@ -160,7 +164,7 @@ def _judge(item: pytest.Item, report: Any, *, passed: bool) -> None:
     """Record the test's findings; fail a passing test on findings at or above --lens-fail-on."""
     ignore = item.stash.get(_IGNORE_KEY, ())
     kept = [f for f in report.findings if f.rule not in ignore and not testing.claimed(f)]
-    item.config.stash[_FINDINGS_KEY].extend((item.nodeid, f) for f in kept)
+    item.stash[_ITEM_FINDINGS_KEY] = [_summary_entry(f) for f in kept]
     if not kept:
         return
     limit = severity_rank(_fail_on(item.config))
@@ -174,6 +178,39 @@ def _judge(item: pytest.Item, report: Any, *, passed: bool) -> None:
     item.add_report_section("call", "autograd_lens", findings_text(kept))
 
 
+def _summary_entry(f: Finding) -> dict[str, Any]:
+    """What the terminal summary needs of a finding, as JSON data."""
+    return {
+        "rule": f.rule,
+        "severity": f.severity,
+        "site": f"{rel_path(f.site.file)}:{f.site.line}" if f.site else "?",
+        "count": f.count,
+    }
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    report = yield
+    if call.when == "call":
+        found = item.stash.get(_ITEM_FINDINGS_KEY, None)
+        if found:
+            setattr(report, REPORT_ATTR, found)
+    return report
+
+
+class _Collector:
+    """Collects the findings of each test from its report: in the process that runs the tests,
+    and in pytest-xdist's controller, which gets the reports of its workers."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        found = getattr(report, REPORT_ATTR, None)
+        if found and report.when == "call":
+            self.config.stash[_FINDINGS_KEY].extend((report.nodeid, dict(f)) for f in found)
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     if not _enabled(config):
         return
@@ -183,10 +220,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line("no findings")
         return
     for nodeid, f in found:
-        site = f"{rel_path(f.site.file)}:{f.site.line}" if f.site else "?"
-        times = f" (x{f.count})" if f.count > 1 else ""
-        terminalreporter.write_line(f"{nodeid}  {f.severity}[{f.rule}]  {site}{times}")
-    n_err = sum(1 for _, f in found if f.severity == "error")
+        times = f" (x{f['count']})" if f["count"] > 1 else ""
+        terminalreporter.write_line(f"{nodeid}  {f['severity']}[{f['rule']}]  {f['site']}{times}")
+    n_err = sum(1 for _, f in found if f["severity"] == "error")
     terminalreporter.write_line(
         f"{n_err} error{'s' if n_err != 1 else ''}, {len(found) - n_err} warning"
         f"{'s' if len(found) - n_err != 1 else ''} in {len({n for n, _ in found})} test"

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .findings import ERROR, WARNING, Finding, Label, Site, cell_name, rel_path, severity_rank, site_text
+from . import source
 
 SCHEMA = "autograd_lens.report/1"
 
@@ -48,10 +49,15 @@ class BackwardSummary:
     networks: dict[str, str]  # network -> "reached" | "detached" | "not reached"
     params_reached: int
 
+    @property
+    def call(self) -> str:
+        """The backward call as written (``errD.backward()``), without the rest of its line."""
+        return source.call_source(self.site.file, self.site.line, source.BACKWARD_METHODS)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "site": self.site.to_dict(),
-            "source": self.site.source,
+            "source": self.call,
             "count": self.count,
             "roots": list(self.roots),
             "retain_graph": self.retain_graph,
@@ -71,11 +77,16 @@ class StepSummary:
     sources: dict[str, int]  # backward site "file:line" -> how many steps consumed gradient from it
     params: int
 
+    @property
+    def call(self) -> str:
+        """The step call as written (``optimizerD.step()``)."""
+        return source.call_source(self.site.file, self.site.line, source.STEP_METHODS)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "optimizer": self.optimizer,
             "site": self.site.to_dict(),
-            "source": self.site.source,
+            "source": self.call,
             "count": self.count,
             "sources": dict(self.sources),
             "params": self.params,
@@ -134,15 +145,20 @@ class Report:
             "steps": [s.to_dict() for s in self.steps],
             "graphs": [dict(g) for g in self.graphs],
             "networks": list(self.networks),
+            **({"world_size": self.extra["world_size"]} if "world_size" in self.extra else {}),
+            **({"stepped_aside": dict(self.extra["stepped_aside"])} if self.extra.get("stepped_aside") else {}),
         }
 
     def to_json(self, *, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
     def save(self, path: str | Path) -> Path:
+        """Write the JSON to ``path`` atomically (a temporary file beside it, then a rename)."""
+        from .output import _write_bytes
+
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(self.to_json())
+        _write_bytes(p, (self.to_json() + "\n").encode("utf-8"))
         return p
 
     def text(self, width: int = 100) -> str:
@@ -226,8 +242,8 @@ def finding_lines(f: Finding) -> list[tuple[str, str]]:
         lines.append(("blue", f"  --> {site_text(lab.site.file, lab.site.line)}: {lab.text}"))
     for note in f.notes:
         lines.append(("", f"   = note: {note}"))
-    if f.help:
-        lines.append(("bold green", f"help: {f.help}"))
+    if f.fix:
+        lines.append(("bold green", f"help: {f.fix}"))
     return lines
 
 
@@ -278,7 +294,7 @@ def flow_rows(report: Report) -> tuple[list[str], list[list[tuple[str, str]]]]:
     head = ["backward", "at", "calls"] + ([] if nets else ["params"]) + nets
     rows = []
     for b in report.backwards:
-        what = b.site.source or (", ".join(b.roots) + (" (backward)" if b.kind == "backward" else " (grad)"))
+        what = b.call or (", ".join(b.roots) + (" (backward)" if b.kind == "backward" else " (grad)"))
         row = [(what, ""), (name(b.site.file, b.site.line), ""), (str(b.count), "")]
         if not nets:
             row.append((str(b.params_reached), ""))

@@ -18,7 +18,9 @@ import dataclasses
 import importlib.machinery
 import importlib.util
 import os
+import signal
 import sys
+import threading
 import traceback
 import types
 from collections.abc import Callable, Iterator, Sequence
@@ -32,7 +34,17 @@ from .findings import ERROR, WARNING, Finding, Site, severity_rank
 from .report import Report
 
 #: Exit status of a program stopped by Ctrl-C (128 + SIGINT), as shells report it.
-INTERRUPTED = 130
+INTERRUPTED = 128 + signal.SIGINT
+#: Exit status of a program stopped by SIGTERM (128 + SIGTERM), as shells report it.
+TERMINATED = 128 + signal.SIGTERM
+
+#: ``Report.status`` of a run: how it ended (``report.json`` says the same).
+OK = "ok"  # the script succeeded; no findings at or above ``fail_on``
+FINDINGS = "findings"  # the script succeeded; findings at or above ``fail_on``
+SCRIPT_ERROR = "script-error"  # the script raised, or exited with a status other than 0
+INTERRUPTED_STATUS = "interrupted"  # Ctrl-C (KeyboardInterrupt)
+TERMINATED_STATUS = "terminated"  # SIGTERM
+STATUSES = (OK, FINDINGS, SCRIPT_ERROR, INTERRUPTED_STATUS, TERMINATED_STATUS)
 
 #: ``fail_on`` values: the least severe finding that makes the run fail.
 FAIL_ON = ("error", "warning", "never")
@@ -41,6 +53,11 @@ _SCRIPT_SUFFIXES = (".py", ".pyw")
 
 # Frames of these modules are machinery between the lens and the user's code.
 _MACHINERY = ("autograd_lens", "runpy", "click", "importlib._bootstrap")
+
+
+class Terminated(BaseException):
+    """Raised in the program's main thread when SIGTERM arrives, so that the report of what ran
+    can still be written. Like ``KeyboardInterrupt``, ``except Exception`` does not catch it."""
 
 
 class ScriptSyntaxError(LensError):
@@ -68,8 +85,11 @@ class RunResult:
 
     ``script_status`` is the status the program itself would have exited with under ``python``:
     0 when it ran to the end, ``n`` for ``sys.exit(n)``, 1 for ``sys.exit("message")`` and for an
-    uncaught exception, 130 for Ctrl-C. ``exit_status`` adds the findings: the script's status when
-    it is not 0, else 1 when findings at or above ``fail_on`` exist, else 0.
+    uncaught exception, 130 for Ctrl-C, 143 for SIGTERM (``signal`` then names the signal, which
+    the command line re-raises so that the shell sees the program end as it would have).
+    ``exit_status`` adds the findings: the script's status when it is not 0, else
+    ``findings_status`` when findings at or above ``fail_on`` exist, else 0. ``report.status``
+    says which (:data:`STATUSES`).
     """
 
     watch: Any  # autograd_lens.watch.Watch
@@ -81,6 +101,16 @@ class RunResult:
     exit_message: str | None = None
     interrupted: bool = False
     excepthook: Callable[..., Any] = sys.__excepthook__
+    terminated: bool = False
+
+    @property
+    def signal(self) -> int | None:
+        """The signal that stopped the program (SIGINT for Ctrl-C, SIGTERM), or None."""
+        if self.terminated:
+            return int(signal.SIGTERM)
+        if self.interrupted:
+            return int(signal.SIGINT)
+        return None
 
     @property
     def graphs(self) -> dict[str, Any]:
@@ -278,6 +308,8 @@ def run(
     ignore: Sequence[str] = (),
     fail_on: str = "error",
     stdout_to_stderr: bool = False,
+    findings_status: int = 1,
+    skip: Sequence[str] = (),
 ) -> RunResult:
     """Run ``program`` as ``__main__`` under ``watch()`` and return what happened.
 
@@ -291,6 +323,13 @@ def run(
             ``exit_status`` 1.
         stdout_to_stderr: send what the program writes to standard output to standard error
             instead (keeps the lens's own standard output clean, e.g. for JSON).
+        findings_status: ``exit_status`` when the program succeeded and findings at or above
+            ``fail_on`` exist (``lens trace`` uses its own code, see ``cli/exit_codes.py``).
+        skip: packages whose frames are not the user's, besides the known training frameworks.
+
+    SIGTERM while the program runs (when it has not set a handler of its own) stops it as Ctrl-C
+    would, so that the report of what ran is kept; ``result.terminated`` says so. The working
+    directory is restored after the program, as are ``sys.argv`` and ``sys.path``.
     """
     from .watch import watch
 
@@ -316,17 +355,18 @@ def run(
     had_main = "__main__" in sys.modules
     saved_main = sys.modules.get("__main__")
     saved_hook = sys.excepthook
+    saved_cwd = _getcwd()
 
     exception: BaseException | None = None
     exit_message: str | None = None
     status = 0
-    interrupted = False
-    w = watch(on_finding=live)
+    interrupted = terminated = False
+    w = watch(on_finding=live, skip=skip)
     sys.argv = [program.argv0, *args]
     sys.path.insert(0, program.path0)
     sys.modules["__main__"] = main_module
     try:
-        with _stdout_to_stderr(stdout_to_stderr):
+        with _stdout_to_stderr(stdout_to_stderr), _sigterm_stops_the_program():
             try:
                 with w:
                     exec(program.code, main_globals)
@@ -334,11 +374,18 @@ def run(
                 status, exit_message = _exit_status(exc)
             except KeyboardInterrupt as exc:
                 exception, status, interrupted = exc, INTERRUPTED, True
+            except Terminated:
+                status, terminated = TERMINATED, True
             except BaseException as exc:  # the program's own failure, reported like Python does
                 exception, status = exc, 1
             finally:
                 _flush(sys.stdout)
     finally:
+        if saved_cwd is not None and _getcwd() != saved_cwd:
+            try:
+                os.chdir(saved_cwd)
+            except OSError:
+                pass
         hook = sys.excepthook
         sys.excepthook = saved_hook
         sys.argv = saved_argv
@@ -351,24 +398,31 @@ def run(
         _strip_machinery(exception, main_globals)
 
     report = w.build_report(script=program.display)
-    if interrupted:
-        report = dataclasses.replace(report, status="error", error="KeyboardInterrupt")
-    elif exception is None and status != 0:
-        code = exit_message if exit_message is not None else status
-        report = dataclasses.replace(report, status="error", error=f"SystemExit: {code}")
     if select or ignore:
         report = report.filtered(select=select, ignore=ignore)
     failing = failing_findings(report, fail_on)
+    if interrupted:
+        ended, error = INTERRUPTED_STATUS, "KeyboardInterrupt"
+    elif terminated:
+        ended, error = TERMINATED_STATUS, "SIGTERM"
+    elif exception is not None:
+        ended, error = SCRIPT_ERROR, report.error or f"{type(exception).__name__}: {exception}"
+    elif status != 0:
+        ended, error = SCRIPT_ERROR, f"SystemExit: {exit_message if exit_message is not None else status}"
+    else:
+        ended, error = (FINDINGS if failing else OK), None
+    report = dataclasses.replace(report, status=ended, error=error)
     return RunResult(
         watch=w,
         report=report,
         script_status=status,
-        exit_status=status if status != 0 else (1 if failing else 0),
+        exit_status=status if status != 0 else (findings_status if failing else 0),
         failing=failing,
         exception=exception,
         exit_message=exit_message,
         interrupted=interrupted,
         excepthook=hook,
+        terminated=terminated,
     )
 
 
@@ -388,6 +442,46 @@ def _exit_status(exc: SystemExit) -> tuple[int, str | None]:
     if isinstance(code, int):
         return code & 0xFF if code >= 0 else code % 256, None
     return 1, str(code)
+
+
+def _getcwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
+@contextmanager
+def _sigterm_stops_the_program() -> Iterator[None]:
+    """While the program runs, SIGTERM raises :class:`Terminated` in it instead of killing the
+    process at once, so the lens can write the report of what ran. Only where SIGTERM has its
+    default action (a handler of the program's own, or an ignored signal, stays as it is); a
+    second SIGTERM ends the process at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+    except (AttributeError, ValueError):
+        previous = None
+    if previous != signal.SIG_DFL:
+        yield
+        return
+
+    pid = os.getpid()
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if os.getpid() != pid:  # a forked child (a DataLoader worker): end it as SIGTERM would
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated(signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _flush(stream: Any) -> None:

@@ -736,7 +736,7 @@ def _check_expected(w: Watch, rule: str, optimizer: torch.optim.Optimizer | str 
             f"(rules found: {seen})" + (f"\n\n{findings_text(report.findings)}" if report.findings else "")
         )
     if optimizer is not None:
-        opt_name = optimizer if isinstance(optimizer, str) else w.opt_name(id(optimizer))
+        opt_name = optimizer if isinstance(optimizer, str) else w.reg.opt_name(id(optimizer))
         found = [f for f in found if f.optimizer == opt_name]
         if not found:
             others = ", ".join(sorted({f"`{f.optimizer}`" for f in report.by_rule(rule)}))
@@ -760,9 +760,9 @@ def _param_names_for(w: Watch, params: Any) -> list[str]:
     if isinstance(params, str):
         return [params]
     if isinstance(params, torch.nn.Module):
-        return [w.param_name(id(p)) for p in params.parameters()]
+        return [w.reg.param_name(id(p)) for p in params.parameters()]
     if isinstance(params, torch.Tensor):
-        return [w.param_name(id(params))]
+        return [w.reg.param_name(id(params))]
     if isinstance(params, Iterable):
         out: list[str] = []
         for item in params:
@@ -806,7 +806,7 @@ def assert_grads_only_for(*args: Any, optimizers: Any = None, **kwargs: Any) -> 
     finally:
         _claim(w)
     report = w.report
-    names = {w.opt_name(id(o)) for o in opts}
+    names = {w.reg.opt_name(id(o)) for o in opts}
     stepped = {s.optimizer for s in report.steps}
     if names and not names & stepped:
         raise AssertionError(

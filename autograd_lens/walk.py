@@ -1,4 +1,5 @@
-"""The pass over a graph that runs before each backward call.
+"""The pass over a graph that runs before the detailed backward calls (the first occurrences of
+each site; see :mod:`recorder`).
 
 One iterative walk of ``next_functions`` that
 - stamps every node with the call (``node.metadata``), and reads the stamps of earlier calls: which
@@ -6,10 +7,11 @@ One iterative walk of ``next_functions`` that
 - registers the post-accumulate-grad hook on every leaf it meets (once per leaf);
 - finds nodes created before an ``optimizer.step()`` that saved a parameter the step then
   modified (a stale saved tensor; fused optimizers do not bump versions, so PyTorch is silent);
-- for the first occurrences of a site, takes a full :class:`Graph` snapshot for the analysis and
-  the drawings.
+- takes a full :class:`Graph` snapshot for the analysis and the drawings.
 
 Nodes are held only during the walk; the result keeps ids, names and numbers.
+
+Imports: :mod:`graph`, and the recorder's type.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from .graph import Graph, _saved_attrs
 
 if TYPE_CHECKING:
     from .events import BackwardCall
-    from .watch import Watch
+    from .recorder import Recorder
 
 
 
@@ -40,6 +42,8 @@ class SharedTop:
     op: str
     seq: int
     var: str | None
+    node_id: int = 0  # id() of the node (alive while this graph is)
+    consumer_seq: int | None = None  # the node of this graph that consumes it
 
 
 @dataclass
@@ -79,7 +83,7 @@ def _root_nodes(roots: list[torch.Tensor]) -> list[Any]:
 
 
 def walk_graph(
-    w: Watch,
+    w: Recorder,
     roots: list[torch.Tensor],
     call: BackwardCall,
     detail: bool,
@@ -91,13 +95,13 @@ def walk_graph(
     stamp_value = (call.id, call.retain_graph)
     STAMP, ROOT = w.stamp_keys
     parameter = torch.nn.Parameter
-    stack: list[tuple[Any, int]] = [(fn, 0) for fn in _root_nodes(roots)]
+    stack: list[tuple[Any, int, int | None]] = [(fn, 0, None) for fn in _root_nodes(roots)]
     seen: set[int] = set()
     old_nodes: list[Any] = []
     prev = res.prev
     tops = res.tops
     while stack:
-        fn, parent_prev = stack.pop()
+        fn, parent_prev, parent_seq = stack.pop()
         k = id(fn)
         if k in seen:
             continue
@@ -114,6 +118,7 @@ def walk_graph(
                 w.ensure_param(var)  # not for per-step inputs that require grad
             continue
         md = fn.metadata
+        seq = fn._sequence_nr()
         st = md.get(STAMP)
         mine = 0
         if st is not None:
@@ -122,28 +127,23 @@ def walk_graph(
             if mine != parent_prev:
                 lst = tops.setdefault(mine, [])
                 if len(lst) < 4:
-                    lst.append(SharedTop(type(fn).__name__, fn._sequence_nr(), local_names.get(k)))
+                    lst.append(SharedTop(type(fn).__name__, seq, local_names.get(k), k, parent_seq))
             r = md.get(ROOT)
             if r is not None:
                 res.root_reused.add(r)
         md[STAMP] = stamp_value
-        if last_marker >= 0 and fn._sequence_nr() < last_marker:
+        if last_marker >= 0 and seq < last_marker:
             old_nodes.append(fn)
         for nxt, _ in nxt_fns:
             if nxt is not None and id(nxt) not in seen:
-                stack.append((nxt, mine))
+                stack.append((nxt, mine, seq))
     stack.clear()
     fn = None
     res.nodes = len(seen)
     if old_nodes:
         res.stale_saved = _stale_saved(w, old_nodes, markers)
     old_nodes.clear()
-    site = (call.site.file, call.site.line)
-    known = w.site_leaves.get(site)
-    if not detail and (known is None or not res.leaves <= known):
-        detail = True  # networks made anew at this site (a new trial, a re-initialised model)
     if detail and not res.truncated:
-        w.site_leaves[site] = (known or set()) | res.leaves
         index: dict[int, int] = {}
         res.graph = w.snapshot(roots, call, res.leaf_ids, local_names, index)
         for fid, nid in index.items():
@@ -153,7 +153,7 @@ def walk_graph(
     return res
 
 
-def _stale_saved(w: Watch, nodes: list[Any], markers: list[tuple[int, int, frozenset[int]]]) -> list[StaleSaved]:
+def _stale_saved(w: Recorder, nodes: list[Any], markers: list[tuple[int, int, frozenset[int]]]) -> list[StaleSaved]:
     """Saved parameters that a step modified after the node was created."""
     ptr_to_pid: dict[tuple[str, int], int] = {}
     for pid, st in w.param_states().items():

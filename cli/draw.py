@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import click
 
-from autograd_lens.errors import LensError
-from autograd_lens.graph import Graph, read_json
+from autograd_lens.graph import Graph, read_text
+from autograd_lens.graphfile import parse_text
 from autograd_lens.render.dot import COLLAPSE_MODES, FORMATS, save
 
 
 def load_graph(path: Path) -> Graph:
     """A graph from a ``.json`` file written by ``Graph.save``; ``LensError`` with one clear line."""
-    return Graph.from_dict(read_json(path, "graph file", "the JSON of a saved graph"))
+    return Graph.from_dict(parse_text(read_text(path, "graph file", "the JSON of a saved graph")))
+
+
+class Seconds(click.ParamType):
+    """A finite number of seconds above 0 (``nan`` and ``inf`` are not)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"{value!r} is not a finite number of seconds above 0", param, ctx)
+        return seconds
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,7 +46,7 @@ def load_graph(path: Path) -> Graph:
 @click.option("--max-nodes", type=click.IntRange(min=1), default=None, help="Most nodes handed to Graphviz (default 2000).")
 @click.option("--no-saved", is_flag=True, help="Do not list saved tensors on op nodes.")
 @click.option("--depth", type=click.IntRange(min=1), default=None, help="Module depth when collapsing to modules.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Seconds to give Graphviz (default 60).")
+@click.option("--timeout", type=Seconds(), default=None, help="Seconds to give Graphviz (default 60).")
 def draw(
     graph: Path,
     output: Path,

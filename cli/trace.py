@@ -1,8 +1,10 @@
 """``lens trace``: run a script (or ``-m MODULE``) under the lens, as ``python`` would run it.
 
 Findings are printed to stderr as they happen; at the end the report goes to the terminal (stderr,
-or the JSON on stdout with ``--format json``) and to ``--out`` (``report.json`` and ``graphs/``).
-The work is done by :mod:`autograd_lens.runner` and :mod:`autograd_lens.output`.
+or on stdout as JSON, SARIF or GitHub workflow annotations with ``--format``) and to ``--out``
+(``report.json`` and ``graphs/``). The work is done by :mod:`autograd_lens.runner`,
+:mod:`autograd_lens.output` and the views in :mod:`autograd_lens.report`,
+:mod:`autograd_lens.sarif` and :mod:`autograd_lens.github`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
@@ -18,7 +21,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from autograd_lens import output, runner
+from autograd_lens import frameworks, github, output, ranks, runner, sarif
 from autograd_lens.errors import LensError
 from autograd_lens.findings import ERROR, Finding, rel_path
 from autograd_lens.report import Report, renderables
@@ -26,7 +29,8 @@ from autograd_lens.report import Report, renderables
 from . import exit_codes
 
 FAIL_ON = runner.FAIL_ON
-FORMATS = ("text", "json")
+#: ``--format``: text on stderr; the others on stdout (the script's stdout then goes to stderr).
+FORMATS = ("text", "json", "sarif", "github")
 
 
 def _rule_list(values: Sequence[str]) -> tuple[str, ...]:
@@ -74,6 +78,8 @@ def _summary(result: runner.RunResult, fail_on: str) -> str:
         found += f" in {_plural(len(report.backwards), 'backward site')}"
     if result.interrupted:
         how = "interrupted by Ctrl-C; the report covers what ran"
+    elif result.terminated:
+        how = "terminated by SIGTERM; the report covers what ran"
     elif result.exception is not None:
         how = f"the script raised {type(result.exception).__name__}"
     elif result.script_status != 0:
@@ -86,12 +92,17 @@ def _summary(result: runner.RunResult, fail_on: str) -> str:
     return f"lens: {found}{tail}"
 
 
+def _shown(path: Path) -> str:
+    """A path as the user reads it: relative to the working directory when below it."""
+    return rel_path(str(path))
+
+
 def _files_line(written: output.Written, draw: bool) -> str:
-    text = f"lens: wrote {written.report_path}"
+    text = f"lens: wrote {_shown(written.report_path)}"
     if written.graphs_written:
         svgs = sum(1 for g in written.report.graphs if g.get("svg"))
         json_only = "" if svgs == written.graphs_written else f" ({written.graphs_written - svgs} as .json only)"
-        text += f" and {_plural(written.graphs_written, 'graph')}{json_only} in {written.out_dir / output.GRAPHS_DIR}{os.sep}"
+        text += f" and {_plural(written.graphs_written, 'graph')}{json_only} in {_shown(written.out_dir / output.GRAPHS_DIR)}{os.sep}"
     if written.graphs_skipped:
         text += f" ({written.graphs_skipped} more not drawn: --max-graphs)"
     elif not draw:
@@ -116,9 +127,9 @@ def _files_line(written: output.Written, draw: bool) -> str:
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=str),
     metavar="DIR",
-    default=Path("lens-out"),
+    default="lens-out",
     show_default=True,
     help="Folder for report.json and graphs/.",
 )
@@ -128,19 +139,30 @@ def _files_line(written: output.Written, draw: bool) -> str:
     type=click.Choice(FORMATS),
     default="text",
     show_default=True,
-    help="Report in the terminal as text (stderr) or JSON (stdout; the script's stdout goes to stderr).",
+    help=(
+        "The report as text (stderr), or on stdout as JSON, SARIF 2.1.0 or GitHub workflow "
+        "annotations (the script's stdout then goes to stderr)."
+    ),
 )
 @click.option(
     "--fail-on",
     type=click.Choice(FAIL_ON),
     default="error",
     show_default=True,
-    help="Least severe finding that makes the exit status 1.",
+    help=f"Least severe finding that makes the exit status {exit_codes.FINDINGS}.",
 )
 @click.option("--select", multiple=True, metavar="RULE,...", help="Report only these rules (see `lens rules`).")
 @click.option("--ignore", multiple=True, metavar="RULE,...", help="Do not report these rules.")
 @click.option("-q", "--quiet", is_flag=True, help="No findings while running and no report; only the summary.")
 @click.option("--no-graphs", is_flag=True, help="Do not write graphs/.")
+@click.option(
+    "--skip-package",
+    "skip_packages",
+    multiple=True,
+    metavar="PKG,...",
+    help="Packages whose frames are not yours (besides Lightning and accelerate): findings point at "
+    "the line that called into them. Also `skip-packages` in [tool.autograd_lens] of pyproject.toml.",
+)
 @click.option(
     "--max-graphs",
     type=click.IntRange(min=0),
@@ -155,13 +177,14 @@ def _files_line(written: output.Written, draw: bool) -> str:
 def trace(
     ctx: click.Context,
     module: bool,
-    out_dir: Path,
+    out_dir: str,
     fmt: str,
     fail_on: str,
     select: tuple[str, ...],
     ignore: tuple[str, ...],
     quiet: bool,
     no_graphs: bool,
+    skip_packages: tuple[str, ...],
     max_graphs: int,
     script: str,
     args: tuple[str, ...],
@@ -178,10 +201,20 @@ def trace(
     """
     if script.startswith("-") and script != "-":
         raise click.NoSuchOption(script, ctx=ctx)
+    if not out_dir.strip():
+        raise click.BadParameter("needs a folder name (`--out .` for the current folder)", param_hint="'--out'")
     selected = _rule_list(select)
     ignored = _rule_list(ignore)
     program = runner.load_module(script) if module else runner.load_script(script)
     output.prepare(out_dir)
+    # resolved now: a script that changes the working directory does not move the report
+    out = Path(os.path.abspath(out_dir))
+    # under torchrun each rank records in OUT/rank<N>/; rank 0 merges and is the only one to print
+    rank = frameworks.rank()
+    started = time.time()
+    if rank is not None:
+        top, out = out, ranks.rank_dir(out, rank[0])
+        quiet = quiet or rank[0] != 0
 
     err = _console(sys.stderr)
 
@@ -195,43 +228,104 @@ def trace(
         select=selected,
         ignore=ignored,
         fail_on=fail_on,
-        stdout_to_stderr=fmt == "json",
+        stdout_to_stderr=fmt != "text",
+        findings_status=exit_codes.FINDINGS,
+        skip=[*frameworks.config_skip_packages(), *(p.strip() for v in skip_packages for p in v.split(","))],
     )
     result.print_exception()
 
     warned: list[str] = []
     try:
-        written = output.write(
+        written = output.write_or_fallback(
             result.report,
-            out_dir,
+            out,
             result.graphs,
             sites=result.graph_sites(),
             draw=not no_graphs,
             max_graphs=max_graphs,
             warn=warned.append,
         )
-    except LensError as exc:
+    except LensError as exc:  # not even a temporary folder: the run's status stands
         _show_report(result.report, err, fmt, quiet)
         err.print(_summary(result, fail_on), soft_wrap=True, markup=False)
-        raise exc
+        err.print(f"lens: error: {' '.join(str(exc).split())}", soft_wrap=True, markup=False)
+        _exit(ctx, result)
+        return
+    if rank is not None:
+        _ranks_end(ctx, result, written, top, rank, started, err, fmt, fail_on, no_graphs, warned)
+        return
     _show_report(written.report, err, fmt, quiet)
     for text in warned:
         err.print(Text("lens: warning: ", style="bold yellow") + Text(text), soft_wrap=True)
     err.print(_summary(result, fail_on), soft_wrap=True, markup=False)
     err.print(_files_line(written, not no_graphs), soft_wrap=True, markup=False)
+    _exit(ctx, result)
+
+
+def _ranks_end(
+    ctx: click.Context, result: runner.RunResult, written: output.Written, top: Path, rank: tuple[int, int],
+    started: float, err: Console, fmt: str, fail_on: str, no_graphs: bool, warned: list[str],
+) -> None:
+    """Under torchrun: rank 0 merges every rank's report into TOP/report.json and prints it; the
+    other ranks wait for it (the launcher would stop rank 0 once another rank has ended)."""
+    me, world = rank
+    if me != 0:
+        ranks.wait_for([top / output.REPORT_NAME], started)
+        _exit(ctx, result)
+        return
+    merged, missing = ranks.merge(written.report, top, world, started)
+    failing = runner.failing_findings(merged, fail_on)
+    if merged.status == runner.OK and failing:
+        merged = dataclasses.replace(merged, status=runner.FINDINGS)
+    try:
+        path = merged.save(top / output.REPORT_NAME)
+    except OSError as exc:
+        path = None
+        warned.append(f"cannot write the merged report in {top}: {exc.strerror or exc}")
+    _show_report(merged, err, fmt, False)
+    for text in warned:
+        err.print(Text("lens: warning: ", style="bold yellow") + Text(text), soft_wrap=True)
+    if missing:
+        err.print(Text("lens: warning: ", style="bold yellow") + Text(
+            f"no report from rank{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} "
+            f"within {ranks.WAIT:g} s; the merged report covers the others"), soft_wrap=True)
+    if result.exit_status == 0 and failing:
+        result = dataclasses.replace(result, exit_status=exit_codes.FINDINGS, failing=failing, report=merged)
+    else:
+        result = dataclasses.replace(result, report=merged)
+    err.print(_summary(result, fail_on) + f" on {world} ranks", soft_wrap=True, markup=False)
+    if path is not None:
+        err.print(f"lens: wrote {_shown(path)} (every rank) and each rank's report and graphs in "
+                  f"{_shown(top)}{os.sep}rank<N>{os.sep}", soft_wrap=True, markup=False)
+    _exit(ctx, result)
+
+
+def _exit(ctx: click.Context, result: runner.RunResult) -> None:
+    """Exit with the run's status; a program stopped by a signal ends the lens by that signal."""
+    if result.signal is not None:
+        raise exit_codes.SignalExit(result.signal)
     ctx.exit(result.exit_status)
 
 
+def _write_stdout(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except (ValueError, OSError):  # the program closed sys.stdout; file descriptor 1 is open
+        os.write(1, text.encode())
+
+
 def _show_report(report: Report, err: Console, fmt: str, quiet: bool) -> None:
-    """The JSON on stdout, or the text view on stderr (nothing with ``--quiet`` or an empty report)."""
+    """The report on stdout (JSON, SARIF, GitHub annotations), and the text view on stderr for
+    ``text`` and ``github`` (nothing with ``--quiet`` or an empty report)."""
     if fmt == "json":
-        text = report.to_json() + "\n"
-        try:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        except (ValueError, OSError):  # the program closed sys.stdout; file descriptor 1 is open
-            os.write(1, text.encode())
+        _write_stdout(report.to_json() + "\n")
         return
+    if fmt == "sarif":
+        _write_stdout(sarif.to_json(report) + "\n")
+        return
+    if fmt == "github":
+        _write_stdout(github.annotations(report))
     if quiet or not (report.findings or report.backwards or report.steps):
         return
     err.print()

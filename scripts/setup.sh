@@ -36,7 +36,7 @@ if ! .venv/bin/python -c 'import torch' >/dev/null 2>&1; then
     echo "setup: installing torch 2.13.0 (CPU build)" >&2
     "${PIP[@]}" install torch==2.13.0
 fi
-if ! .venv/bin/python -c 'import autograd_lens.cli.main, pytest, numpy' >/dev/null 2>&1 \
+if ! .venv/bin/python -c 'import autograd_lens.cli.main, pytest, numpy, jsonschema, hypothesis, xdist' >/dev/null 2>&1 \
         || [ pyproject.toml -nt .venv/.autograd_lens-installed ]; then
     echo "setup: installing autograd_lens (editable) and its test dependencies" >&2
     "${PIP[@]}" install -e '.[test]' numpy

@@ -1,11 +1,15 @@
-"""Helpers for the tests that run the examples under the lens."""
+"""Helpers for the tests that run examples and training loops under the lens."""
 
 from __future__ import annotations
 
 import runpy
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
+import torch
 
 import autograd_lens as lens
 from autograd_lens import Finding
@@ -29,12 +33,19 @@ def run_example(name: str, *args: str, raises: type[BaseException] | None = None
 
     Returns the watch and the exception the script raised (which must be of type ``raises``).
     """
-    path = example(name)
+    return run_path(example(name), *args, raises=raises)
+
+
+def run_path(
+    path: Path, *args: str, raises: type[BaseException] | None = None, **options: object
+) -> tuple[lens.Watch, BaseException | None]:
+    """Run the script ``path`` as ``__main__`` with ``args`` under ``lens.watch(**options)``."""
+    name = path.name
     argv = sys.argv
     sys.argv = [str(path), *args]
     error: BaseException | None = None
     try:
-        with lens.watch() as w:
+        with lens.watch(**options) as w:  # type: ignore[arg-type]
             if raises is None:
                 runpy.run_path(str(path), run_name="__main__")
             else:
@@ -58,3 +69,41 @@ def by_rule(findings: Sequence[Finding], rule: str) -> Finding:
 
 def rules(findings: Sequence[Finding]) -> set[str]:
     return {f.rule for f in findings}
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny convolutions and matmuls are far slower with intra-op threads than without."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def watched(fn: Callable[[], None], raises: type[BaseException] | None = None) -> tuple[Finding, ...]:
+    """The findings of the loop ``fn`` run under ``lens.watch()`` (seeded); it must raise ``raises``."""
+    torch.manual_seed(0)
+    with lens.watch() as w:
+        if raises is None:
+            fn()
+        else:
+            with pytest.raises(raises):
+                fn()
+    assert w.internal_errors == []
+    return w.report.findings
+
+
+def short(findings: Sequence[Finding]) -> list[str]:
+    return [f"{f.rule}:{f.site.line if f.site else None}:{f.optimizer}:{sorted(f.params)}" for f in findings]
+
+
+@dataclass
+class Expect:
+    """A finding a buggy loop must give."""
+
+    rule: str
+    at: str  # the statement the finding points at (its first characters)
+    params: Callable[[], set[str]] | None = None
+    optimizer: str | None = None
+    backward: str | None = None  # the statement of the backward call it names
+    tensor: str | None = None

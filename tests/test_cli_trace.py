@@ -66,13 +66,13 @@ def test_trace_gan_live_findings_report_and_files(gan: Path, tmp_path: Path) -> 
     assert "gradient flow: which networks each backward reaches" in err
     assert "optimizer steps: where their gradients came from" in err
     assert "stopped at detach" not in err and "not reached" in err
-    assert "exit status 1 (findings at or above --fail-on error)" in err
+    assert f"exit status {exit_codes.FINDINGS} (findings at or above --fail-on error)" in err
     assert f"lens: wrote {Path('out') / 'report.json'} and 3 graphs in" in err
     assert all(len(line) <= 100 for line in err.splitlines() if not line.startswith("lens: "))
 
     data = report_of(tmp_path / "out")
     assert list(data)[:8] == ["schema", "script", "status", "error", "findings", "backwards", "steps", "graphs"]
-    assert (data["script"], data["status"], data["error"]) == ("gan.py", "ok", None)
+    assert (data["script"], data["status"], data["error"]) == ("gan.py", "findings", None)
     name = f"gan.py_{GAN_BACKWARD_LINE}"
     entry = next(g for g in data["graphs"] if g["site"]["line"] == GAN_BACKWARD_LINE)
     assert entry["json"] == f"graphs/{name}.json"
@@ -105,7 +105,7 @@ def test_quiet_prints_only_the_summary(gan: Path) -> None:
     assert result.exit_code == exit_codes.FINDINGS
     lines = result.stderr.splitlines()
     assert len(lines) == 2, result.stderr
-    assert lines[0].startswith("lens: 1 error, ") and "exit status 1" in lines[0]
+    assert lines[0].startswith("lens: 1 error, ") and f"exit status {exit_codes.FINDINGS}" in lines[0]
     assert lines[1] == f"lens: wrote {Path('lens-out') / 'report.json'} (graphs not drawn: --no-graphs)"
 
 
@@ -183,7 +183,7 @@ def test_script_raises_traceback_like_python(tmp_path: Path, monkeypatch: pytest
     assert "runner.py" not in err and "click" not in err and "autograd_lens/" not in err
     assert "exit status 1 (the script raised RuntimeError)" in err
     data = report_of(tmp_path / "lens-out")
-    assert data["status"] == "error" and data["error"].startswith("RuntimeError: Trying to backward")
+    assert data["status"] == "script-error" and data["error"].startswith("RuntimeError: Trying to backward")
     assert [f["rule"] for f in data["findings"]] == ["second-backward"]
 
 
@@ -198,7 +198,7 @@ def test_script_exit_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cod
     assert result.exit_code == status
     if printed:
         assert result.stderr.startswith(printed)
-    assert report_of(tmp_path / "lens-out")["status"] == ("ok" if status == 0 else "error")
+    assert report_of(tmp_path / "lens-out")["status"] == ("ok" if status == 0 else "script-error")
 
 
 def test_ctrl_c_writes_the_report_and_exits_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -323,11 +323,12 @@ def run_lens(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_subprocess_gan_without_detach(tmp_path: Path) -> None:
     write(tmp_path / "gan.py", GAN)
     proc = run_lens("gan.py", "3", cwd=tmp_path)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == exit_codes.FINDINGS, proc.stderr
     assert proc.stdout == ""
     data = report_of(tmp_path / "lens-out")
     stray = next(f for f in data["findings"] if f["rule"] == "stray-grad")
-    assert stray["site"]["file"] == str(tmp_path / "gan.py") and stray["site"]["line"] == GAN_STEP_LINE
+    assert stray["site"]["file"] == "gan.py" and stray["site"]["line"] == GAN_STEP_LINE
+    assert stray["site"]["path"] == str(tmp_path / "gan.py")
     assert stray["optimizer"] == "optimizerG" and stray["severity"] == "error"
     assert {"netG.0.weight", "netG.0.bias", "netG.2.weight", "netG.2.bias"} == set(stray["params"])
     assert any(f["rule"] == "detach-leak" and f["site"]["line"] == line_of("errD_fake = ") for f in data["findings"])
@@ -338,7 +339,7 @@ def test_subprocess_gan_without_detach(tmp_path: Path) -> None:
 @pytest.mark.skipif(not (EXAMPLES / "gan_no_detach.py").exists(), reason="examples/gan_no_detach.py is not there")
 def test_subprocess_example_gan_no_detach(tmp_path: Path) -> None:
     proc = run_lens("--format", "json", "--no-graphs", str(EXAMPLES / "gan_no_detach.py"), "--iters", "2", cwd=tmp_path)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == exit_codes.FINDINGS, proc.stderr
     data = json.loads(proc.stdout)
     assert data == report_of(tmp_path / "lens-out")
     stray = next(f for f in data["findings"] if f["rule"] == "stray-grad")

@@ -229,12 +229,12 @@ def test_checkpointed_model_is_watched_without_findings(reentrant: bool) -> None
 
 
 def test_a_failure_inside_the_lens_never_reaches_the_users_code(monkeypatch: pytest.MonkeyPatch) -> None:
-    import autograd_lens.walk
+    import autograd_lens.recorder
 
     def broken(*args: object, **kwargs: object) -> None:
         raise ValueError("lens bug")
 
-    monkeypatch.setattr(autograd_lens.walk, "walk_graph", broken)
+    monkeypatch.setattr(autograd_lens.recorder, "walk_graph", broken)
     bare = train(3, watched=False)
     with pytest.warns(RuntimeWarning, match="autograd_lens: internal error.*lens bug"):
         seen = train(3, watched=True)
@@ -261,7 +261,7 @@ def test_watches_that_end_out_of_order_leave_nothing_behind() -> None:
 def test_long_runs_fold_old_events_into_totals(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    monkeypatch.setattr(sys.modules["autograd_lens.watch"], "FOLD_AT", 40)
+    monkeypatch.setattr(sys.modules["autograd_lens.events"], "WINDOW", 40)
     net = nn.Linear(3, 1)
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     with lens.watch() as w:

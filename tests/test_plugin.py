@@ -251,3 +251,39 @@ def test_expected_bug():
     result = pytester.runpytest_inprocess("--lens", "--lens-fail-on", "warning", "test_expects.py")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*= autograd_lens =*", "no findings"])
+
+
+def test_a_test_with_the_lens_fixture_is_not_failed_for_the_findings_it_asked_for(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_gan=GAN_TESTS)
+    pytester.makepyfile(
+        test_asks='''
+import autograd_lens as lens
+from test_gan import gan_step
+
+def test_fixture_expects_the_bug(lens):
+    gan_step(fixed=False)
+    assert [f.rule for f in lens.report.errors] == ["stray-grad"]
+
+def test_expect_by_keyword():
+    with lens.expect(rule="stray-grad", optimizer="optimizerG"):
+        gan_step(fixed=False)
+'''
+    )
+    result = pytester.runpytest_inprocess("--lens", "test_asks.py")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*= autograd_lens =*", "no findings"])
+
+
+def test_findings_reach_the_summary_under_xdist(gan_file: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
+    result = gan_file.runpytest_inprocess("--lens", "-n", "2", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*= autograd_lens =*",
+            lit("test_gan.py::test_forgets_detach  error[stray-grad]  test_gan.py:") + "*",
+            lit("test_gan.py::test_forgets_detach  warning[detach-leak]  test_gan.py:") + "*",
+            "1 error, 1 warning in 1 test",
+        ]
+    )
+    result.stdout.no_fnmatch_line("no findings")

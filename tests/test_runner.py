@@ -127,7 +127,7 @@ def test_sys_exit(tmp_path: Path, code: str, status: int, message: str | None) -
     script = write(tmp_path / "ex.py", f"import sys\n{code}\n")
     result = runner.run_script(script)
     assert (result.script_status, result.exit_status, result.exit_message) == (status, status, message)
-    assert result.report.status == ("ok" if status == 0 else "error")
+    assert result.report.status == ("ok" if status == 0 else "script-error")
 
 
 def test_exception_traceback_has_only_user_frames(tmp_path: Path) -> None:
@@ -144,7 +144,7 @@ def test_exception_traceback_has_only_user_frames(tmp_path: Path) -> None:
     )
     result = runner.run_script(script)
     assert result.exit_status == 1 and isinstance(result.exception, RuntimeError)
-    assert result.report.status == "error" and result.report.error.startswith("RuntimeError")
+    assert result.report.status == "script-error" and result.report.error.startswith("RuntimeError")
     frames = traceback.extract_tb(result.exception.__traceback__)
     assert frames[0].filename == str(script) and frames[0].name == "<module>"
     files = [fr.filename for fr in frames]

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .. import source
+
 if TYPE_CHECKING:
     from ..events import BackwardCall, OptimizerStep
-    from ..watch import Watch
+    from ..context import Context
 
 
 def code(text: str) -> str:
@@ -15,19 +17,29 @@ def code(text: str) -> str:
 
 
 def call_text(call: BackwardCall) -> str:
-    """`errD.backward()` when the source line is that call, else a description with the line."""
-    src = call.site.source
-    if src and len(src) <= 60 and ("backward" in src or "grad(" in src):
-        return code(src)
+    """`errD.backward()` when the line holds that call (without what else is on the line), else a
+    description with the line."""
+    methods = ("backward", "manual_backward") if call.kind == "backward" else ("grad",)
+    for m in methods:
+        text = source.call_text(call.site.file, call.site.line, m)
+        if text and len(text) <= 60:
+            return code(text)
+    line = source.call_source(call.site.file, call.site.line, ())
+    if line.startswith("return ") and call.kind == "backward":
+        # a framework ran the backward of the loss this line returns (Lightning's training_step)
+        return f"the backward of `{line[7:].strip()}` returned at line {call.site.line}"
     roots = ", ".join(call.roots)
     what = "backward" if call.kind == "backward" else "autograd.grad"
     return f"the {what} of `{roots}` at line {call.site.line}" if roots else f"the {what} at line {call.site.line}"
 
 
 def step_text(step: OptimizerStep) -> str:
-    src = step.site.source
-    if src and len(src) <= 60 and "step" in src:
-        return code(src)
+    if step.manual:
+        stmt = source.call_source(step.site.file, step.site.line, ())
+        return f"the manual update {code(stmt)}" if stmt and len(stmt) <= 60 else f"`{step.optimizer}`"
+    text = source.call_text(step.site.file, step.site.line, "step")
+    if text and len(text) <= 60:
+        return code(text)
     return f"`{step.optimizer}.step()`"
 
 
@@ -40,25 +52,80 @@ def names_text(names: Sequence[str], limit: int = 3) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
-def opts_text(w: Watch, keys: Any) -> str:
-    names = sorted(w.opt_name(k) for k in keys)
+def opts_text(ctx: Context, keys: Any) -> str:
+    names = sorted(ctx.opt_name(k) for k in keys)
     return " and ".join(code(n) for n in names) if names else "no optimizer"
 
 
-def param_names(w: Watch, pids: Sequence[int] | set[int]) -> tuple[str, ...]:
-    return tuple(sorted(w.param_name(p) for p in pids))
+def param_names(ctx: Context, pids: Sequence[int] | set[int]) -> tuple[str, ...]:
+    return tuple(sorted(ctx.param_name(p) for p in pids))
 
 
-def net_count_text(w: Watch, pids: set[int]) -> str:
-    """`writes .grad on 12 of 12 netG parameters` style counts per network."""
-    per: dict[int | None, int] = {}
+def net_count_text(ctx: Context, pids: set[int]) -> str:
+    """`writes .grad on 12 of 12 netG parameters` style counts per network (per part of a network,
+    `4 of 4 agent.critic parameters`, when the parameters are in some of its parts only)."""
+    reg = ctx.reg
+    per: dict[str, set[int]] = {}
+    loose = 0
     for p in pids:
-        per[w.net_of_param(p)] = per.get(w.net_of_param(p), 0) + 1
+        key = reg.net_of_param(p)
+        net = reg.nets.get(key) if key is not None else None
+        if net is None:
+            loose += 1
+            continue
+        units = {reg.unit_of(q) for q in pids if reg.net_of_param(q) == key}
+        whole = {reg.unit_of(q) for q in net.pids}
+        name = net.name if units == whole else (reg.unit_of(p) or net.name)
+        per.setdefault(name, set()).add(p)
     parts = []
-    for key, n in per.items():
-        net = w.nets().get(key) if key is not None else None
-        if net is not None:
-            parts.append(f"{n} of {len(net.pids)} `{net.name}` parameters")
-        else:
-            parts.append(f"{n} parameter{'s' if n != 1 else ''}")
+    for name, ps in per.items():
+        total = sum(1 for q in _unit_pids(reg, name))
+        parts.append(f"{len(ps)} of {total} `{name}` parameters")
+    if loose:
+        parts.append(f"{loose} parameter{'s' if loose != 1 else ''}")
     return ", ".join(parts)
+
+
+def _unit_pids(reg: Any, name: str) -> list[int]:
+    for net in reg.nets.values():
+        if net.name == name:
+            return list(net.pids)
+    return [p for net in reg.nets.values() for p in net.pids if reg.unit_of(p) == name]
+
+
+def detach_fix(call: Any, var: str | None) -> str | None:
+    """`advantage = (returns - values).detach()` from the line that assigns ``var``."""
+    if not var:
+        return None
+    at = source.assignment_line(call.site.file, call.site.line, var)
+    expr = source.assigned_expr(call.site.file, at, var) if at is not None else None
+    if not expr:
+        return None
+    return f"`{var} = {expr}.detach()`" if expr.isidentifier() else f"`{var} = ({expr}).detach()`"
+
+
+def units_text(ctx: Context, pids: set[int] | frozenset[int]) -> list[str]:
+    """The names of what ``pids`` belong to: a network when they cover its parameters, else the
+    parts of it (``agent.critic``), else optimized tensors by name."""
+    reg = ctx.reg
+    by_net: dict[int | None, set[int]] = {}
+    for p in pids:
+        by_net.setdefault(reg.net_of_param(p), set()).add(p)
+    out: set[str] = set()
+    for key, ps in by_net.items():
+        net = reg.nets.get(key) if key is not None else None
+        if net is None:
+            out.update(reg.unit_of(p) or reg.param_name(p) for p in ps)
+            continue
+        units = {reg.unit_of(p) for p in ps} - {None}
+        whole = {reg.unit_of(p) for p in net.pids} - {None}
+        out.update(units if units != whole else {net.name})
+    return sorted(out)
+
+
+def between(first: Any, then: Any) -> str:
+    """`between line 56 and line 71`, or, when the second comes first in the file (the next
+    iteration of a loop), `after line 255, before the next line 242`."""
+    if first.file == then.file and then.line < first.line:
+        return f"after line {first.line}, before the next line {then.line}"
+    return f"between line {first.line} and line {then.line}"

@@ -3,7 +3,7 @@
 ## What it does
 Lists, per optimizer, the parameters that require grad but whose `.grad` no backward call ever
 wrote while the lens watched: cut off by `.detach()`, `torch.no_grad()` or `.data`, or simply unused
-in the forward.
+in the forward. Manual updates without an optimizer object count as steps of their network.
 
 ## Why is this bad?
 Those parameters never learn (apart from weight decay), usually without anyone noticing: a layer
@@ -37,27 +37,27 @@ SUMMARY = "an optimizer stepped parameters that received no gradient"
 
 from typing import TYPE_CHECKING
 
-from ..findings import Finding, Label
+from ..findings import Finding, Label, Site
 from ._text import names_text
 
 if TYPE_CHECKING:
-    from ..watch import Watch
+    from ..context import Context
 
 
-def findings(w: Watch) -> list[Finding]:
+def findings(ctx: Context) -> list[Finding]:
     out = []
-    got: dict[int, set[int]] = {key: set(st.with_grad) for key, st in w.opts().items()}
-    for s in w.steps:  # steps of the run not judged yet
+    got: dict[int, set[int]] = {key: set(st.with_grad) for key, st in ctx.opts().items()}
+    for s in ctx.log.steps:  # steps whose run is not judged yet still carry their provenance
         got.setdefault(s.optimizer_key, set()).update(s.provenance)
-    for st in list(w.opts().values()):
+    ever = ctx.reg.ever_grad
+    for st in list(ctx.opts().values()):
         if st.steps == 0 or st.first_site is None:
             continue
         dead = []
         for pid in st.no_grad:
-            ps = w.param_states().get(pid)
-            if (ps is not None and ps.ever) or pid in got.get(st.key, ()) or pid in w.excluded:
+            if pid in ever or pid in got.get(st.key, ()) or pid in ctx.excluded:
                 continue
-            dead.append(w.param_name(pid))
+            dead.append(ctx.param_name(pid))
         if not dead:
             continue
         dead.sort()
@@ -72,3 +72,33 @@ def findings(w: Watch) -> list[Finding]:
             params=tuple(dead), optimizer=st.name,
         ))
     return out
+
+
+def ddp_unused(
+    names: list[str], site: Site | None, forward: Site | None, net: str, rank: int | None, exc_text: str
+) -> Finding:
+    """DistributedDataParallel's "Expected to have finished reduction in the prior iteration",
+    with the parameters it counts by index named."""
+    shown = names_text(names, limit=4) if names else "parameters of the network"
+    labels = []
+    if forward is not None and site is not None and (forward.file, forward.line) != (site.file, site.line):
+        labels.append(Label(forward, f"the previous forward of `{net}`: its loss did not use {shown}"))
+    if site is not None:
+        labels.append(Label(site, "DDP stops here, at the next forward, waiting for their gradients", primary=True))
+    on = f" on rank {rank}" if rank is not None else ""
+    notes = [
+        f"{len(names)} parameter{'s' if len(names) != 1 else ''} of `{net}` received no gradient{on}: "
+        f"{', '.join(f'`{n}`' for n in names)}" if names else f"parameters of `{net}` received no gradient{on}",
+        "DDP waits for a gradient of every parameter it manages before the next forward; the loss "
+        "did not depend on these (PyTorch names them by index only)",
+        f"PyTorch: {exc_text.split(': ', 1)[-1].split('. ', 1)[0]}",
+    ]
+    return Finding(
+        RULE, SEVERITY,
+        f"`{net}`'s forward did not use {shown}, so DistributedDataParallel never received their gradients",
+        site or forward, tuple(labels), tuple(notes),
+        "use them in `forward` (or remove them, or freeze them with `requires_grad_(False)` before "
+        "wrapping), or pass `find_unused_parameters=True` to `DistributedDataParallel` if some iterations "
+        "rightly leave them out",
+        params=tuple(names), extra={"ddp": True},
+    )

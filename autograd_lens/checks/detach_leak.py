@@ -8,6 +8,14 @@ the generator through `fake`; a distillation loss entering the frozen teacher), 
 tensor, the line that made it, and the network it leaks into. Gradient that only passes *through*
 a network to reach its owner (the generator's loss through the discriminator) is not a leak.
 
+Ops belong to the module whose forward ran them: a discriminator whose forward begins with
+`img.view(img.size(0), -1)`, `torch.cat((img, labels), -1)`, `torch.flatten` or an input
+normalisation is entered by `gen_imgs`, and the leak is named there. In one network under one
+optimizer (actor and critic heads), an output that another term regresses towards a target (the
+critic's value) and that enters the policy term as a factor (`advantage = returns - values`) is a
+leak into that part: it is named with the line that computes it and the fix
+`advantage = (returns - values).detach()`.
+
 ## Why is this bad?
 The backward computes and accumulates gradient that nobody should use: wasted work at best, and a
 stray update as soon as that network is not zeroed before its own step (see `stray-grad`).
@@ -37,15 +45,16 @@ SUMMARY = "a backward wrote gradient into another network across a tensor that s
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..findings import Finding, Label
+from .. import source
+from ..findings import Finding, Label, Site
 from ..graph import Highlight
 from ..graph import INPUT, PARAM
-from ..intent import Analysis, Crossing, crossings
-from ._text import call_text, code, net_count_text, opts_text, param_names
+from ..intent import Analysis, Crossing, crossings, units_of_opts
+from ._text import call_text, code, detach_fix, net_count_text, opts_text, param_names, units_text
 
 if TYPE_CHECKING:
     from ..events import BackwardCall
-    from ..watch import Watch
+    from ..context import Context
 
 
 @dataclass
@@ -60,100 +69,175 @@ class Leak:
     pids: set[int]
     producer: int
     consumer: int
+    #: the term of the loss that carries it as a baseline (an advantage), when it is one
+    baseline_of: Any = None
 
 
-def leaks(w: Watch, call: BackwardCall, a: Analysis) -> list[Leak]:
+def leaks(ctx: Context, call: BackwardCall, a: Analysis) -> list[Leak]:
     graph = a.graph
     out: list[Leak] = []
-    if call.terms:
-        parts = [(t.for_groups, graph.upstream([t.root])) for t in call.terms if t.for_groups]
+    terms = ctx.terms(call)
+    if terms:
+        parts = [(t.for_units, graph.upstream([t.root])) for t in terms if t.for_units]
     else:
-        groups = frozenset(("opt", o) for o in (call.for_opts or ()))
-        parts = [(groups, None)] if groups else []
+        units = units_of_opts(ctx, call.reached, ctx.for_opts(call) or frozenset())
+        parts = [(units, None)] if units else []
     seen: set[int] = set()
-    for groups, within in parts:
-        for c in crossings(w, a, groups, within):
-            if c.kind != "leak":
-                continue
-            producer, consumer = _network_output(w, a, c.producer, c.consumer)
-            if producer in seen:
-                continue
-            seen.add(producer)
-            c = Crossing(producer, consumer, c.kind, c.groups)
-            below = graph.upstream([c.producer])
-            pids = {a.leaf_ids[j] for j in below if j in a.leaf_ids}
-            pids &= call.reached if call.reached else pids
-            node = graph.nodes[c.producer]
-            prange = w.range_of_seq(node.seq)
-            crange = w.range_of_seq(graph.nodes[c.consumer].seq)
-            out.append(Leak(
-                var=a.var_of_node.get(c.producer),
-                producer_net=w.net_name(prange.net) if prange else None,
-                consumer_net=w.net_name(crange.net) if crange else None,
-                produced_at=prange.site if prange else None,
-                enters_at=crange.site if crange and (not prange or crange.net != prange.net) else None,
-                pids=pids,
-                producer=c.producer,
-                consumer=c.consumer,
-            ))
+    baselines = {(side, m): t for t in terms or () for _u, side, m in t.baselines}
+    found = [c for groups, within in parts for c in crossings(ctx, a, groups, within) if c.kind == "leak"]
+    # a baseline's factor may also reach a trunk the term trains: it is where the leak is all the same
+    found += [Crossing(side, m, "leak", a.reach[side]) for side, m in baselines if not any(
+        c.producer == side and c.consumer == m for c in found)]
+    unit_of = {side: u for t in terms or () for u, side, _m in t.baselines}
+    for c in found:
+        baseline_of = baselines.get((c.producer, c.consumer))
+        baseline_unit = unit_of.get(c.producer)
+        producer, consumer = _network_output(ctx, a, c.producer, c.consumer, named_first=baseline_of is not None)
+        if producer in seen:
+            continue
+        seen.add(producer)
+        c = Crossing(producer, consumer, c.kind, c.groups)
+        below = graph.upstream([c.producer])
+        pids = {a.leaf_ids[j] for j in below if j in a.leaf_ids}
+        pids &= call.reached if call.reached else pids
+        if baseline_of is not None:  # only the unit it is a baseline of, not the trunk below
+            pids = {p for p in pids if ctx.reg.unit_of(p) == baseline_unit}
+        node = graph.nodes[c.producer]
+        prange = ctx.range_of_seq(node.seq)
+        crange = ctx.range_of_seq(graph.nodes[c.consumer].seq)
+        out.append(Leak(
+            var=a.var_of_node.get(c.producer),
+            producer_net=ctx.net_name(prange.net) if prange else None,
+            consumer_net=ctx.net_name(crange.net) if crange else None,
+            produced_at=prange.site if prange else None,
+            enters_at=crange.site if crange and (not prange or crange.net != prange.net) else None,
+            pids=pids,
+            producer=c.producer,
+            consumer=c.consumer,
+            baseline_of=baseline_of,
+        ))
     return out
 
 
-def _network_output(w: Watch, a: Analysis, producer: int, consumer: int) -> tuple[int, int]:
+def _network_output(ctx: Context, a: Analysis, producer: int, consumer: int, *, named_first: bool = False) -> tuple[int, int]:
     """The output of the network below a crossing made by ops outside any network.
 
     ``softmax(t_logits / T)`` entering a distillation loss crosses at the softmax; the tensor to
     detach is the teacher's output ``t_logits``. Follows single inputs that lead to parameters
-    until a node made inside a network's forward, or a named tensor; returns (producer, consumer).
+    down to a node made inside a network's forward; where there is none, the first named tensor on
+    the way. Returns (producer, consumer).
     """
     graph = a.graph
     i, above = producer, consumer
+    # ops the consumer's forward ran before it met its weights (`img.view(img.size(0), -1)`,
+    # `torch.cat((img, labels), -1)`): the tensor to detach is the one that entered that forward
+    inside = ctx.net_of_seq(graph.nodes[consumer].seq)
     for _ in range(32):
-        if w.range_of_seq(graph.nodes[i].seq) is not None or i in a.var_of_node:
-            return i, above
+        if inside is None or ctx.net_of_seq(graph.nodes[i].seq) != inside:
+            break
+        ins = [j for j in dict.fromkeys(graph.inputs_of(i)) if a.reach[j]]
+        if len(ins) != 1:
+            break
+        i, above = ins[0], i
+    # a tensor that enters another network, or a factor of the loss (an advantage), is named by
+    # the first variable that holds it; what enters the loss's own arithmetic (a teacher's logits
+    # under a softmax) by the network output below it
+    named_first = named_first or inside is not None
+    named: tuple[int, int] | None = None
+    for _ in range(32):
+        if ctx.range_of_seq(graph.nodes[i].seq) is not None:
+            return i, above  # the network's output (`t_logits`), past what the loss made of it
+        if i in a.var_of_node and named is None:
+            named = (i, above)  # `soft_targets`: used when no network's output lies below
+            if named_first:
+                return named
         ins = [j for j in dict.fromkeys(graph.inputs_of(i)) if a.reach[j]]
         if len(ins) != 1 or graph.nodes[ins[0]].kind in (PARAM, INPUT):
             break
         i, above = ins[0], i
-    return producer, consumer
+    return named or (producer, consumer)
 
 
-def findings(w: Watch, call: BackwardCall, found: list[Leak]) -> list[Finding]:
+def findings(ctx: Context, call: BackwardCall, found: list[Leak]) -> list[Finding]:
     out = []
     for lk in found:
         if not lk.pids:
             continue
-        names = param_names(w, lk.pids)
-        owners = {w.param_opt(p) for p in lk.pids} - {None}
-        nets = sorted({w.net_name(w.net_of_param(p)) for p in lk.pids if w.net_of_param(p) is not None})
+        if lk.baseline_of is not None:
+            out.append(_baseline_finding(ctx, call, lk))
+            continue
+        names = param_names(ctx, lk.pids)
+        owners = {o for p in lk.pids for o in ctx.reg.opts_of(p)}
+        nets = units_text(ctx, lk.pids)
         into = code(nets[0]) if len(nets) == 1 else (", ".join(code(n) for n in nets) or "another network")
         tensor = code(lk.var) if lk.var else (f"the output of {code(lk.producer_net)}" if lk.producer_net else "a tensor")
         enters = f", which enters {code(lk.consumer_net)} without `.detach()`" if lk.consumer_net else " without `.detach()`"
         labels = []
+        # the culprit: where the tensor enters another network; else (it enters the loss's own
+        # arithmetic: a target network's output, a teacher's logits) where it is produced
+        primary = lk.enters_at or lk.produced_at or call.site
         if lk.produced_at is not None:
-            labels.append(Label(lk.produced_at, f"{tensor} is produced by {code(lk.producer_net)}"))
-        primary = lk.enters_at or call.site
+            labels.append(Label(lk.produced_at, f"{tensor} is produced by {code(lk.producer_net)} with its graph",
+                                primary=lk.enters_at is None))
         if lk.enters_at is not None:
             labels.append(Label(lk.enters_at, f"{tensor} enters {code(lk.consumer_net)} without `.detach()`", primary=True))
-        labels.append(Label(call.site, f"writes `.grad` on {net_count_text(w, lk.pids)}", primary=lk.enters_at is None))
+        labels.append(Label(call.site, f"writes `.grad` on {net_count_text(ctx, lk.pids)}", primary=primary is call.site))
         det = f"{lk.var}.detach()" if lk.var else "….detach()"
         fix = f"`{lk.consumer_net}({det})`" if lk.consumer_net and lk.var else f"`{det}`"
         help_ = (
-            f"detach it where the loss for {opts_text(w, call.for_opts or ())} uses it: {fix}; if gradient must "
+            f"detach it where the loss for {opts_text(ctx, ctx.for_opts(call) or ())} uses it: {fix}; if gradient must "
             f"flow through {into} without training it, use `{nets[0] if nets else 'net'}.requires_grad_(False)`"
         )
         out.append(Finding(
             RULE, SEVERITY,
             f"{call_text(call)} writes gradient into {into} through {tensor}{enters}",
             primary, tuple(labels),
-            (f"{call_text(call)} is for {opts_text(w, call.for_opts or ())}",),
+            (f"{call_text(call)} is for {opts_text(ctx, ctx.for_opts(call) or ())}",),
             help_,
             params=names,
-            optimizer=w.opt_name(next(iter(owners))) if len(owners) == 1 else None,
+            optimizer=ctx.opt_name(next(iter(owners))) if len(owners) == 1 else None,
             tensor=lk.var, backward=call.site, graph=call.graph_key,
-            extra={"networks": nets, "for": sorted(w.opt_name(k) for k in call.for_opts or ())},
+            extra={"networks": nets, "for": sorted(ctx.opt_name(k) for k in ctx.for_opts(call) or ())},
         ))
     return out
+
+
+def _baseline_finding(ctx: Context, call: BackwardCall, lk: Leak) -> Finding:
+    """A unit's output used as a factor (an advantage) in a term meant for another unit."""
+    term = lk.baseline_of
+    names = param_names(ctx, lk.pids)
+    owners = {o for p in lk.pids for o in ctx.reg.opts_of(p)}
+    into = units_text(ctx, lk.pids)
+    into_text = ", ".join(code(n) for n in into)
+    trains = ", ".join(code(u) for u in sorted(term.for_units)) or "another unit"
+    var = lk.var
+    tensor = code(var) if var else "a factor of the loss"
+    term_text = code(term.name) if term.name else "a term of the loss"
+    at = source.assignment_line(call.site.file, call.site.line, var) if var else None
+    labels = []
+    if at is not None:
+        labels.append(Label(Site(call.site.file, at, call.site.function),
+                            f"{tensor} is computed from {into_text}'s output and keeps its graph", primary=True))
+    labels.append(Label(call.site, f"writes `.grad` on {net_count_text(ctx, lk.pids)} through {tensor}", primary=at is None))
+    fix = detach_fix(call, var)
+    if fix:
+        pass
+    elif var:
+        fix = f"`{var}.detach()` where {term_text} uses it"
+    else:
+        fix = "`.detach()` on the factor"
+    return Finding(
+        RULE, SEVERITY,
+        f"{call_text(call)} trains {into_text} through {tensor}, a factor of {term_text}, which is for {trains}",
+        Site(call.site.file, at, call.site.function) if at is not None else call.site, tuple(labels),
+        (f"{term_text} weighs {trains}'s output by {tensor}; {into_text} learns from its own term, and the "
+         f"gradient of {term_text} through {tensor} pushes it the wrong way",),
+        f"detach the factor where it is computed: {fix}",
+        params=names,
+        optimizer=ctx.opt_name(next(iter(owners))) if len(owners) == 1 else None,
+        tensor=var, backward=call.site, graph=call.graph_key,
+        extra={"networks": into, "for": sorted(term.for_units), "baseline": True},
+    )
 
 
 def highlights(found: list[Leak]) -> list[Highlight]:

@@ -47,27 +47,27 @@ from ._text import call_text, code, step_text
 if TYPE_CHECKING:
     from ..events import BackwardCall
     from ..walk import StaleSaved
-    from ..watch import Watch
+    from ..context import Context
 
 _VERSIONS = re.compile(r"is at version (\d+); expected version (\d+)")
 
 
-def from_stale(w: Watch, call: BackwardCall, stale: list[StaleSaved], failed: bool, exc_text: str | None = None) -> list[Finding]:
+def from_stale(ctx: Context, call: BackwardCall, stale: list[StaleSaved], failed: bool, exc_text: str | None = None) -> list[Finding]:
     """Findings for saved parameters that a step modified before this backward."""
     by_step: dict[int, list[StaleSaved]] = {}
     for s in stale:
         by_step.setdefault(s.step_index, []).append(s)
     out = []
     for step_index, items in by_step.items():
-        step = w.step(step_index)
+        step = ctx.step(step_index)
         if step is None:
             continue
-        names = sorted({w.param_name(s.pid) for s in items})
+        names = sorted({ctx.param_name(s.pid) for s in items})
         first = items[0]
-        opt = w.opts().get(step.optimizer_key)
+        opt = ctx.opts().get(step.optimizer_key)
         optimizer = opt.ref() if opt is not None else None
         fused = bool(optimizer is not None and optimizer.defaults.get("fused"))
-        rng = w.range_of_seq(first.node_seq)
+        rng = ctx.range_of_seq(first.node_seq)
         labels = []
         if rng is not None and rng.site is not None:
             labels.append(Label(rng.site, f"the forward saves {code(names[0])} for backward (`{first.op}`)"))
@@ -97,7 +97,7 @@ def from_stale(w: Watch, call: BackwardCall, stale: list[StaleSaved], failed: bo
     return out
 
 
-def find_culprit(roots: list[torch.Tensor], w: Watch) -> tuple[str, str, str | None] | None:
+def find_culprit(roots: list[torch.Tensor], ctx: Context) -> tuple[str, str, str | None] | None:
     """(op, saved name, parameter name) of a saved tensor that fails its version check."""
     seen: set[int] = set()
     stack = [t.grad_fn for t in roots if t.grad_fn is not None]
@@ -118,7 +118,7 @@ def find_culprit(roots: list[torch.Tensor], w: Watch) -> tuple[str, str, str | N
                         data = None
                     pname = None
                     if data is not None:
-                        pname = w.names.name_of(data) or w.names.name_of_storage(data)
+                        pname = ctx.names.name_of(data) or ctx.names.name_of_storage(data)
                     return type(fn).__name__, attr[11:], pname
             except Exception:
                 pass
@@ -128,9 +128,9 @@ def find_culprit(roots: list[torch.Tensor], w: Watch) -> tuple[str, str, str | N
     return None
 
 
-def explain_plain(w: Watch, call: BackwardCall, roots: list[torch.Tensor], exc_text: str) -> Finding:
+def explain_plain(ctx: Context, call: BackwardCall, roots: list[torch.Tensor], exc_text: str) -> Finding:
     """An in-place error not caused by an optimizer step (an in-place op in the user's code)."""
-    culprit = find_culprit(roots, w)
+    culprit = find_culprit(roots, ctx)
     m = _VERSIONS.search(exc_text)
     notes = []
     if m:

@@ -39,17 +39,17 @@ import torch
 from ..findings import Finding, Site
 
 if TYPE_CHECKING:
-    from ..watch import Watch
+    from ..context import Context
 
 
-def finding(w: Watch, site: Site | None, roots: Sequence[torch.Tensor], names: dict[int, str]) -> Finding:
+def finding(ctx: Context, site: Site | None, roots: Sequence[torch.Tensor], names: dict[int, str]) -> Finding:
     cut = [t for t in roots if isinstance(t, torch.Tensor) and t.grad_fn is None and not t.requires_grad]
     t = cut[0] if cut else None
     name = names.get(id(t)) if t is not None else None
     what = f"`{name}`" if name else "the loss"
     notes = []
     frozen = []
-    for net in w.nets().values():
+    for net in ctx.nets().values():
         m = net.ref()
         if m is not None:
             ps = list(m.parameters())

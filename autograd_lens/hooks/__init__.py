@@ -100,6 +100,10 @@ class HookSet:
         if errors:
             raise errors[0]
 
+    @property
+    def removed(self) -> bool:
+        return self._removed
+
     def __len__(self) -> int:
         return len(self._handles)
 

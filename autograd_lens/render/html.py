@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LensError
-from ..findings import Finding, Label, Site, site_text
+from ..findings import Finding, Site, site_text
+from ..findings import _site as site_from_dict
 from ..graph import Graph, read_json
 from ..report import SCHEMA as REPORT_SCHEMA
 from ..report import BackwardSummary, Report, StepSummary, finding_lines, flow_rows, step_rows
@@ -48,32 +49,7 @@ _tokens = itertools.count(1)
 
 
 def _site(d: Any) -> Site | None:
-    if not isinstance(d, Mapping):
-        return None
-    return Site(str(d.get("file", "")), int(d.get("line", 0)), str(d.get("function", "") or ""))
-
-
-def finding_from_dict(d: Mapping[str, Any]) -> Finding:
-    """A :class:`Finding` from its ``to_dict`` form (``report.json``)."""
-    labels = tuple(
-        Label(_site(lab["site"]) or Site("", 0), str(lab.get("text", "")), bool(lab.get("primary", False)))
-        for lab in d.get("labels") or ()
-    )
-    return Finding(
-        rule=str(d["rule"]),
-        severity=str(d["severity"]),
-        message=str(d.get("message", "")),
-        site=_site(d.get("site")),
-        labels=labels,
-        notes=tuple(str(n) for n in d.get("notes") or ()),
-        help=str(d.get("fix") or ""),
-        params=tuple(str(p) for p in d.get("params") or ()),
-        optimizer=d.get("optimizer"),
-        tensor=d.get("tensor"),
-        backward=_site(d.get("backward")),
-        count=int(d.get("count", 1)),
-        graph=d.get("graph"),
-    )
+    return site_from_dict(d) if isinstance(d, Mapping) else None
 
 
 def report_from_dict(data: Mapping[str, Any]) -> Report:
@@ -82,7 +58,7 @@ def report_from_dict(data: Mapping[str, Any]) -> Report:
         got = data.get("schema") if isinstance(data, Mapping) else type(data).__name__
         raise LensError(f"not an autograd_lens report: expected schema {REPORT_SCHEMA!r}, got {got!r}")
     try:
-        findings = tuple(finding_from_dict(f) for f in data.get("findings") or ())
+        findings = tuple(Finding.from_dict(f) for f in data.get("findings") or ())
         backwards = tuple(
             BackwardSummary(
                 _site(b["site"]) or Site("", 0), int(b["count"]), tuple(b.get("roots") or ()),
@@ -421,16 +397,21 @@ def write_html(
     out: str | os.PathLike[str] | None = None,
     *,
     warn: Callable[[str], None] | None = None,
+    write: Callable[[Path, bytes], None] | None = None,
 ) -> Path:
     """Write the HTML page of the report saved at ``report_path`` to ``out`` (default:
-    ``report.html`` beside it). Returns the path written."""
+    ``report.html`` beside it). ``write(path, data)`` writes the file (default: a temporary file
+    beside it, then a rename). Returns the path written."""
     report, graphs = load_report(report_path)
     target = Path(out) if out is not None else Path(report_path).parent / HTML_NAME
-    page = report_page(report, graphs, warn=warn)
+    data = report_page(report, graphs, warn=warn).encode("utf-8")
+    if write is not None:
+        write(target, data)
+        return target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(page, encoding="utf-8")
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
         os.replace(tmp, target)
     except OSError as exc:
         raise LensError(f"cannot write the HTML report to {str(target)!r}: {exc.strerror or exc}") from None

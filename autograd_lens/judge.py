@@ -1,0 +1,384 @@
+"""The judge: asks the checks for findings at the points where they can be decided.
+
+After each backward call, at each step, when a run of optimizer steps ends (the next backward, a
+report, the end of the watch), on an error and on exit. It holds the analysis state (pending calls,
+decisions, what each backward site taught: :class:`context.Knowledge`), the findings (one per rule
+and site, counted) and the graph snapshots with their highlights. It reads the event log and the
+registry through a :class:`context.Context` and never touches PyTorch.
+
+Imports: :mod:`checks` (the rules), :mod:`intent`, :mod:`context`, :mod:`events`, :mod:`findings`,
+:mod:`graph` (types), :mod:`registry` (types). Not the recorder, not the watch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from . import intent
+from .checks import (
+    ctx_tensor,
+    dead_param,
+    detach_leak,
+    inplace_saved,
+    missing_zero_grad,
+    no_grad_path,
+    nonleaf_grad,
+    nonscalar_backward,
+    retained_graph,
+    second_backward,
+    stray_grad,
+)
+from .context import Context, Knowledge
+from .findings import Finding, Site, rel_path
+from .naming import tensors_in
+from .report import finding_text
+
+if TYPE_CHECKING:
+    from .events import BackwardCall, EventLog, HeldGraphs, OptimizerStep
+    from .graph import Graph
+    from .registry import Registry
+    from .walk import WalkResult
+
+_SECOND = "backward through the graph a second time"
+_INPLACE = "modified by an inplace operation"
+_NONSCALAR = "grad can be implicitly created only for scalar outputs"
+_NOGRAD = "does not require grad and does not have a grad_fn"
+
+
+class Judge:
+    """Findings from events, as they come; see the module docstring."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        reg: Registry,
+        *,
+        detail: int,
+        keep_graphs: bool = True,
+        on_finding: Callable[[Finding], None] | None = None,
+        internal: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.log = log
+        self.reg = reg
+        self.knowledge = Knowledge()
+        self.ctx = Context(log, reg, self.knowledge, detail=detail)
+        self.keep_graphs = keep_graphs
+        self.on_finding = on_finding
+        self._internal = internal or (lambda exc: None)
+        self.findings: list[Finding] = []
+        self._finding_at: dict[Any, int] = {}  # finding key -> index in self.findings
+        self.graphs: dict[str, Graph] = {}
+        self.pending: list[BackwardCall] = []  # calls not yet judged by a run of steps
+        self.run: list[OptimizerStep] = []  # steps since the last backward call
+        self._lock = threading.RLock()
+        self._interned: dict[Any, Any] = {}
+        self._added = 0  # findings added (counted ones too): a run that added none was clean
+        self._clean: dict[Any, tuple[tuple[frozenset[str], frozenset[int]], ...]] = {}
+
+    @property
+    def intent(self) -> Any:
+        return self.ctx.intent
+
+    @intent.setter
+    def intent(self, value: Any) -> None:
+        self.ctx.intent = value
+
+    # ------------------------------------------------------------------------------------------
+    # findings
+    # ------------------------------------------------------------------------------------------
+    def add(self, f: Finding | None) -> None:
+        """Keep one finding per rule and site, counted (a loop repeats a bug every iteration)."""
+        if f is None:
+            return
+        self._added += 1
+        with self._lock:
+            at = self._finding_at.get(f.key)
+            first = at is None
+            if first:
+                self._finding_at[f.key] = len(self.findings)
+                self.findings.append(f)
+            else:
+                kept = self.findings[at]
+                self.findings[at] = kept.counted(kept.count + f.count)
+        if first and self.on_finding is not None:
+            try:
+                self.on_finding(f)
+            except Exception:
+                pass
+
+    def add_all(self, found: Iterable[Finding]) -> None:
+        for f in found:
+            self.add(f)
+
+    def add_highlights(self, key: str | None, *highlights: Any) -> None:
+        if key and key in self.graphs and highlights:
+            self.graphs[key] = self.graphs[key].with_highlights(*highlights)
+
+    def keep_graph(self, key: str, graph: Graph, *, replace: bool = True) -> None:
+        if not self.keep_graphs:
+            return
+        if replace or key not in self.graphs:
+            self.graphs[key] = graph
+
+    # ------------------------------------------------------------------------------------------
+    # the points where findings are decided
+    # ------------------------------------------------------------------------------------------
+    def after_backward(self, call: BackwardCall, walk: WalkResult) -> None:
+        """After a backward call returned normally."""
+        ctx = self.ctx
+        self.add(second_backward.silent(ctx, call, walk))
+        self.add(retained_graph.finding(ctx, call, walk))
+        if walk.stale_saved:
+            self.add_all(inplace_saved.from_stale(ctx, call, walk.stale_saved, failed=False))
+        if walk.graph is not None:
+            if call.graph_key is not None:
+                self.keep_graph(call.graph_key, walk.graph, replace=False)
+            self.add_all(ctx_tensor.findings(call, walk.graph))
+            if call.kind == "backward" and call.reached:
+                # analysed when judged: by then the optimizers that step these parameters are known
+                self.knowledge.analyses[call.id] = (walk.graph, walk.leaf_ids, walk.var_of_node)
+        if call.kind == "backward" and call.reached:
+            self.pending.append(call)
+            if len(self.pending) > 256:
+                for c in self.pending[:128]:
+                    self.knowledge.analyses.pop(c.id, None)
+                del self.pending[:128]
+
+    def held(self, call: BackwardCall, held: HeldGraphs, alive: int, retained: bool) -> None:
+        self.add(retained_graph.held(call, held, alive, retained))
+
+    def on_step(self, step: OptimizerStep) -> None:
+        self.run.append(step)
+        self.add(missing_zero_grad.finding(self.ctx, step))
+
+    def warning(self, message: object, filename: str, lineno: int) -> None:
+        self.add(nonleaf_grad.from_warning(message, filename, lineno))
+
+    def close_run(self) -> None:
+        """A run of steps ended: decide the intent of the calls before it, then stray-grad and
+        detach-leak; then the steps keep only what the report needs.
+
+        Past the detailed occurrences of its sites, a run usually has the shape of one judged before
+        (the same optimizers, the same backward sites before it, each parameter's gradient from the
+        same sites at the same distance): when that one was clean, so is this one, and what the
+        report keeps of it is the same."""
+        if not self.run:
+            return
+        run, self.run = self.run, []
+        shape = self._shape(run)
+        clean = self._clean.get(shape) if shape is not None else None
+        if clean is not None:
+            for step, (sources, stepped) in zip(run, clean):
+                step.sources, step.stepped = sources, stepped
+                opt = self.reg.opts.get(step.optimizer_key)
+                if opt is not None and not stepped <= opt.with_grad:
+                    opt.with_grad |= stepped
+                self.log.settle_step(step)
+            self.pending = []
+            return
+        added = self._added
+        try:
+            self.add_all(list(self._judge_run(run)))
+        except Exception as exc:
+            self._internal(exc)
+        for step in run:
+            cids = {cid for prov in {id(t): t for t in step.provenance.values()}.values() for cid in prov}
+            step.sources = self._intern(frozenset(
+                c.site_key for c in (self.log.call(cid) for cid in cids) if c is not None
+            ))
+            step.stepped = self._intern(frozenset(step.provenance))
+            opt = self.reg.opts.get(step.optimizer_key)
+            if opt is not None:
+                opt.with_grad |= step.stepped
+            self.log.settle_step(step)
+        self.knowledge.forget_calls(self.log.n_calls - self.log.window)
+        if shape is not None and self._added == added and not self.pending:
+            if len(self._clean) > 256:
+                self._clean.clear()
+            self._clean[shape] = tuple((s.sources, s.stepped) for s in run)
+
+    def _shape(self, run: list[OptimizerStep]) -> tuple[Any, ...] | None:
+        """What decides a run's verdict, with call ids made relative; None while a call before it
+        is detailed (its graph analysis is still to come)."""
+        log = self.log
+        for c in self.pending:
+            if c.detailed:
+                return None
+        base = log.n_calls
+        pending = tuple((c.site_key, id(c.reached), c.all_eval, c.within, base - c.id) for c in self.pending)
+        steps = []
+        for s in run:
+            groups = []
+            for prov, pids in _by_provenance(s.provenance):
+                calls = []
+                for cid in prov:
+                    c = log.call(cid)
+                    if c is None:
+                        return None
+                    if c.detailed:
+                        return None
+                    calls.append((c.site_key, id(c.reached), c.all_eval, c.within, base - cid))
+                groups.append((tuple(calls), len(pids)))
+            steps.append((s.optimizer_key, s.site, tuple(groups)))
+        return (pending, tuple(steps), self.reg.generation, len(self.reg.trained_opts))
+
+    def _judge_run(self, run: list[OptimizerStep]) -> Iterable[Finding]:
+        ctx = self.ctx
+        run_opts = frozenset(s.optimizer_key for s in run)
+        leaks_by_call: dict[int, list[detach_leak.Leak]] = {}
+        still = []
+        for c in self.pending:
+            if ctx.for_opts(c) is None:
+                reached = intent.reached_opts(ctx, c)
+                if not (reached & run_opts) and ctx.intent.lookup(c) is None:
+                    still.append(c)
+                    continue
+                intent.decide(ctx, c, run_opts)
+            a = intent.analysis_of(ctx, c)
+            if a is not None:
+                found = detach_leak.leaks(ctx, c, a)
+                leaks_by_call[c.id] = found
+                yield from detach_leak.findings(ctx, c, found)
+                if found:
+                    self.add_highlights(c.graph_key, *detach_leak.highlights(found))
+                self.knowledge.analyses.pop(c.id, None)
+            elif not c.detailed and c.reached:
+                # past the detailed occurrences of a site: the leaks found there, where this call wrote
+                cached = self.knowledge.site_leaks.get((c.site.file, c.site.line))
+                if cached:
+                    yield from detach_leak.findings(ctx, c, [lk for lk in cached if lk.pids & c.reached])
+        self.pending = still
+        for s in run:
+            stray: dict[int, list[int]] = {}
+            for prov, pids in _by_provenance(s.provenance):
+                for cid in prov:
+                    c = ctx.call(cid)
+                    if c is None:
+                        continue
+                    if ctx.for_opts(c) is None:
+                        intent.decide(ctx, c, run_opts)
+                    d = ctx.decision(c)
+                    if not d.terms:  # one answer for every parameter that holds this gradient
+                        if d.for_opts is not None and s.optimizer_key not in d.for_opts:
+                            stray.setdefault(cid, []).extend(pids)
+                        continue
+                    for pid in pids:
+                        if not intent.is_for(ctx, c, pid, s.optimizer_key):
+                            stray.setdefault(cid, []).append(pid)
+            # one finding per backward site and step: gradient of several iterations of one site
+            # (never zeroed) is one stray update, named by its latest call
+            by_site: dict[tuple[str, int], tuple[int, set[int]]] = {}
+            for cid, pids in sorted(stray.items()):
+                c = ctx.call(cid)
+                assert c is not None
+                k = (c.site.file, c.site.line)
+                prev = by_site.get(k)
+                by_site[k] = (cid, (prev[1] if prev else set()) | set(pids))
+            for cid, pids in by_site.values():
+                c = ctx.call(cid)
+                assert c is not None
+                leak = next(iter(leaks_by_call.get(cid, []) or self.knowledge.site_leaks.get((c.site.file, c.site.line), [])), None)
+                yield stray_grad.finding(ctx, s, c, sorted(pids), leak)
+        for cid, found in leaks_by_call.items():
+            c = ctx.call(cid)
+            if c is not None and found:
+                self.knowledge.site_leaks.setdefault((c.site.file, c.site.line), found)
+
+    def forget_sites(self) -> None:
+        """A network or optimizer is new: what was learnt per backward site may be about dead ones.
+        The steps so far are judged first, with what is known about the ones they belong to."""
+        self.close_run()
+        self.knowledge.forget_sites()
+        self._clean.clear()
+
+    # ------------------------------------------------------------------------------------------
+    # errors and the end
+    # ------------------------------------------------------------------------------------------
+    def explain(
+        self,
+        exc: BaseException,
+        site: Site | None,
+        *,
+        call: BackwardCall | None = None,
+        walk: WalkResult | None = None,
+        roots: Any = None,
+        names: dict[int, str] | None = None,
+    ) -> Finding | None:
+        """A finding that explains an autograd error, or None if it is not one the lens knows."""
+        ctx = self.ctx
+        text = str(exc)
+        first = text.split("\n", 1)[0].split(". ", 1)[0].rstrip(".")  # PyTorch's first sentence
+        names = names or {}
+        if _SECOND in text and call is not None and walk is not None:
+            return second_backward.explain(ctx, call, walk, first)
+        if _SECOND in text:
+            return second_backward.unknown(site, first)
+        if _INPLACE in text and call is not None:
+            if walk is not None and walk.stale_saved:
+                return inplace_saved.from_stale(ctx, call, walk.stale_saved, failed=True, exc_text=first)[0]
+            return inplace_saved.explain_plain(ctx, call, list(roots or []), first)
+        if _NONSCALAR in text:
+            return nonscalar_backward.finding(site, tensors_in(roots), names)
+        if _NOGRAD in text:
+            return no_grad_path.finding(ctx, site, tensors_in(roots), names)
+        return None
+
+    def explain_error(self, exc: BaseException, site: Site | None, **ctx: Any) -> Finding | None:
+        """Explain an error, keep the finding, and add its text to the exception as a note (shown
+        in the traceback); the exception is the user's and goes on unchanged."""
+        f = self.explain(exc, site, **ctx)
+        if f is not None:
+            self.add(f)
+            attach_note(exc, f)
+        return f
+
+    def ddp_unused(
+        self, exc: BaseException, site: Site | None, names: list[str], forward: Site | None, net: str, rank: int | None
+    ) -> Finding:
+        """DistributedDataParallel's failure for parameters that took no part in the loss, named."""
+        f = dead_param.ddp_unused(names, site, forward, net, rank, exc_first_line(exc))
+        self.add(f)
+        attach_note(exc, f)
+        return f
+
+    def close(self) -> None:
+        """The end of the watch: the last run of steps, then the parameters never given gradient."""
+        self.close_run()
+        self.add_all(dead_param.findings(self.ctx))
+
+    def _intern(self, value: Any) -> Any:
+        """One shared object for equal values (a loop repeats the same sets every iteration)."""
+        return self._interned.setdefault(value, value)
+
+    def graph_key(self, site: Site) -> str:
+        return f"{rel_path(site.file)}:{site.line}"
+
+
+def attach_note(exc: BaseException, f: Finding) -> None:
+    """Add the finding's text to the exception (``exc.__notes__``, shown in the traceback)."""
+    try:
+        exc.add_note("\n[autograd_lens] " + finding_text(f))
+        exc._autograd_lens_explained = True  # type: ignore[attr-defined]
+        exc._autograd_lens_finding = f  # type: ignore[attr-defined]
+    except Exception:
+        pass
+
+
+def exc_first_line(exc: BaseException) -> str:
+    first = str(exc).split("\n", 1)[0]
+    return f"{type(exc).__name__}: {first}"
+
+
+def _by_provenance(provenance: dict[int, tuple[int, ...]]) -> list[tuple[tuple[int, ...], list[int]]]:
+    """The parameters of a step grouped by the backward calls their gradient came from (a network's
+    parameters usually share one ledger: one question per group, not per parameter)."""
+    groups: dict[int, tuple[tuple[int, ...], list[int]]] = {}
+    for pid, prov in provenance.items():
+        g = groups.get(id(prov))
+        if g is None:
+            groups[id(prov)] = (prov, [pid])
+        else:
+            g[1].append(pid)
+    return list(groups.values())

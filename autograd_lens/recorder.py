@@ -1,0 +1,1260 @@
+"""The recorder: what the hooks see, as events.
+
+It installs the lens's hooks through :mod:`hooks` (the only place that touches PyTorch's global
+state) and turns what they see into events in the :class:`events.EventLog` and facts in the
+:class:`registry.Registry`: backward calls (site, roots, which parameters' ``.grad`` they wrote),
+optimizer steps and manual updates (which backward calls' gradient each parameter held when it was
+applied), forward ranges, graph walks and snapshots. It hands each event to the judge as it
+happens (``sink``); it never decides what is wrong.
+
+Cost. The first occurrences of each backward site get *detail*: the global module hooks record
+forward ranges, the graph is walked (stamps, leaves, stale saved tensors) and snapshotted. Once every
+known site has had its detail, the module hooks come off and a backward costs its site lookup, the
+per-parameter accumulation hooks and a few dictionary operations; a step, its parameters'
+provenance. A new backward site, network or optimizer turns detail on again.
+
+Nothing here keeps a tensor, a module or an autograd node alive: parameters and optimizers are
+held by weak reference, graph nodes only while a backward call is being set up, and stamps and
+tags live in ``node.metadata``, which dies with the node.
+
+Imports: :mod:`hooks`, :mod:`registry`, :mod:`events`, :mod:`walk`, :mod:`graph`, :mod:`naming`,
+:mod:`frameworks`, :mod:`source`, :mod:`findings`. Not the checks, not the judge (it calls the
+``sink`` it is given), not the watch.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import types
+import warnings
+import weakref
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+
+from . import frameworks, source
+from .events import BackwardCall, EventLog, HeldGraphs, OptimizerStep
+from .findings import Finding, Site
+from .graph import Graph, capture, saved_bytes
+from .hooks import (
+    HookSet,
+    patch_zero_grad,
+    register_global_module_hooks,
+    register_global_optimizer_hooks,
+    watch_warnings,
+)
+from .hooks.patches import BACKWARD_ENGINE_AVAILABLE, patch_backward
+from .naming import framework_frames, is_machinery, local_items, tensor_names, tensors_in, user_frame
+from .registry import ForwardRange, OptInfo, Registry, is_network
+from .walk import WalkResult, walk_graph
+
+#: How many occurrences of each backward site get a full graph snapshot and leak analysis.
+DETAIL_PER_SITE = 2
+
+#: Backward calls in a row with every site past its detail before the module hooks come off.
+QUIET_CALLS = 4
+
+#: Graphs of this many earlier iterations of a backward site alive at once: something holds them.
+HELD_ITERATIONS = 2
+
+_serial = iter(range(1, 1 << 62))
+
+#: Whether a JIT trace runs, and how many TorchDispatchModes are active (feature-detected).
+_TRACING = getattr(torch._C, "_get_tracing_state", None)
+_DISPATCH_DEPTH = getattr(torch._C, "_len_torch_dispatch_stack", None)
+#: Reads the number the next autograd node will get, without making a node (torch >= 2.1).
+_PEEK_SEQ = getattr(getattr(torch._C, "_autograd", None), "_get_sequence_nr", None)
+_GRAPH_TASK = getattr(torch._C, "_current_graph_task_id", None)
+
+
+class Sink(Protocol):
+    """What the recorder hands its events to (the judge)."""
+
+    def after_backward(self, call: BackwardCall, walk: WalkResult) -> None: ...
+    def on_step(self, step: OptimizerStep) -> None: ...
+    def close_run(self) -> None: ...
+    def held(self, call: BackwardCall, held: HeldGraphs, alive: int, retained: bool) -> None: ...
+    def warning(self, message: object, filename: str, lineno: int) -> None: ...
+    def explain_error(self, exc: BaseException, site: Site | None, **ctx: Any) -> Finding | None: ...
+    def keep_graph(self, key: str, graph: Graph, *, replace: bool = True) -> None: ...
+    def graph_key(self, site: Site) -> str: ...
+
+
+class ParamState:
+    """What the recorder knows of one parameter's ``.grad``: which backward calls it holds."""
+
+    __slots__ = ("ref", "ledger", "grad_ref", "grad_version", "applied", "fp")
+
+    def __init__(self, p: torch.Tensor) -> None:
+        self.ref = weakref.ref(p)
+        self.ledger: list[int] = []  # backward call ids whose gradient is in .grad now
+        self.grad_ref: weakref.ref | None = None
+        self.grad_version = -1
+        self.applied: dict[int, tuple[int, ...]] = {}  # optimizer key -> call ids it applied last
+        self.fp: tuple[Any, ...] | None = None  # (version, storage, sum) after its last backward
+
+
+class SiteState:
+    """What the recorder knows of one backward site."""
+
+    __slots__ = ("site", "key", "count", "last", "detailed", "roots", "leaves", "graph_key", "graph_ranged",
+                 "site_key", "steady")
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.key = (site.file, site.line)
+        self.count = 0  # calls so far
+        self.last = 0  # id of its latest call
+        self.detailed = 0  # calls walked and snapshotted with forward ranges recorded
+        self.roots: tuple[str, ...] | None = None  # names of the roots, from its first call
+        self.leaves: set[int] = set()  # leaves seen when walked
+        self.graph_key: str | None = None
+        self.graph_ranged = False
+        self.site_key = site.key
+        self.steady: WalkResult | None = None  # what a call past its detail sees, without a walk
+
+
+class _GraphTag:
+    """Lives in a root node's metadata; a weak reference to it says whether the graph is alive."""
+
+    __slots__ = ("__weakref__",)
+
+
+_UNSEEN = object()
+
+
+class Recorder:
+    """The hooks of one watch and what they saw; see the module docstring."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        reg: Registry,
+        sink: Sink,
+        *,
+        detail: int = DETAIL_PER_SITE,
+        keep_graphs: bool = True,
+        internal: Callable[[BaseException], None],
+    ) -> None:
+        self.log = log
+        self.reg = reg
+        self.sink = sink
+        self.detail = detail
+        self.keep_graphs = keep_graphs
+        self._internal = internal
+        self.hooks = HookSet()
+        self.closed = False
+        self.stepped_aside: dict[str, int] = {}  # what the lens did not watch, and how often
+        # steps, manual updates and (while the module hooks are on) network forwards so far: calls of
+        # one site with different values belong to different iterations
+        self.iteration = 0
+        self._params: dict[int, ParamState] = {}
+        self._holding: set[int] = set()  # parameters whose .grad holds gradient of known calls
+        self._sites: dict[tuple[str, int], SiteState] = {}
+        self._frame_sites: dict[tuple[str, int, str], SiteState] = {}  # (file, line, function) -> site
+        self._tls = threading.local()
+        # running backward calls: the call, its leaves, the thread that started it
+        self._inflight: list[tuple[BackwardCall, set[int], int]] = []
+        self._lock = threading.RLock()
+        self._interned: dict[Any, Any] = {}
+        self._rows: dict[Any, tuple[tuple[str, str], ...]] = {}  # reached set -> flow-table row
+        self._modes: dict[Any, tuple[int, tuple[Any, ...], frozenset[int]]] = {}  # reached set -> networks
+        # detail: module hooks on (forward ranges), and since which call they record whole forwards
+        self._module_hooks: list[Any] = []
+        self._ranges_from = 1
+        self._quiet = 0
+        self.generation = 0  # bumped when a network or optimizer is registered
+        # manual updates (no optimizer object): the update statements of the user's files, and
+        # the unit that stands for the manual updates of each network
+        self._update_stmts: dict[str, tuple[source.Update, ...]] = {}
+        self._manual_on = False
+        self._manual_units: dict[int, OptInfo] = {}
+        # storage of recent network outputs -> (network key, weak reference to the output)
+        self._net_outputs: OrderedDict[tuple[str, int], tuple[int, weakref.ref]] = OrderedDict()
+        self._step_markers: list[tuple[int, int, frozenset[int]]] = []  # (seq, step index, params moved)
+        self._probe: torch.Tensor | None = None
+        serial = next(_serial)
+        # node.metadata keys: (call id, retained) of the last backward through a node; call id of a
+        # non-retained backward that used the node as its root. Per watch, so stamps never mix.
+        self.stamp_keys = (f"autograd_lens.{serial}.call", f"autograd_lens.{serial}.root")
+        # a tag in the root's metadata dies with the graph: the graphs of each site still alive
+        self._tag_key = f"autograd_lens.{serial}.alive"
+        self._alive: dict[tuple[str, int], deque[tuple[int, int, bool, weakref.ref]]] = {}
+        self._holders: dict[tuple[str, int], HeldGraphs | None] = {}
+
+    # ------------------------------------------------------------------------------------------
+    # installing and removing
+    # ------------------------------------------------------------------------------------------
+    def install(self) -> None:
+        _MACHINERY_FILES.clear()  # the packages to skip may have changed
+        if _PEEK_SEQ is None:
+            self._probe = torch.zeros(1, requires_grad=True)
+        self.reg.first_seq = self._seq_now_always()
+        g = self.guard
+        try:
+            patch_backward(self.hooks, self._on_engine, self._on_api)
+            register_global_optimizer_hooks(self.hooks, g(self._on_step_pre), g(self._on_step_post))
+            patch_zero_grad(self.hooks, g(self._on_zero_grad))
+            watch_warnings(self.hooks, g(self._on_warning))
+            self._modules_on()
+        except Exception:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        _MACHINERY_FILES.clear()
+        try:
+            self._modules_off()
+        finally:
+            self.hooks.remove()
+            self._probe = None
+
+    def _modules_on(self) -> None:
+        """Record forward ranges (and find networks as they run) from the next forward on."""
+        if self._module_hooks or self.hooks.removed:
+            return
+        hs = HookSet()
+        register_global_module_hooks(hs, self.guard(self._on_forward_pre), self.guard(self._on_forward_post))
+        self._module_hooks = [hs]
+        self._ranges_from = self.log.next_call_id()
+        self._tls.__dict__.pop("stack", None)
+
+    def _modules_off(self) -> None:
+        for hs in self._module_hooks:
+            hs.remove()
+        self._module_hooks = []
+
+    def registry_changed(self) -> None:
+        """A network or optimizer was registered: what each site knew may be about others."""
+        self.generation += 1
+        for s in self._sites.values():
+            s.detailed = 0
+            s.leaves = set()
+        self._quiet = 0
+        self._modules_on()
+
+    # ------------------------------------------------------------------------------------------
+    # failures of the lens, and stepping aside
+    # ------------------------------------------------------------------------------------------
+    def guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        internal = self._internal
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                internal(exc)
+                return None
+
+        return guarded
+
+    def aside(self) -> bool:
+        """Whether the user's code runs under a JIT trace or a TorchDispatchMode now: the lens must
+        run no tensor op of its own and touch no tensor's data there, so it does not watch. Said
+        once per kind (a warning, and ``stepped_aside`` in the report)."""
+        if _TRACING is not None and _TRACING() is not None:
+            why = "torch.jit.trace"
+        elif _DISPATCH_DEPTH is not None and _DISPATCH_DEPTH():
+            why = _dispatch_mode_name()
+        else:
+            return False
+        n = self.stepped_aside.get(why, 0)
+        self.stepped_aside[why] = n + 1
+        if n == 0:
+            frame = user_frame()
+            try:
+                where = (frame.f_code.co_filename, frame.f_lineno) if frame is not None else ("autograd_lens", 0)
+                module = frame.f_globals.get("__name__", "") if frame is not None else "autograd_lens"
+            finally:
+                del frame
+            warnings.warn_explicit(
+                f"autograd_lens: not watching while {why} runs (the lens runs no tensor op of its own there)",
+                RuntimeWarning, where[0], where[1], module=module,
+            )
+        return True
+
+    # ------------------------------------------------------------------------------------------
+    # names
+    # ------------------------------------------------------------------------------------------
+    def opt_for(self, opt: torch.optim.Optimizer, *, scan: bool = True) -> OptInfo:
+        """The optimizer's state; a new one is named from the caller's variables first, else by its
+        place in the framework's list (`configure_optimizers()[1]`), else by type (`Adam#3`)."""
+        reg = self.reg
+        if reg.known(reg.opts, opt):
+            return reg.opts[id(opt)]
+        if scan:
+            frame = user_frame()
+            try:
+                reg.scan_frame(frame)
+            finally:
+                del frame
+            if reg.known(reg.opts, opt):
+                return reg.opts[id(opt)]
+        name = None
+        fw = framework_frames(None)
+        try:
+            name = frameworks.optimizer_place(fw, opt) if fw else None
+        except Exception:
+            name = None
+        finally:
+            del fw
+        return reg.add_opt(opt, name or f"{type(opt).__name__}#{len(reg.opts) + 1}")
+
+    # ------------------------------------------------------------------------------------------
+    # forward (global module hooks, while detail is on)
+    # ------------------------------------------------------------------------------------------
+    def _seq_now_always(self) -> int | None:
+        """The next sequence number, also while grad is off."""
+        with torch.enable_grad():
+            return self._seq_now()
+
+    def _seq_now(self) -> int | None:
+        """The sequence number the next autograd node will get (None while grad is off)."""
+        if not torch.is_grad_enabled():
+            return None
+        if _PEEK_SEQ is not None:
+            return _PEEK_SEQ()
+        probe = self._probe  # older PyTorch: make a node and read its number
+        if probe is None:
+            return None
+        fn = probe.view(1).grad_fn
+        return fn._sequence_nr() + 1 if fn is not None else None
+
+    def _on_forward_pre(self, module: torch.nn.Module, args: tuple) -> None:
+        tls = self._tls
+        stack = getattr(tls, "stack", None)
+        if stack is None:
+            stack = tls.stack = []
+            tls.open = []
+        opened: list[ForwardRange] = tls.open
+        if _compiling() or not torch.is_grad_enabled() or self.aside():
+            stack.append(None)
+            return
+        reg = self.reg
+        if opened:  # a call inside a network's forward: one of its modules
+            hit = reg.module_of(module)
+            start = self._seq_now()
+            if hit is None or start is None:
+                stack.append(None)
+                return
+            parent = opened[-1]
+            r = ForwardRange(start, hit[0], hit[1], parent.depth + 1, None, parent=parent)
+            reg.open_range(r)
+            opened.append(r)
+            stack.append(r)
+            return
+        net = reg.nets.get(id(module))
+        path = ""
+        if net is None or net.ref() is not module:
+            if module in reg.not_networks or not is_network(module):
+                reg.not_networks.add(module)  # a loss or other module without parameters
+                stack.append(None)
+                return
+            frame = user_frame(("torch.nn.modules.module",))
+            try:
+                reg.scan_frame(frame)
+            finally:
+                del frame
+            net = reg.nets.get(id(module))
+            if net is None or net.ref() is not module:
+                hit = reg.module_of(module)
+                if hit is not None:
+                    # a part of a known network called on its own (`model.head(x)`) belongs to it
+                    net, path = reg.nets[hit[0]], hit[1]
+                elif any(reg.module_of(m) is not None for m in module.children()):
+                    # a container of known networks (a LightningModule holding netG and netD): the
+                    # networks it calls are the units
+                    reg.not_networks.add(module)
+                    stack.append(None)
+                    return
+                else:
+                    net = reg.add_net(module, type(module).__name__)
+        start = self._seq_now()
+        if start is None:
+            stack.append(None)
+            return
+        detached: set[int] = set()
+        carried: list[tuple[int, int, int]] = []
+        for i, a in enumerate(args):
+            if isinstance(a, torch.Tensor):
+                fn = a.grad_fn
+                if fn is not None:
+                    carried.append((i, fn._sequence_nr(), 1))
+                elif not a.requires_grad:
+                    try:
+                        key = (str(a.device), a.untyped_storage().data_ptr())
+                    except RuntimeError:
+                        continue
+                    hit_out = self._net_outputs.get(key)
+                    # the output must still exist: a freed one's memory can hold a fresh input
+                    if hit_out is not None and hit_out[0] != net.key and hit_out[1]() is not None:
+                        detached.add(hit_out[0])
+            elif isinstance(a, (tuple, list)) and a and len(a) <= 8:
+                for t in a:
+                    if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+                        carried.append((i, t.grad_fn._sequence_nr(), len(a)))
+        r = ForwardRange(start, net.key, path, 0, _caller_site(), frozenset(detached))
+        r.carried = tuple(carried)
+        reg.open_range(r)
+        opened.append(r)
+        stack.append(r)
+
+    def _on_forward_post(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+        stack = getattr(self._tls, "stack", None)
+        if not stack:
+            return
+        r = stack.pop()
+        if r is None:
+            return
+        opened = self._tls.open
+        if opened and opened[-1] is r:
+            opened.pop()
+        end = _PEEK_SEQ() if _PEEK_SEQ is not None else self._seq_now()
+        r.end = (end - 1) if end is not None else r.start - 1
+        if r.depth:
+            return
+        self.iteration += 1  # a network ran forward: state carried from before is an earlier iteration's
+        for t in tensors_in(output):
+            try:
+                k = (str(t.device), t.untyped_storage().data_ptr())
+            except RuntimeError:
+                continue
+            self._net_outputs[k] = (r.net, weakref.ref(t))
+            self._net_outputs.move_to_end(k)
+        while len(self._net_outputs) > 256:
+            self._net_outputs.popitem(last=False)
+
+    # ------------------------------------------------------------------------------------------
+    # backward
+    # ------------------------------------------------------------------------------------------
+    def _on_api(self, run: Callable[..., Any], kind: str, args: tuple, kwargs: dict) -> Any:
+        if self.aside():
+            return run(*args, **kwargs)
+        if not BACKWARD_ENGINE_AVAILABLE:
+            tensors = args[0] if args else kwargs.get("tensors", kwargs.get("outputs"))
+            retain = kwargs.get("retain_graph")
+            if retain is None:
+                retain = args[2] if kind == "backward" and len(args) > 2 else kwargs.get("create_graph", False)
+            return self._backward(lambda: run(*args, **kwargs), tensors, bool(retain), kind == "backward")
+        try:
+            return run(*args, **kwargs)
+        except Exception as exc:
+            if not self.closed and not getattr(exc, "_autograd_lens_explained", False):
+                self.guard(self._explain_api_error)(exc, args, kwargs)
+            raise
+
+    def _explain_api_error(self, exc: Exception, args: tuple, kwargs: dict) -> None:
+        """An error raised before the engine ran (e.g. a non-scalar root without `gradient=`)."""
+        frame = user_frame()
+        try:
+            site, names = _frame_site(frame), tensor_names(frame, grad_fns=True)
+        finally:
+            del frame
+        roots = args[0] if args else kwargs.get("tensors", kwargs.get("outputs"))
+        self.sink.explain_error(exc, site, roots=roots, names=names)
+
+    def _on_engine(self, run: Callable[..., Any], t_outputs: Any, args: tuple, kwargs: dict, accumulate: bool) -> Any:
+        if getattr(self._tls, "in_backward", False) or self.closed or _inside_backward() or self.aside():
+            # a backward started from inside another one (reentrant checkpointing, hooks):
+            # part of the outer call
+            return run(t_outputs, *args, **kwargs)
+        retain = bool(args[1]) if len(args) > 1 else bool(kwargs.get("keep_graph", False))
+        return self._backward(
+            lambda: run(t_outputs, *args, **kwargs),
+            t_outputs,
+            retain,
+            accumulate,
+            create_graph=bool(args[2]) if len(args) > 2 else bool(kwargs.get("create_graph", False)),
+            inputs=args[3] if len(args) > 3 else kwargs.get("inputs"),
+        )
+
+    def _site_state(self) -> tuple[SiteState, dict[int, str] | None]:
+        """The backward site of the call being made: the user's frame (a framework's backward of
+        the loss `training_step` returned is that return's line), and, the first time a site is
+        seen, the names of the tensors in its frame."""
+        frame = sys._getframe(2)
+        while frame is not None and _machinery_frame(frame):
+            frame = frame.f_back
+        try:
+            if frame is not None:
+                code = frame.f_code
+                s = self._frame_sites.get((code.co_filename, frame.f_lineno, code.co_name))
+                if s is not None and s.detailed >= self.detail:
+                    return s, None  # known and past its detail: no scan of the frame's names
+            site = _frame_site(frame)
+            names = tensor_names(frame, grad_fns=True)
+            fw = framework_frames(frame)
+            if fw:
+                ts = frameworks.training_step_site(fw)
+                if ts is not None and (frame is None or frame.f_code.co_name != ts[2]):
+                    site, names = Site(*ts), {}
+            del fw
+            s = self._sites.get((site.file, site.line))
+            if s is None:
+                s = self._sites[(site.file, site.line)] = SiteState(self._intern(site))
+            if frame is not None and len(self._frame_sites) < 4096:
+                code = frame.f_code
+                self._frame_sites[(code.co_filename, frame.f_lineno, code.co_name)] = s
+            return s, names
+        finally:
+            del frame
+
+    def _backward(
+        self,
+        go: Callable[[], Any],
+        t_outputs: Any,
+        retain: bool,
+        accumulate: bool,
+        *,
+        create_graph: bool = False,
+        inputs: Any = None,
+    ) -> Any:
+        try:
+            s, local_names = self._site_state()
+        except Exception as exc:
+            self._internal(exc)
+            s, local_names = SiteState(Site("<unknown>", 0)), {}
+        site = s.site
+        inside = self._in_step()
+        if inside is None:
+            if self._manual_on or local_names is not None:
+                self._note_manual_updates(site)
+            self.sink.close_run()
+        roots = tensors_in(t_outputs)
+        if s.roots is None or local_names:
+            s.roots = tuple((local_names or {}).get(id(t), f"<{_shape(t)}>") for t in roots)
+        detail = s.detailed < self.detail
+        with self._lock:
+            call = BackwardCall(
+                id=self.log.next_call_id(),
+                site=site,
+                kind="backward" if accumulate else "grad",
+                roots=s.roots,
+                retain_graph=retain,
+                create_graph=create_graph,
+                occurrence=s.count,
+                prev=s.last,
+                iteration=self.iteration,
+                within=inside.key if inside is not None else None,
+                detailed=detail,
+                site_key=s.site_key,
+            )
+            s.count += 1
+            s.last = call.id
+            self.log.add_call(call)
+        ranged = call.id >= self._ranges_from  # its forward ran with the module hooks on
+        if detail and ranged:
+            s.detailed += 1  # a forward recorded whole: this call's detail counts
+        elif detail:
+            self._modules_on()
+        try:
+            self._settle_grads()
+            if detail:
+                walk = walk_graph(self, roots, call, True, local_names or {})
+                s.leaves |= walk.leaves
+                # the site's picture: its first snapshot, replaced once by one with forward ranges
+                if walk.graph is not None and (s.graph_key is None or (ranged and not s.graph_ranged)):
+                    s.graph_key = self.sink.graph_key(site)
+                    s.graph_ranged = ranged
+                    call.graph_key = s.graph_key
+            else:
+                reused = _root_reused(roots, self.stamp_keys[1])
+                if reused:
+                    walk = WalkResult(leaves=s.leaves, root_reused=reused)
+                else:  # nothing to read from it: one object per site, shared by its calls
+                    walk = s.steady if s.steady is not None and s.steady.leaves is s.leaves else None
+                    if walk is None:
+                        walk = s.steady = WalkResult(leaves=s.leaves)
+            if inputs and accumulate:
+                # leaves left out by `backward(inputs=...)` get no gradient on purpose
+                chosen = {id(t) for t in tensors_in(inputs)}
+                self.log.excluded |= walk.leaves - chosen
+        except Exception as exc:
+            self._internal(exc)
+            walk = WalkResult()
+        self._tls.in_backward = True
+        running = (call, walk.leaves, threading.get_ident())
+        with self._lock:
+            self._inflight.append(running)
+        try:
+            result = go()
+        except BaseException as exc:
+            call.error = _exc_text(exc)
+            if walk.graph is not None and self.keep_graphs and call.graph_key is None:
+                # the failing call's graph, as it was when the backward started (freed parts marked)
+                call.graph_key = s.graph_key or self.sink.graph_key(site)
+                self.sink.keep_graph(call.graph_key, walk.graph, replace=False)
+            if isinstance(exc, Exception) and not getattr(exc, "_autograd_lens_explained", False):
+                self.guard(self.sink.explain_error)(exc, site, call=call, walk=walk, roots=roots, names=local_names or {})
+            raise
+        finally:
+            with self._lock:
+                self._inflight.remove(running)
+            self._tls.in_backward = False
+        try:
+            call.reached = self._intern(frozenset(call.reached))
+            self.reg.ever_grad |= call.reached
+            if self._manual_on:
+                self._fingerprint_reached(call)
+            self._stamp_roots(roots, call)
+            self._track_graphs(roots, call)
+            self._note_mode(call)
+            call.networks = self._row(call, walk)
+            self.sink.after_backward(call, walk)
+            self._settle_detail()
+        except Exception as exc:
+            self._internal(exc)
+        return result
+
+    def _settle_detail(self) -> None:
+        """Once every known site has had its detail for a few calls in a row, the module hooks come
+        off (forward ranges are needed only for the graphs of detailed calls)."""
+        if not self._module_hooks:
+            return
+        if all(s.detailed >= self.detail for s in self._sites.values()):
+            self._quiet += 1
+            if self._quiet >= QUIET_CALLS:
+                self._modules_off()
+        else:
+            self._quiet = 0
+
+    def _row(self, call: BackwardCall, walk: WalkResult) -> tuple[tuple[str, str], ...]:
+        """The call's row of the flow table: each network (and optimized tensor of no network)
+        reached, stopped at a detach, or not reached."""
+        reg = self.reg
+        leaves = call.reached or walk.leaves
+        columns = tuple(reg.network_names())
+        if walk.graph is None:
+            key = (leaves if isinstance(leaves, frozenset) else frozenset(leaves), columns, self.generation)
+            row = self._rows.get(key)
+            if row is not None:
+                return row
+        reached = {reg.column_of(p) for p in leaves} - {None}
+        detached: set[str] = set()
+        if walk.graph is not None:
+            for n in walk.graph.nodes:
+                if n.seq is not None and n.kind != "param":
+                    r = reg.top_range_of_seq(n.seq)
+                    if r is not None:
+                        detached |= {reg.net_name(k) for k in r.detached_from}
+        row = tuple(
+            (name, "reached" if name in reached else "detached" if name in detached else "not reached")
+            for name in columns
+        )
+        row = self._intern(row)
+        if walk.graph is None:
+            if len(self._rows) > 256:
+                self._rows.clear()
+            self._rows[key] = row
+        return row
+
+    def _note_mode(self, call: BackwardCall) -> None:
+        """Which networks the call reached in eval mode; which optimizers it trained in train mode."""
+        reg = self.reg
+        memo = self._modes.get(call.reached)
+        if memo is None or memo[0] != reg.generation:
+            nets = tuple(n for n in (reg.nets.get(k) for k in {reg.param_net.get(p) for p in call.reached} - {None}) if n)
+            opts = frozenset(o for p in call.reached for o in reg.param_opts.get(p, ()))
+            memo = (reg.generation, nets, opts)
+            if len(self._modes) > 256:
+                self._modes.clear()
+            self._modes[call.reached] = memo
+        _, nets, opts = memo
+        evals = [n.name for n in nets if (m := n.ref()) is not None and not m.training]
+        call.eval_nets = tuple(sorted(evals)) if evals else ()
+        call.all_eval = bool(nets) and len(evals) == len(nets)
+        if not call.all_eval and not opts <= reg.trained_opts:
+            reg.trained_opts |= opts
+
+    # graphs kept alive across iterations ---------------------------------------------------------
+    def _track_graphs(self, roots: Sequence[torch.Tensor], call: BackwardCall) -> None:
+        """Tag this call's graph; if graphs of two or more earlier iterations of this site are still
+        alive, something holds them (`epoch_loss += loss`, `history.append(loss)`)."""
+        key = (call.site.file, call.site.line)
+        alive = self._alive.get(key)
+        if alive is None:
+            alive = self._alive[key] = deque(maxlen=64)
+        while alive and alive[0][3]() is None:
+            alive.popleft()
+        if len(alive) >= HELD_ITERATIONS:
+            older = [e for e in alive if e[3]() is not None and e[1] < call.iteration]
+            if len({e[1] for e in older}) >= HELD_ITERATIONS:
+                held = self._holders.get(key, _UNSEEN)
+                if held is _UNSEEN:
+                    held = self._find_holder()
+                    self._holders[key] = held
+                if held is not None:
+                    self.sink.held(call, held, len(older), any(e[2] for e in older))
+        for t in roots:
+            fn = t.grad_fn
+            if fn is not None:
+                tag = _GraphTag()
+                fn.metadata[self._tag_key] = tag
+                alive.append((call.id, call.iteration, call.retain_graph, weakref.ref(tag)))
+                break
+
+    def _find_holder(self) -> HeldGraphs | None:
+        """The variable that keeps old graphs alive, its line, and the saved bytes they hold."""
+        frame = user_frame()
+        try:
+            frames = []
+            f = frame
+            while f is not None and len(frames) < 4:
+                frames.append(f)
+                f = f.f_back
+            for f in frames:
+                for name, value in [*local_items(f), *f.f_globals.items()]:
+                    if name.startswith("__"):
+                        continue
+                    got = _holds_tags(value, self._tag_key)
+                    if got is None:
+                        continue
+                    nodes, saved = got
+                    line = source.accumulations(f.f_code.co_filename, f.f_lineno, name)
+                    site = Site(f.f_code.co_filename, line, f.f_code.co_name) if line else None
+                    return HeldGraphs(name, site, nodes, saved, type(value).__name__)
+        finally:
+            del frame
+        return None
+
+    def _stamp_roots(self, roots: Sequence[torch.Tensor], call: BackwardCall) -> None:
+        if call.retain_graph:
+            return
+        for t in roots:
+            fn = t.grad_fn
+            if fn is not None:
+                fn.metadata[self.stamp_keys[1]] = call.id
+
+    def sites(self) -> list[SiteState]:
+        return list(self._sites.values())
+
+    # used by the graph walk -----------------------------------------------------------------------
+    def step_markers(self) -> list[tuple[int, int, frozenset[int]]]:
+        return self._step_markers
+
+    def param_states(self) -> dict[int, ParamState]:
+        return self._params
+
+    def param_opt(self, pid: int) -> int | None:
+        return self.reg.opt_of(pid)
+
+    def snapshot(
+        self,
+        roots: Sequence[torch.Tensor],
+        call: BackwardCall,
+        leaf_ids: dict[int, int],
+        local_names: dict[int, str],
+        node_index: dict[int, int],
+    ) -> Graph:
+        call_text = source.call_source(call.site.file, call.site.line, source.BACKWARD_METHODS) or "backward"
+        return capture(
+            roots,
+            names=self.reg.names,
+            output_names=list(call.roots),
+            input_names=local_names,
+            title=f"{call_text}  ({call.site.key})",
+            leaf_ids=leaf_ids,
+            node_index=node_index,
+            module_of_seq=self.reg.module_name_of_seq,
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # accumulation
+    # ------------------------------------------------------------------------------------------
+    def ensure_param(self, p: torch.Tensor) -> ParamState:
+        pid = id(p)
+        st = self._params.get(pid)
+        if st is not None and st.ref() is p:
+            return st
+        st = ParamState(p)
+        self._params[pid] = st
+        if p.requires_grad and p.is_leaf:
+            try:
+                self.hooks.add(p.register_post_accumulate_grad_hook(self._on_accumulated))
+            except RuntimeError:
+                pass
+        return st
+
+    def _on_accumulated(self, p: torch.Tensor) -> None:
+        """A backward added its gradient to ``p.grad``: one more call in the parameter's ledger.
+        (Runs for every parameter of every backward: kept lean; it guards itself.)"""
+        try:
+            inflight = self._inflight
+            if not inflight:
+                return None
+            pid = id(p)
+            st = self._params.get(pid)
+            if st is None:
+                return None
+            if len(inflight) == 1:
+                call = inflight[0][0]
+            else:  # backward calls running in several threads: this thread's, else one holding p
+                me = threading.get_ident()
+                call = next((c for c, _, t in reversed(inflight) if t == me), None) or next(
+                    (c for c, leaves, _ in reversed(inflight) if pid in leaves), inflight[-1][0]
+                )
+            g = p.grad
+            ref = st.grad_ref
+            if ref is None or ref() is not g:
+                # A new `.grad` object starts a new ledger (zero_grad set it to None, or it was
+                # assigned). The same object holds the gradient of the calls in its ledger, whatever
+                # was done to it in place since (clipping, unscaling, all-reduce): a change that
+                # zeroed it was seen before this backward began (`_settle_grads`).
+                if not (call.create_graph and ref is not None and ref() is None):
+                    st.ledger = []
+                st.grad_ref = weakref.ref(g) if g is not None else None
+            ledger = st.ledger
+            ledger.append(call.id)
+            if len(ledger) > 64:  # a .grad never zeroed: keep the recent history only
+                del ledger[:-32]
+            self._holding.add(pid)
+            if g is not None:
+                st.grad_version = g._version
+            call.reached.add(pid)  # type: ignore[union-attr]
+        except Exception as exc:
+            self._internal(exc)
+        return None
+
+    def _on_warning(self, message: object, filename: str, lineno: int) -> None:
+        if not self.closed:
+            self.sink.warning(message, filename, lineno)
+
+    # ------------------------------------------------------------------------------------------
+    # zero_grad and steps
+    # ------------------------------------------------------------------------------------------
+    def _on_zero_grad(self, obj: Any, set_to_none: bool) -> None:
+        if self.closed or _compiling() or self.aside():
+            return
+        if self._manual_on:
+            self._note_manual_updates(_site())
+        params = obj.parameters() if isinstance(obj, torch.nn.Module) else (
+            p for g in obj.param_groups for p in g["params"]
+        )
+        for p in params:
+            st = self._params.get(id(p))
+            if st is not None:
+                st.ledger = []
+                st.grad_ref = None
+                self._holding.discard(id(p))
+
+    def _settle_grads(self) -> None:
+        """Before a backward: forget the ledger of each `.grad` that was zeroed since its last
+        accumulation: set to None, or zeroed in place by hand (`p.grad.zero_()`).
+
+        Only parameters whose `.grad` still holds gradient and whose version moved are looked at
+        (a loop that calls `zero_grad()` leaves none); their values decide, in one pass: all zero
+        means zeroed, anything else (a clipped or unscaled gradient) keeps its provenance.
+        """
+        holding = self._holding
+        if not holding:
+            return
+        moved: list[tuple[ParamState, torch.Tensor]] = []
+        for pid in list(holding):
+            st = self._params.get(pid)
+            p = st.ref() if st is not None else None
+            g = p.grad if p is not None else None
+            if g is None:
+                holding.discard(pid)  # zeroed (set to None) or gone
+                if st is not None:
+                    st.ledger = []
+                continue
+            ref = st.grad_ref  # type: ignore[union-attr]
+            if ref is None or ref() is not g:
+                continue  # replaced: the next accumulation starts a new ledger
+            if g._version != st.grad_version:  # type: ignore[union-attr]
+                moved.append((st, g))  # type: ignore[arg-type]
+        if not moved:
+            return
+        zero = _all_zero([g for _, g in moved])
+        for (st, g), z in zip(moved, zero):
+            st.grad_version = g._version
+            if z:
+                st.ledger = []
+                holding.discard(id(st.ref()))
+
+    def _on_step_pre(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        if self.closed or _compiling() or self.aside():
+            return
+        st = self.opt_for(opt)
+        groups = opt.param_groups
+        if st.steps == 0 or st.n_groups != len(groups) or st.n_listed != sum(len(g["params"]) for g in groups):
+            self.reg.refresh_opt(st, opt)
+        site = _site()
+        # the hook's args are the step's, the optimizer first: `opt.step(closure)` -> (opt, closure)
+        rest = args[1:] if args and args[0] is opt else args
+        closure = kwargs["closure"] if "closure" in kwargs else (rest[0] if rest else None)
+        if callable(closure):
+            # LBFGS, SAM: the step runs the closure, and so its backward calls, before it reads the
+            # gradient; the step is recorded when it returns, and those calls are for it
+            running = getattr(self._tls, "steps", None)
+            if running is None:
+                running = self._tls.steps = []
+            running.append((st, site, self.log.next_call_id()))
+            return
+        self._record_step(st, _params_of(opt), site)
+
+    def _record_step(
+        self, st: OptInfo, params: list[torch.Tensor], site: Site, *, closure_from: int | None = None
+    ) -> OptimizerStep:
+        """An optimizer (or a manual update) applies the gradient its parameters hold now."""
+        st.steps += 1
+        self.iteration += 1
+        if st.first_site is None:
+            st.first_site = site
+        provenance: dict[int, tuple[int, ...]] = {}
+        repeated: dict[int, tuple[int, ...]] = {}
+        # backward calls ran inside the step (a framework passes a closure that may do nothing)
+        ran_closure = closure_from is not None and self.log.n_calls >= closure_from
+        key = st.key
+        params_state = self._params
+        interned = self._interned
+        for p in params:
+            g = p.grad
+            pid = id(p)
+            if g is None:
+                if p.requires_grad:
+                    st.no_grad.add(pid)
+                continue
+            ps = params_state.get(pid)
+            if ps is None or ps.ref() is not p:
+                provenance[pid] = ()
+                continue
+            ref = ps.grad_ref
+            if ref is None or ref() is not g:
+                ps.ledger = []  # .grad was assigned by hand: unknown provenance
+            prov = tuple(ps.ledger)
+            prov = interned.setdefault(prov, prov)
+            provenance[pid] = prov
+            applied = ps.applied.get(key)
+            again: tuple[int, ...] = ()
+            if applied and prov:
+                if applied is prov:
+                    again = prov  # the very same gradient, applied again
+                elif len(prov) == 1:
+                    again = prov if prov[0] in applied else ()
+                else:
+                    again = tuple(c for c in prov if c in applied)
+            if ran_closure:
+                # the closure ran several times without zero_grad: each evaluation's gradient was
+                # applied by the evaluations after it too
+                inside = [c for c in prov if c >= closure_from]  # type: ignore[operator]
+                again = tuple(dict.fromkeys(again + tuple(inside[:-1])))
+            if again:
+                repeated[pid] = again
+            ps.applied[key] = prov
+        if len(interned) > 4096:
+            interned.clear()
+        step = OptimizerStep(
+            index=self.log.n_steps,
+            optimizer=st.name,
+            optimizer_key=key,
+            site=site,
+            provenance=provenance,
+            repeated=repeated,
+            n_params=len(params),
+            closure=ran_closure,
+            manual=st.manual,
+        )
+        self.log.add_step(step)
+        self.sink.on_step(step)
+        return step
+
+    def _on_step_post(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        if self.closed or _compiling() or self.aside():
+            return
+        running = getattr(self._tls, "steps", None)
+        if running and running[-1][0].key == id(opt):
+            st, site, first = running.pop()
+            self._record_step(st, _params_of(opt), site, closure_from=first)
+        if not self._module_hooks:
+            return  # past the detail: stale saved weights are looked for in detailed calls only
+        seq = self._seq_now()
+        if seq is not None and self.log.n_steps:
+            step = self.log.step(self.log.n_steps - 1)
+            if step is not None and step.optimizer_key == id(opt):
+                # the parameters it moved: those it stepped with a gradient (Adam skips the others)
+                self._step_markers.append((seq, step.index, self._intern(frozenset(step.provenance))))
+                if len(self._step_markers) > 64:
+                    del self._step_markers[:32]
+
+    def _in_step(self) -> OptInfo | None:
+        """The optimizer whose `step(closure)` is running on this thread, if any."""
+        running = getattr(self._tls, "steps", None)
+        return running[-1][0] if running else None
+
+    # an error that ends the watch ----------------------------------------------------------------
+    def ddp_unused(self, exc: BaseException) -> tuple[list[str], Site | None, str, int | None] | None:
+        """When DistributedDataParallel failed at a forward because parameters of the network took
+        no part in the previous loss: their names, the forward that did not use them, the network
+        and the rank."""
+        got = frameworks.ddp_unused(exc)
+        if got is None:
+            return None
+        ddp, unused, rank_no = got
+        names = [self.reg.param_name(id(p)) for p in unused]
+        net = self.reg.nets.get(id(ddp))
+        forward = next((r.site for r in reversed(self.reg.ranges) if r.depth == 0 and r.net == id(ddp) and r.site), None)
+        return names, forward, net.name if net is not None else "model", rank_no
+
+    # manual updates ----------------------------------------------------------------------------
+    def _note_manual_updates(self, site: Site | None) -> None:
+        """Parameters that no optimizer steps, changed since the backward that wrote their `.grad`
+        (`p.data.add_(p.grad, alpha=-lr)`, `p -= lr * p.grad` under `no_grad`): a manual update,
+        recorded as a step of the network's manual-update unit. Looked for only in programs whose
+        source has such a statement."""
+        if site is not None and site.file not in self._update_stmts:
+            found = source.manual_updates(site.file)
+            self._update_stmts[site.file] = found
+            self._manual_on = self._manual_on or bool(found)
+        if not self._manual_on or not self._holding:
+            return
+        reg = self.reg
+        changed: dict[int, list[int]] = {}
+        for pid in list(self._holding):
+            ps = self._params.get(pid)
+            p = ps.ref() if ps is not None else None
+            if p is None or ps.fp is None or any(not reg.opts[o].manual for o in reg.opts_of(pid)):
+                continue
+            if _fingerprint(p) != ps.fp:
+                ps.fp = None  # consumed; the next backward takes a new one
+                net = reg.net_of_param(pid)
+                if net is not None:
+                    changed.setdefault(net, []).append(pid)
+        for key in changed:
+            net = reg.nets[key]
+            module = net.ref()
+            if module is None:
+                continue
+            unit = self._manual_units.get(key)
+            where = self._update_site(site)
+            if unit is None or unit.ref() is None:
+                name = f"manual update of {net.name}"
+                if where is not None:
+                    name += f" at {where.key}"
+                unit = reg.add_manual(name, [id(p) for p in module.parameters() if p.requires_grad])
+                self._manual_units[key] = unit
+            self._record_step(unit, [p for p in module.parameters() if p.requires_grad], where or site or Site("<unknown>", 0))
+
+    def _update_site(self, near: Site | None) -> Site | None:
+        """The manual-update statement: in the function of ``near`` if there is one there."""
+        best = None
+        for file, stmts in self._update_stmts.items():
+            for u in stmts:
+                if near is not None and file == near.file:
+                    scope = source.enclosing(file, near.line)
+                    end = getattr(scope, "end_lineno", None)
+                    if scope is not None and getattr(scope, "lineno", 0) <= u.line <= (end or u.line):
+                        return Site(file, u.line, near.function)
+                if best is None:
+                    best = Site(file, u.line, "")
+        return best
+
+    def _fingerprint_reached(self, call: BackwardCall) -> None:
+        reg = self.reg
+        for pid in call.reached:
+            if any(not reg.opts[o].manual for o in reg.opts_of(pid)):
+                continue
+            ps = self._params.get(pid)
+            p = ps.ref() if ps is not None else None
+            if p is not None:
+                ps.fp = _fingerprint(p)
+
+    def _intern(self, value: Any) -> Any:
+        got = self._interned.get(value)
+        if got is None:
+            if len(self._interned) > 4096:
+                self._interned.clear()
+            got = self._interned[value] = value
+        return got
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _dispatch_mode_name() -> str:
+    try:
+        from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+        mode = _get_current_dispatch_mode()
+        return f"a {type(mode).__name__}" if mode is not None else "a TorchDispatchMode"
+    except Exception:
+        return "a TorchDispatchMode"
+
+
+def _root_reused(roots: Sequence[torch.Tensor], root_key: str) -> set[int]:
+    """Earlier non-retained calls that used one of these roots as theirs (a silent double backward)."""
+    out: set[int] = set()
+    for t in roots:
+        fn = t.grad_fn
+        if fn is not None:
+            r = fn.metadata.get(root_key)
+            if r is not None:
+                out.add(r)
+    return out
+
+
+def _holds_tags(value: Any, tag_key: str, limit: int = 20_000) -> tuple[int, int] | None:
+    """(tagged graphs reached, bytes of saved tensors still held) when ``value`` (a tensor, or a
+    list, tuple, deque or dict of tensors) reaches graphs tagged with ``tag_key``; else None."""
+    if isinstance(value, torch.Tensor):
+        starts = [value]
+    elif isinstance(value, (list, tuple, deque)) and len(value) <= 100_000:
+        starts = [v for v in value if isinstance(v, torch.Tensor)]
+    elif isinstance(value, dict) and len(value) <= 10_000:
+        starts = [v for v in value.values() if isinstance(v, torch.Tensor)]
+    else:
+        return None
+    stack = [t.grad_fn for t in starts if t.grad_fn is not None]
+    if not stack:
+        return None
+    seen: set[int] = set()
+    tags = saved = 0
+    while stack and len(seen) < limit:
+        fn = stack.pop()
+        if id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        try:
+            if tag_key in fn.metadata:
+                tags += 1
+        except (AttributeError, RuntimeError):
+            pass
+        saved += saved_bytes(fn)
+        stack.extend(n for n, _ in fn.next_functions if n is not None and id(n) not in seen)
+    stack.clear()
+    return (tags, saved) if tags else None
+
+
+def _fingerprint(p: torch.Tensor) -> tuple[Any, ...]:
+    """What changes when a parameter is updated in place, `.data` updates included."""
+    try:
+        with torch.no_grad():
+            total = float(p.detach().sum())
+    except (RuntimeError, TypeError):
+        total = None
+    try:
+        ptr = p.data_ptr()
+    except RuntimeError:
+        ptr = None
+    return (p._version, ptr, total)
+
+
+def _params_of(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for g in opt.param_groups for p in g["params"]]
+
+
+def _all_zero(grads: list[torch.Tensor]) -> list[bool]:
+    """Whether each gradient is all zero, with one device synchronisation at most."""
+    with torch.no_grad():
+        try:
+            flags = torch.stack([g.any() for g in grads]).tolist()
+        except RuntimeError:  # several devices, or tensors without values (fake, meta)
+            flags = []
+            for g in grads:
+                try:
+                    flags.append(bool(g.any()))
+                except RuntimeError:
+                    flags.append(True)
+    return [not f for f in flags]
+
+
+def _inside_backward() -> bool:
+    """True while a graph task runs on this thread (autograd's device threads included)."""
+    return _GRAPH_TASK is not None and _GRAPH_TASK() != -1
+
+
+_IS_COMPILING = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+
+
+def _compiling() -> bool:
+    if _IS_COMPILING is None:
+        return False
+    try:
+        return bool(_IS_COMPILING())
+    except Exception:
+        return False
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "tensor" + (f"{list(t.shape)}" if t.dim() else "")
+
+
+def _frame_site(frame: types.FrameType | None) -> Site:
+    if frame is None:
+        return Site("<unknown>", 0, "")
+    return Site(frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
+
+
+_STEP_SITES: dict[tuple[str, int, str], Site] = {}
+
+
+def _machinery_frame(frame: types.FrameType) -> bool:
+    """Whether the frame is the lens's, torch's or a framework's (cached by file)."""
+    file = frame.f_code.co_filename
+    hit = _MACHINERY_FILES.get(file)
+    if hit is None:
+        hit = is_machinery(frame.f_globals.get("__name__", "") or "")
+        if len(_MACHINERY_FILES) < 8192:
+            _MACHINERY_FILES[file] = hit
+    return hit
+
+
+_MACHINERY_FILES: dict[str, bool] = {}
+
+
+def _user_frame() -> types.FrameType | None:
+    frame = sys._getframe(2)
+    while frame is not None and _machinery_frame(frame):
+        frame = frame.f_back
+    return frame
+
+
+def _site() -> Site:
+    frame = _user_frame()
+    try:
+        if frame is None:
+            return Site("<unknown>", 0, "")
+        code = frame.f_code  # (code objects compare by content: equal code in two files is equal)
+        key = (code.co_filename, frame.f_lineno, code.co_name)
+        s = _STEP_SITES.get(key)
+        if s is None:
+            s = _frame_site(frame)
+            if len(_STEP_SITES) < 4096:
+                _STEP_SITES[key] = s
+        return s
+    finally:
+        del frame
+
+
+def _caller_site() -> Site:
+    frame = user_frame(("torch.nn.modules.module",))
+    try:
+        return _frame_site(frame)
+    finally:
+        del frame
+
+
+def site_from_traceback(exc: BaseException) -> Site | None:
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        mod = tb.tb_frame.f_globals.get("__name__", "")
+        if not (mod.startswith("torch") or mod.startswith("autograd_lens")):
+            last = Site(tb.tb_frame.f_code.co_filename, tb.tb_lineno, tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    return last
+
+
+def _exc_text(exc: BaseException | None) -> str | None:
+    if exc is None:
+        return None
+    first = str(exc).split("\n", 1)[0]
+    return f"{type(exc).__name__}: {first}"
+
+
+exc_text = _exc_text
