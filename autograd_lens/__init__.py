@@ -12,6 +12,14 @@ from .watch import Watch, watch
 
 __version__ = "0.1.0"
 
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext autograd_lens``: the ``%%lens`` cell magic (see :mod:`autograd_lens.ipython`)."""
+    from .ipython import load_ipython_extension as load
+
+    load(ipython)
+
+
 __all__ = [
     "Finding",
     "Graph",

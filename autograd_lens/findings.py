@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import linecache
 import os
+import sys
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -43,6 +44,25 @@ def _rel_path(path: str, cwd: str) -> str:
     except ValueError:
         return path
     return path if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
+
+
+def cell_name(path: str) -> str | None:
+    """``"Cell In[4]"`` when ``path`` is the file name IPython gave a notebook cell, else None."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None or not path.endswith(".py"):
+        return None
+    try:
+        shell = ipython.get_ipython()
+        number = shell.compile._filename_map.get(path) if shell is not None else None
+    except Exception:  # an IPython without the cell map, or a shell that is shutting down
+        return None
+    return f"Cell In[{number}]" if number is not None else None
+
+
+def site_text(path: str, line: int | str) -> str:
+    """Where a site is, as a reader finds it: ``train.py:56``, or ``Cell In[4], line 10``."""
+    cell = cell_name(path)
+    return f"{cell}, line {line}" if cell else f"{rel_path(path)}:{line}"
 
 
 def severity_rank(severity: str) -> int:
@@ -137,7 +157,10 @@ class Finding:
 
     def short(self) -> str:
         """One line: ``error[stray-grad] train.py:71: message``."""
-        where = f" {self.site}" if self.site else ""
+        where = ""
+        if self.site is not None:
+            cell = cell_name(self.site.file)
+            where = f" {cell}, line {self.site.line}" if cell else f" {self.site}"
         times = f" (x{self.count})" if self.count > 1 else ""
         return f"{self.severity}[{self.rule}]{where}: {self.message}{times}"
 

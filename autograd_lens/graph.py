@@ -8,10 +8,11 @@ were released are marked ``freed``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,7 +33,7 @@ COMPILED = "compiled"
 KINDS = (OP, PARAM, INPUT, CUSTOM, COMPILED)
 
 #: Highlight tags the renderers know.
-HIGHLIGHTS = ("freed", "leak", "stray", "pass-through", "error", "focus")
+HIGHLIGHTS = ("freed", "leak", "stray", "pass-through", "error", "focus", "crossing")
 
 # Ops that only re-view their single input: a parameter seen through them still belongs to the
 # module of that parameter (``AddmmBackward0 <- TBackward0 <- weight``).
@@ -125,6 +126,9 @@ class Graph:
     outputs: tuple[Output, ...]
     title: str = ""
     highlights: tuple[Highlight, ...] = ()
+    #: ``(module name, type name)`` of the modules that nodes belong to, and of those containing
+    #: them (``("netD.main", "Sequential")``), in the order the networks hold them
+    modules: tuple[tuple[str, str], ...] = ()
     #: default render options (``max_nodes``, ``collapse``...), given to ``draw``; not serialised
     options: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     _index: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -140,6 +144,11 @@ class Graph:
     @property
     def param_names(self) -> tuple[str, ...]:
         return tuple(n.name for n in self.nodes if n.kind == PARAM and n.name)
+
+    @property
+    def module_types(self) -> dict[str, str]:
+        """Module name -> type name (``{"netD.main": "Sequential"}``)."""
+        return dict(self.modules)
 
     @property
     def freed_nodes(self) -> tuple[Node, ...]:
@@ -206,7 +215,7 @@ class Graph:
 
     # ----- views ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "schema": SCHEMA,
             "title": self.title,
             "nodes": [
@@ -245,6 +254,9 @@ class Graph:
                 for h in self.highlights
             ],
         }
+        if self.modules:  # module types, for cluster labels (older files have none)
+            data["modules"] = dict(self.modules)
+        return data
 
     def to_json(self, *, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -260,7 +272,7 @@ class Graph:
         from .graphfile import graph_parts
 
         nodes, edges, outputs, title, highlights = graph_parts(data)
-        return cls(nodes, edges, outputs, title, highlights)
+        return cls(nodes, edges, outputs, title, highlights, _modules_of(data))
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> Graph:
@@ -294,11 +306,12 @@ class Graph:
 
         return save(self, path, **options)
 
-    def _repr_svg_(self) -> str | None:
-        try:
-            return self.to_svg()
-        except LensError:
-            return None
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        """In a notebook: the drawing inline (pan, zoom, folded parts open on click), or the
+        terminal tree when Graphviz is missing."""
+        from .render.html import graph_html
+
+        return {"text/html": graph_html(self), "text/plain": f"<autograd_lens.Graph: {len(self)} nodes>"}
 
     def __rich__(self) -> Any:
         from .render.tree import to_tree
@@ -311,11 +324,61 @@ class Graph:
         return to_text(self)
 
 
+def _modules_of(data: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The ``modules`` of a graph file (module name -> type name); absent in older files."""
+    raw = data.get("modules") or {}
+    if not isinstance(raw, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+        raise LensError("malformed autograd_lens graph JSON: modules: expected an object of module names to type names")
+    return tuple(raw.items())
+
+
+def read_text(path: Path, what: str, expected: str) -> str:
+    """The text of the file at ``path``; a ``LensError`` that names ``what`` it was to be
+    (``"graph file"``) and what was ``expected`` when it is missing, unreadable or not text."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LensError(f"{what} {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise LensError(f"{what} {str(path)!r} is a folder (expected {expected})") from None
+    except OSError as exc:
+        raise LensError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise LensError(f"{what} {str(path)!r} is not text (expected {expected})") from None
+
+
+def read_json(path: Path, what: str, expected: str) -> Any:
+    """The JSON content of the file at ``path`` (see :func:`read_text`), or a ``LensError``."""
+    text = read_text(path, what, expected)
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise LensError(f"{what} {str(path)!r} is not valid: its JSON is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
+        raise LensError(f"{what} {str(path)!r} is not valid JSON: {' '.join(str(exc).split())}") from None
+
+
 # ----------------------------------------------------------------------------------------------
 # Capture
 # ----------------------------------------------------------------------------------------------
 
 _SAVED_ATTRS: dict[type, tuple[str, ...]] = {}
+
+
+_TYPE_INFO: dict[type, tuple[str, str, tuple[tuple[str, str], ...]]] = {}
+
+
+def _type_info(tp: type) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    """``(op name, kind, ((raw saved attribute, label), ...))`` of an autograd node type."""
+    info = _TYPE_INFO.get(tp)
+    if info is None:
+        op = tp.__name__
+        if issubclass(tp, torch.autograd.function.BackwardCFunction):
+            kind = COMPILED if op.startswith("CompiledFunction") else CUSTOM
+        else:
+            kind = OP
+        info = _TYPE_INFO[tp] = (op, kind, tuple((a, a[11:]) for a in _saved_attrs(tp)))
+    return info
 
 
 def _saved_attrs(tp: type) -> tuple[str, ...]:
@@ -336,52 +399,80 @@ def _dtype(dt: torch.dtype) -> str:
     return name
 
 
-def _saved_of(node: Any, names: ParamNames) -> tuple[tuple[SavedTensor, ...], bool]:
-    """Saved tensors of ``node`` and whether its buffers were released."""
-    attrs = _saved_attrs(type(node))
-    if not attrs:
-        return (), False
-    out: list[SavedTensor] = []
-    freed = False
-    by_id = names.by_id
-    by_ptr = names.by_ptr
-    dtypes = _DTYPE_NAMES
-    tensor = torch.Tensor
-    for attr in attrs:
-        raw = getattr(node, attr)
-        label = attr[11:]  # strip "_raw_saved_"
-        is_list = type(raw) is list or type(raw) is tuple
-        for i, sv in enumerate(raw) if is_list else ((0, raw),):
+def _saved_of(node: Any, spec: tuple[tuple[str, str], ...], by_id: dict[int, str],
+              by_ptr: dict[int, tuple[str, str]]) -> tuple[tuple[SavedTensor, ...], bool]:
+    """Saved tensors of ``node`` (each read once) and whether its buffers were released.
+
+    A saved tensor that reads ``None`` was either released by a backward or is an optional one
+    never given (no affine weight). A backward releases all of a node's buffers at once, so only
+    a node with nothing else readable is asked which it is.
+    """
+    tensor, parameter, new, dtypes = _TENSOR, _PARAMETER, _new, _DTYPE_NAMES
+    if len(spec) == 1:  # one saved tensor (tanh's result, ...): the most common case, made directly
+        attr, label = spec[0]
+        sv = getattr(node, attr)
+        if type(sv) is not list and type(sv) is not tuple:
             data = sv.data
-            if data is None:
-                # Released by a backward, or an optional tensor never given. An optional that was
-                # never given has a getter that returns None without raising.
-                if freed or _released(node, attr):
-                    freed = True
-                    out.append(SavedTensor(f"{label}[{i}]" if is_list else label, None, None, 0, True))
-                continue
-            if not isinstance(data, tensor):
-                continue  # packed by saved-tensor hooks (e.g. non-reentrant checkpointing)
+            if type(data) is tensor and not by_id:
+                dt = data.dtype
+                param = _param_by_ptr(data, by_ptr) if by_ptr and data._is_view() else None
+                return (new(SavedTensor, (label, data.shape, dtypes.get(dt) or _dtype(dt), data.nbytes, False, param)),), False
+    out: list[SavedTensor] = []
+    empty: list[tuple[str, str]] | None = None  # (name, attr) of the saved tensors that read None
+    for attr, label in spec:
+        sv = getattr(node, attr)
+        if type(sv) is list or type(sv) is tuple:  # a list of tensors (cat, stack)
+            empty = empty if empty is not None else []
+            for i, item in enumerate(sv):
+                _saved_one(f"{label}[{i}]", attr, item.data, out, empty, by_id, by_ptr)
+            continue
+        data = sv.data
+        if data is None:
+            if empty is None:
+                empty = []
+            empty.append((label, attr))
+        elif type(data) is tensor or type(data) is parameter:  # the common cases, inline
+            # a parameter saved as it is, or seen through a view (`W.t()` saved by a matmul); a
+            # plain tensor that is no view is no parameter's
             param = by_id.get(id(data)) if by_id else None
-            if param is None and by_ptr:
-                try:
-                    hit = by_ptr.get(data.data_ptr())
-                except RuntimeError:  # no storage (fake tensors under torch.compile)
-                    hit = None
-                if hit is not None and hit[0] == str(data.device):
-                    param = hit[1]
+            if param is None and by_ptr and data._is_view():
+                param = _param_by_ptr(data, by_ptr)
             dt = data.dtype
-            out.append(
-                SavedTensor(
-                    f"{label}[{i}]" if is_list else label,
-                    data.shape,  # torch.Size: a tuple
-                    dtypes.get(dt) or _dtype(dt),
-                    data.nbytes,
-                    False,
-                    param,
-                )
-            )
-    return tuple(out), freed
+            out.append(new(SavedTensor, (label, data.shape, dtypes.get(dt) or _dtype(dt), data.nbytes, False, param)))
+        else:
+            empty = empty if empty is not None else []
+            _saved_one(label, attr, data, out, empty, by_id, by_ptr)
+    if empty and not out and _released(node, empty[0][1]):
+        return tuple(new(SavedTensor, (name, None, None, 0, True, None)) for name, _ in empty), True
+    return tuple(out), False
+
+
+_TENSOR = torch.Tensor
+_PARAMETER = torch.nn.Parameter
+_new = tuple.__new__
+
+
+def _param_by_ptr(data: torch.Tensor, by_ptr: dict[int, tuple[str, str]]) -> str | None:
+    """The parameter whose storage ``data`` shares (``W.t()`` saved by a matmul), if any."""
+    try:
+        hit = by_ptr.get(data.data_ptr())
+    except RuntimeError:  # no storage (fake tensors under torch.compile)
+        return None
+    return hit[1] if hit is not None and hit[0] == str(data.device) else None
+
+
+def _saved_one(name: str, attr: str, data: Any, out: list[SavedTensor], empty: list[tuple[str, str]],
+               by_id: dict[int, str], by_ptr: dict[int, tuple[str, str]]) -> None:
+    if data is None:
+        empty.append((name, attr))
+        return
+    if not isinstance(data, _TENSOR):
+        return  # packed by saved-tensor hooks (e.g. non-reentrant checkpointing)
+    param = by_id.get(id(data)) if by_id else None
+    if param is None and by_ptr:
+        param = _param_by_ptr(data, by_ptr)
+    dt = data.dtype
+    out.append(_new(SavedTensor, (name, data.shape, _DTYPE_NAMES.get(dt) or _dtype(dt), data.nbytes, False, param)))
 
 
 def saved_bytes(node: Any) -> int:
@@ -427,6 +518,12 @@ def _ctx_tensors(node: Any) -> tuple[str, ...]:
     return tuple(sorted(k for k, v in attrs.items() if isinstance(v, torch.Tensor)))
 
 
+def _accumulate_grad_type() -> type | None:
+    """The type of the nodes that accumulate into leaves (no tensor is made to find it: a user's
+    dispatch mode would see it)."""
+    return getattr(getattr(torch._C, "_functions", None), "AccumulateGrad", None)
+
+
 def _node_of(t: torch.Tensor) -> Any:
     """The autograd node a tensor's gradient flows into: ``grad_fn`` or the leaf's accumulator."""
     if t.grad_fn is not None:
@@ -456,12 +553,20 @@ def capture(
     ``module_of_seq`` maps an op's autograd sequence number to the module whose forward made it
     (the runtime knows forward ranges); ops it does not place keep the module of their inputs.
     """
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # hundreds of thousands of small records: collections would cost a third
-    try:
+    with no_gc():
         return _capture(tensors, names, output_names, input_names, title, saved, leaf_ids, node_index, module_of_seq)
+
+
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused: a capture makes hundreds of thousands of small
+    records, and collections in the middle of it would cost a third of its time."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
     finally:
-        if gc_was_enabled:
+        if was_enabled:
             gc.enable()
 
 
@@ -477,85 +582,109 @@ def _capture(
     module_of_seq: Callable[[int], str | None] | None = None,
 ) -> Graph:
     names = names if names is not None else ParamNames()
-    input_names = input_names or {}
+    input_get = (input_names or {}).get
     index: dict[int, int] = node_index if node_index is not None else {}  # id(node) -> graph id
-    rows: list[list[Any]] = []  # fields of Node, module and seq filled after the walk
+    index_get = index.get
+    nodes: list[Node] = []
     edges: list[tuple[int, int]] = []
-    outputs: list[Output] = []
+    append_node = nodes.append
+    append_edge = edges.append
     name_of = names.by_id.get
     module_of = names.module_of.get
-    backward_cfunction = torch.autograd.function.BackwardCFunction
+    by_id, by_ptr = names.by_id, names.by_ptr
     parameter = torch.nn.Parameter
-    # a stack of (autograd node, graph id); nodes are held only while the walk runs
-    stack: list[tuple[Any, int]] = []
-
     dtypes = _DTYPE_NAMES
-
-    def visit(fn: Any) -> int:
-        key = id(fn)
-        nid = index.get(key)
-        if nid is not None:
-            return nid
-        nid = len(rows)
-        index[key] = nid
-        op = type(fn).__name__
-        if op == "AccumulateGrad":
-            var = fn.variable
-            pname = name_of(id(var))
-            module = None
-            if pname is not None or isinstance(var, parameter):
-                kind = PARAM
-                module = module_of(pname) if pname else None
-            else:
-                kind = INPUT
-                pname = input_names.get(id(var))
-            rows.append([nid, op, kind, pname, module, tuple(var.shape), _dtype(var.dtype), (), False, None, ()])
-            if leaf_ids is not None:
-                leaf_ids[nid] = id(var)
-            return nid
-        if isinstance(fn, backward_cfunction):
-            kind = COMPILED if op.startswith("CompiledFunction") else CUSTOM
-        else:
-            kind = OP
-        saved_t, freed = _saved_of(fn, names) if saved else ((), False)
-        meta = fn._input_metadata
-        if meta:
-            m0 = meta[0]
-            dt = m0.dtype
-            shape, dtype = tuple(m0.shape), dtypes.get(dt) or _dtype(dt)
-        else:
-            shape = dtype = None
-        rows.append(
-            [nid, op, kind, None, None, shape, dtype, saved_t, freed, fn._sequence_nr(),
-             _ctx_tensors(fn) if kind == CUSTOM else ()]
-        )
-        stack.append((fn, nid))
-        return nid
-
+    type_info = _TYPE_INFO
+    accumulate_grad = _accumulate_grad_type()
+    new = tuple.__new__
+    no_saved: tuple[SavedTensor, ...] = ()
+    # (next_functions of a node, its graph id); nodes are held only while the walk runs. The roots
+    # come first, as the inputs of a node -1 that is not drawn.
+    roots = [_node_of(t) for t in tensors]
+    pending: list[tuple[Any, int]] = [(tuple((r, 0) for r in roots if r is not None), -1)]
+    root_ids: list[int] = []
+    count = 0  # nodes made
+    pop = pending.pop
+    push = pending.append
+    while pending:
+        nexts, dst = pop()
+        several = len(nexts) > 1
+        if several:
+            first_edge = len(edges)
+        for fn, _ in nexts:
+            if fn is None:
+                continue
+            key = id(fn)
+            nid = index_get(key)
+            if nid is None:
+                nid = count
+                count += 1
+                index[key] = nid
+                tp = type(fn)
+                if tp is accumulate_grad or (accumulate_grad is None and tp.__name__ == "AccumulateGrad"):
+                    var = fn.variable
+                    pname = name_of(id(var))
+                    module = None
+                    if pname is not None or isinstance(var, parameter):
+                        kind = PARAM
+                        module = module_of(pname) if pname else None
+                    else:
+                        kind = INPUT
+                        pname = input_get(id(var))
+                    dt = var.dtype
+                    append_node(new(Node, (nid, "AccumulateGrad", kind, pname, module, var.shape,
+                                           dtypes.get(dt) or _dtype(dt),
+                                           no_saved, False, None, ())))
+                    if leaf_ids is not None:
+                        leaf_ids[nid] = id(var)
+                else:
+                    op, kind, spec = type_info.get(tp) or _type_info(tp)
+                    saved_t, freed = _saved_of(fn, spec, by_id, by_ptr) if spec and saved else (no_saved, False)
+                    first = saved_t[0] if saved_t else None
+                    if first is not None and first[0] == "result" and not freed:
+                        shape, dtype = first[1], first[2]  # the op's output, already read
+                    else:
+                        meta = fn._input_metadata
+                        if meta:
+                            m0 = meta[0]
+                            dt = m0.dtype
+                            shape, dtype = tuple(m0.shape), dtypes.get(dt) or _dtype(dt)  # a list
+                        else:
+                            shape = dtype = None
+                    seq = fn._sequence_nr()
+                    append_node(new(Node, (nid, op, kind, None, None, shape, dtype, saved_t, freed, seq,
+                                           _ctx_tensors(fn) if kind == CUSTOM else ())))
+                    push((fn.next_functions, nid))
+            append_edge((nid, dst))
+        if dst < 0:
+            root_ids = [nid for nid, _ in edges]
+            edges.clear()
+        elif several:
+            mine = edges[first_edge:]
+            if len(set(mine)) != len(mine):  # the same input twice (x * x): one edge
+                edges[first_edge:] = list(dict.fromkeys(mine))
+    del fn, nexts, pending, roots
+    outputs: list[Output] = []
+    it = iter(root_ids)
     for i, t in enumerate(tensors):
         oname = output_names[i] if output_names and i < len(output_names) else f"output{i if i else ''}"
-        root = _node_of(t)
-        nid = visit(root) if root is not None else None
+        nid = next(it) if (t.grad_fn is not None or t.requires_grad) else None
         outputs.append(Output(oname, nid, tuple(t.shape), _dtype(t.dtype)))
-
-    fn = None
-    while stack:
-        fn, dst = stack.pop()
-        for nxt, _ in fn.next_functions:
-            if nxt is not None:
-                edges.append((visit(nxt), dst))
-    del fn
-    unique_edges = tuple(dict.fromkeys(edges))
     if names.by_id:
-        _assign_modules(rows, unique_edges)
-    if module_of_seq is not None:
-        for r in rows:
-            if r[9] is not None:
-                m = module_of_seq(r[9])
-                if m is not None:
-                    r[4] = m or None  # "": made outside every module's forward
-    nodes = tuple(Node(*r) for r in rows)
-    return Graph(nodes, unique_edges, tuple(outputs), title)
+        _assign_modules(nodes, edges)
+    if module_of_seq is not None:  # the module whose forward made an op, where the runtime knows it
+        for i, nd in enumerate(nodes):
+            if nd[9] is not None:
+                m = module_of_seq(nd[9])
+                if m is not None and m != nd[4]:
+                    nodes[i] = nd._replace(module=m or None)  # "": made outside every module's forward
+    # the types of every module of the networks that appear (for cluster labels and descriptions)
+    types = names.module_types
+    used_modules: list[tuple[str, str]] = []
+    if types:
+        tops = {m.partition(".")[0] for m in {n[4] for n in nodes} if m}
+        used_modules = [(m, t) for m, t in types.items() if m.partition(".")[0] in tops]
+    return Graph(tuple(nodes), tuple(edges), tuple(outputs), title, modules=tuple(used_modules))
 
 
 def _common_prefix(mods: list[str]) -> str | None:
@@ -574,30 +703,52 @@ def _common_prefix(mods: list[str]) -> str | None:
     return ".".join(parts)
 
 
-def _assign_modules(rows: list[list[Any]], edges: tuple[tuple[int, int], ...]) -> None:
-    """Attribute op nodes to modules (``rows[i][4]``): the module of a parameter they consume
-    (through view ops), else the common module of their inputs, in forward order."""
-    inputs: list[list[int]] = [[] for _ in rows]
+def _assign_modules(nodes: list[Node], edges: list[tuple[int, int]]) -> None:
+    """Attribute op nodes to modules, in place: the module of a parameter an op consumes (through
+    view ops), else the common module of its inputs, in forward order."""
+    n = len(nodes)
+    inputs: list[list[int] | None] = [None] * n
     for src, dst in edges:
-        inputs[dst].append(src)
-    order = sorted((i for i in range(len(rows)) if rows[i][9] is not None), key=lambda i: rows[i][9])
-    view_param: list[str | None] = [None] * len(rows)
-    for i in order:
-        direct_mods = []
-        other_mods = []
-        for src in inputs[i]:
-            if rows[src][2] == PARAM and rows[src][4]:
-                direct_mods.append(rows[src][4])
-            elif view_param[src]:
-                direct_mods.append(view_param[src])
-            elif rows[src][4]:
-                other_mods.append(rows[src][4])
-        if direct_mods:
-            if rows[i][1] in _VIEW_OPS and len(direct_mods) == 1 and not other_mods:
-                view_param[i] = direct_mods[0]
-            rows[i][4] = _common_prefix(direct_mods)
-        elif other_mods:
-            rows[i][4] = _common_prefix(other_mods)
+        ins = inputs[dst]
+        if ins is None:
+            inputs[dst] = [src]
+        else:
+            ins.append(src)
+    mods: list[str | None] = [nd[4] for nd in nodes]
+    params = {nd[0] for nd in nodes if nd[2] == PARAM}
+    view_param: dict[int, str] = {}
+    order = sorted((nd[9], nd[0]) for nd in nodes if nd[9] is not None)
+    new = tuple.__new__
+    views = _VIEW_OPS
+    for _, i in order:
+        ins = inputs[i]
+        if not ins:
+            continue
+        direct: list[str] = []
+        other: list[str] = []
+        for src in ins:
+            m = mods[src]
+            if src in params:
+                if m:
+                    direct.append(m)
+            elif src in view_param:
+                direct.append(view_param[src])
+            elif m:
+                other.append(m)
+        nd = nodes[i]
+        if len(direct) == 1 and not other and nd[1] in views:
+            view_param[i] = direct[0]
+        if mods[i]:
+            continue
+        if direct:
+            m = direct[0] if len(direct) == 1 else _common_prefix(direct)
+        elif other:
+            m = other[0] if len(other) == 1 else _common_prefix(other)
+        else:
+            continue
+        if m:
+            mods[i] = m
+            nodes[i] = new(Node, (nd[0], nd[1], nd[2], nd[3], m, nd[5], nd[6], nd[7], nd[8], nd[9], nd[10]))
 
 
 def _as_tensor_list(tensors: tuple[Any, ...]) -> list[torch.Tensor]:

@@ -189,6 +189,7 @@ class ParamNames:
         self.by_id: dict[int, str] = {}
         self.by_ptr: dict[int, tuple[str, str]] = {}  # data_ptr -> (device, name)
         self.module_of: dict[str, str] = {}
+        self.module_types: dict[str, str] = {}  # module name -> type name (``Sequential``)
         self.weak: set[int] = set()  # ids named only as a fallback; a module's name replaces them
 
     def __len__(self) -> int:
@@ -218,9 +219,39 @@ class ParamNames:
             self.by_ptr[ptr] = (str(tensor.device), name)
 
     def add_module(self, prefix: str, module: torch.nn.Module, *, force: bool = False) -> None:
-        for qual, p in module.named_parameters(remove_duplicate=True):
-            owner = qual.rsplit(".", 1)[0] if "." in qual else ""
-            self.add(f"{prefix}.{qual}", p, f"{prefix}.{owner}" if owner else prefix, force=force)
+        """Name the parameters of ``module`` ``prefix.<qualified name>``, and record the type of each
+        submodule, in one pass over its modules (a parameter shared by two submodules keeps its
+        first name, as ``named_parameters`` gives it)."""
+        types = self.module_types
+        seen: set[int] = set()
+        add = self.add
+        by_id, by_ptr, module_of = self.by_id, self.by_ptr, self.module_of
+        devices: dict[Any, str] = {}
+        stack = [(prefix, module)]
+        visited: set[int] = set()
+        while stack:  # named_modules' order (depth first, children in order), without recursion
+            qual, mod = stack.pop()
+            if id(mod) in visited:
+                continue
+            visited.add(id(mod))
+            types[qual] = type(mod).__name__
+            for pname, p in mod._parameters.items():
+                if p is None or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                name = f"{qual}.{pname}"
+                if id(p) in by_id:  # named before: the rules of `add`
+                    add(name, p, qual, force=force)
+                    continue
+                by_id[id(p)] = name
+                module_of[name] = qual
+                ptr = storage_ptr(p)
+                if ptr is not None:
+                    dev = p.device
+                    by_ptr[ptr] = (devices.get(dev) or devices.setdefault(dev, str(dev)), name)
+            children = mod._modules
+            if children:
+                stack.extend((f"{qual}.{k}", c) for k, c in reversed(children.items()) if c is not None)
 
     def name_of(self, tensor: torch.Tensor) -> str | None:
         return self.by_id.get(id(tensor))

@@ -1,4 +1,5 @@
-"""Write a run's results to a folder: ``report.json`` and ``graphs/<site>.svg`` + ``.json``.
+"""Write a run's results to a folder: ``report.json``, ``graphs/<site>.svg`` + ``.json``, and
+``report.html`` (the same, one self-contained page: :mod:`autograd_lens.render.html`).
 
 ``prepare(out)`` makes the folder (and says clearly when it cannot); ``write(...)`` writes the report
 and one graph per backward site (each file atomically: a temporary file in the same folder, then a
@@ -23,7 +24,9 @@ from typing import Any
 
 from .errors import LensError
 from .findings import Finding, Site
-from .graph import Graph, Highlight
+from .graph import Graph
+from .render.html import HTML_NAME, write_html
+from .render.marks import crossings, findings_about, mark
 from .report import Report
 
 #: Default bound on the number of graphs written.
@@ -46,6 +49,7 @@ class Written:
     warnings: list[str] = field(default_factory=list)
     #: the folder asked for, when it could not be written and ``out_dir`` is a temporary one
     fallback_from: Path | None = None
+    html_path: Path | None = None  # report.html, when it was written
 
 
 def prepare(out_dir: str | os.PathLike[str]) -> Path:
@@ -81,41 +85,15 @@ def _same(a: Site | None, b: Site | None) -> bool:
 
 
 def highlight(graph: Graph, key: str, site: Site | None, findings: Iterable[Finding]) -> Graph:
-    """``graph`` with the parameters and freed nodes that ``findings`` about it name marked.
+    """``graph`` with what the findings about it name marked, and its title stating the premise.
 
     A finding is about the graph when it names it (``finding.graph``) or its backward site.
-    ``stray-grad`` marks the parameters that took the stray step, ``inplace-saved`` the parameters
-    modified in place, ``second-backward`` the nodes whose buffers were freed.
+    ``stray-grad`` marks the parameters that took the stray step (and which ``step()`` line),
+    ``inplace-saved`` the parameters modified in place, ``second-backward`` the nodes whose buffers
+    were freed; the title says which optimizer the backward is for and which rules fired.
     """
-    have = {(h.tag, h.node, h.edge) for h in graph.highlights}
-    added: list[Highlight] = []
-
-    def add(h: Highlight) -> None:
-        k = (h.tag, h.node, h.edge)
-        if k not in have:
-            have.add(k)
-            added.append(h)
-
-    by_name = {n.name: n.id for n in graph.nodes if n.kind == "param" and n.name}
-    for f in findings:
-        if not (f.graph == key or _same(f.backward, site) or _same(f.site, site)):
-            continue
-        if f.rule == "second-backward":
-            where = f" by line {f.backward.line}" if f.backward is not None else ""
-            for n in graph.nodes:
-                if n.freed:
-                    add(Highlight("freed", node=n.id, label=f"buffers freed{where}"))
-        marks = {
-            "stray-grad": ("stray", f"stepped by {f.optimizer}" if f.optimizer else "stray step"),
-            "inplace-saved": ("error", "modified in place"),
-        }
-        if f.rule in marks:
-            tag, label = marks[f.rule]
-            for p in f.params:
-                node = by_name.get(p)
-                if node is not None:
-                    add(Highlight(tag, node=node, label=label))
-    return graph.with_highlights(*added) if added else graph
+    graph = graph.with_highlights(*crossings(graph))  # where one network's output enters another
+    return mark(graph, findings_about(graph, findings, key=key, site=site))
 
 
 def write(
@@ -193,7 +171,14 @@ def write(
     report = dataclasses.replace(report, graphs=tuple(entries))
     report_path = out / REPORT_NAME
     _write_bytes(report_path, (report.to_json() + "\n").encode("utf-8"))
-    return Written(report, out, report_path, files, len(entries), skipped, warnings)
+    html_path: Path | None = out / HTML_NAME
+    if draw:
+        html_path = write_html(report_path, warn=warning, write=_write_bytes)
+    else:
+        if html_path is not None and html_path.is_file():  # an earlier run's page would show another report
+            _unlink(html_path)
+        html_path = None
+    return Written(report, out, report_path, files, len(entries), skipped, warnings, html_path=html_path)
 
 
 def write_or_fallback(
@@ -274,6 +259,13 @@ def _mkdir(path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LensError(f"cannot create folder {str(path)!r}: {exc.strerror or exc}") from None
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError as exc:
+        raise LensError(f"cannot remove the earlier {str(path)!r}: {exc.strerror or exc}") from None
 
 
 def _write_bytes(path: Path, data: bytes) -> None:

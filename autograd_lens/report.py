@@ -15,7 +15,7 @@ from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from .findings import ERROR, WARNING, Finding, Label, Site, rel_path, severity_rank
+from .findings import ERROR, WARNING, Finding, Label, Site, cell_name, rel_path, severity_rank, site_text
 from . import source
 
 SCHEMA = "autograd_lens.report/1"
@@ -174,6 +174,12 @@ class Report:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield from renderables(self)
 
+    def _repr_html_(self) -> str:
+        """In a notebook: the findings in the rustc form and the tables, as HTML."""
+        from .render.html import report_fragment
+
+        return report_fragment(self, [])
+
 
 def renderables(report: Report, *, totals: bool = True) -> list[Any]:
     """The terminal view, piece by piece: findings, flow table, step table, and (with ``totals``)
@@ -214,7 +220,7 @@ def finding_lines(f: Finding) -> list[tuple[str, str]]:
     times = f" (x{f.count})" if f.count > 1 else ""
     lines.append((sev_style, f"{f.severity}[{f.rule}]: {f.message}{times}"))
     if f.site is not None:
-        lines.append(("blue", f"  --> {rel_path(f.site.file)}:{f.site.line}"))
+        lines.append(("blue", f"  --> {site_text(f.site.file, f.site.line)}"))
     labels = list(f.labels)
     if f.site is not None and not any(lab.primary for lab in labels):
         labels.append(Label(f.site, "", primary=True))
@@ -233,7 +239,7 @@ def finding_lines(f: Finding) -> list[tuple[str, str]]:
             mark = ("^" if lab.primary else "-") * max(1, len(stripped))
             lines.append((sev_style if lab.primary else "blue", f"{pad} | {' ' * indent}{mark} {lab.text}".rstrip()))
     for lab in other:
-        lines.append(("blue", f"  --> {rel_path(lab.site.file)}:{lab.site.line}: {lab.text}"))
+        lines.append(("blue", f"  --> {site_text(lab.site.file, lab.site.line)}: {lab.text}"))
     for note in f.notes:
         lines.append(("", f"   = note: {note}"))
     if f.fix:
@@ -267,53 +273,76 @@ def _site_namer(report: Report) -> Any:
     unique = len(bases) == len(short)
 
     def name(file: str, line: int | str) -> str:
+        if cell_name(file):
+            return site_text(file, line)
         path = rel_path(file)
         return f"{os.path.basename(path) if unique else path}:{line}"
 
     return name
 
 
-def flow_table(report: Report) -> Table:
-    """Each backward site against each network: reached, stopped at a detach, not reached."""
+FLOW_TITLE = "gradient flow: which networks each backward reaches"
+STEP_TITLE = "optimizer steps: where their gradients came from"
+_FLOW_LABELS = {"detached": "stopped at detach"}
+
+
+def flow_rows(report: Report) -> tuple[list[str], list[list[tuple[str, str]]]]:
+    """The flow table as data: column names, and rows of ``(text, state)`` cells (the state of a
+    network cell is ``reached``, ``detached`` or ``not reached``; empty for the others)."""
     nets = list(report.networks) or sorted({n for b in report.backwards for n in b.networks})
     name = _site_namer(report)
-    title = "gradient flow: which networks each backward reaches"
-    table = Table(title=title, title_justify="left", min_width=len(title))
-    table.add_column("backward", overflow="fold")
-    table.add_column("at", no_wrap=True)
-    table.add_column("calls", justify="right")
-    if not nets:
-        table.add_column("params", justify="right")
-    for n in nets:
-        table.add_column(n, no_wrap=True)
-    styles = {"reached": "green", "detached": "cyan", "not reached": "dim"}
+    head = ["backward", "at", "calls"] + ([] if nets else ["params"]) + nets
+    rows = []
     for b in report.backwards:
         what = b.call or (", ".join(b.roots) + (" (backward)" if b.kind == "backward" else " (grad)"))
-        row: list[Any] = [Text(what), Text(name(b.site.file, b.site.line)), str(b.count)]
+        row = [(what, ""), (name(b.site.file, b.site.line), ""), (str(b.count), "")]
         if not nets:
-            row.append(str(b.params_reached))
+            row.append((str(b.params_reached), ""))
         for n in nets:
             state = b.networks.get(n, "not reached")
-            label = {"detached": "stopped at detach"}.get(state, state)
-            row.append(Text(label, style=styles.get(state, "")))
-        table.add_row(*row)
-    return table
+            row.append((_FLOW_LABELS.get(state, state), state))
+        rows.append(row)
+    return head, rows
 
 
-def step_table(report: Report) -> Table:
-    """Each ``step()`` site: how many steps, and which backward sites its gradients came from."""
+def step_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """The step table as data: column names and rows of text."""
     name = _site_namer(report)
-    title = "optimizer steps: where their gradients came from"
-    table = Table(title=title, title_justify="left", min_width=len(title))
-    table.add_column("optimizer", no_wrap=True)
-    table.add_column("step at", no_wrap=True)
-    table.add_column("steps", justify="right")
-    table.add_column("gradients from the backward at")
+    rows = []
     for s in report.steps:
         parts = []
         for key, n in s.sources.items():
             file, _, line = key.rpartition(":")
             parts.append(f"{name(file, line) if file else key} (x{n})")
-        srcs = ", ".join(parts) or "no gradient"
-        table.add_row(Text(s.optimizer), Text(name(s.site.file, s.site.line)), str(s.count), Text(srcs))
+        rows.append([s.optimizer, name(s.site.file, s.site.line), str(s.count), ", ".join(parts) or "no gradient"])
+    return ["optimizer", "step at", "steps", "gradients from the backward at"], rows
+
+
+def flow_table(report: Report) -> Table:
+    """Each backward site against each network: reached, stopped at a detach, not reached."""
+    head, rows = flow_rows(report)
+    table = Table(title=FLOW_TITLE, title_justify="left", min_width=len(FLOW_TITLE))
+    for i, h in enumerate(head):
+        if i == 0:
+            table.add_column(h, overflow="fold")
+        elif i == 2 or h == "params" and i == 3:
+            table.add_column(h, justify="right")
+        else:
+            table.add_column(h, no_wrap=True)
+    styles = {"reached": "green", "detached": "cyan", "not reached": "dim"}
+    for row in rows:
+        table.add_row(*(Text(text, style=styles.get(state, "")) if i != 2 else text for i, (text, state) in enumerate(row)))
+    return table
+
+
+def step_table(report: Report) -> Table:
+    """Each ``step()`` site: how many steps, and which backward sites its gradients came from."""
+    head, rows = step_rows(report)
+    table = Table(title=STEP_TITLE, title_justify="left", min_width=len(STEP_TITLE))
+    table.add_column(head[0], no_wrap=True)
+    table.add_column(head[1], no_wrap=True)
+    table.add_column(head[2], justify="right")
+    table.add_column(head[3])
+    for r in rows:
+        table.add_row(Text(r[0]), Text(r[1]), r[2], Text(r[3]))
     return table

@@ -8,23 +8,14 @@ from typing import Any
 
 import click
 
-from autograd_lens.errors import LensError
-from autograd_lens.graph import Graph
+from autograd_lens.graph import Graph, read_text
 from autograd_lens.graphfile import parse_text
 from autograd_lens.render.dot import COLLAPSE_MODES, FORMATS, save
 
 
 def load_graph(path: Path) -> Graph:
     """A graph from a ``.json`` file written by ``Graph.save``; ``LensError`` with one clear line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LensError(f"graph file {str(path)!r} does not exist") from None
-    except OSError as exc:
-        raise LensError(f"cannot read graph file {str(path)!r}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise LensError(f"graph file {str(path)!r} is not text (expected the JSON of a saved graph)") from None
-    return Graph.from_dict(parse_text(text))
+    return Graph.from_dict(parse_text(read_text(path, "graph file", "the JSON of a saved graph")))
 
 
 class Seconds(click.ParamType):

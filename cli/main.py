@@ -14,6 +14,7 @@ from autograd_lens.errors import LensError
 from . import exit_codes
 from .draw import draw
 from .explain import explain, rules
+from .report import report
 from .trace import trace
 
 
@@ -74,6 +75,7 @@ main.add_command(trace)
 main.add_command(draw)
 main.add_command(explain)
 main.add_command(rules)
+main.add_command(report)
 
 
 def run() -> None:

@@ -99,6 +99,8 @@ def _shown(path: Path) -> str:
 
 def _files_line(written: output.Written, draw: bool) -> str:
     text = f"lens: wrote {_shown(written.report_path)}"
+    if written.html_path is not None:
+        text += f"{',' if written.graphs_written else ' and'} {_shown(written.html_path)}"
     if written.graphs_written:
         svgs = sum(1 for g in written.report.graphs if g.get("svg"))
         json_only = "" if svgs == written.graphs_written else f" ({written.graphs_written - svgs} as .json only)"

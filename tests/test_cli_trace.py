@@ -67,7 +67,7 @@ def test_trace_gan_live_findings_report_and_files(gan: Path, tmp_path: Path) -> 
     assert "optimizer steps: where their gradients came from" in err
     assert "stopped at detach" not in err and "not reached" in err
     assert f"exit status {exit_codes.FINDINGS} (findings at or above --fail-on error)" in err
-    assert f"lens: wrote {Path('out') / 'report.json'} and 3 graphs in" in err
+    assert f"lens: wrote {Path('out') / 'report.json'}, {Path('out') / 'report.html'} and 3 graphs in" in err
     assert all(len(line) <= 100 for line in err.splitlines() if not line.startswith("lens: "))
 
     data = report_of(tmp_path / "out")

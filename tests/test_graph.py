@@ -4,8 +4,6 @@ chains, JSON round trips and bad input."""
 from __future__ import annotations
 
 import re
-import threading
-from collections.abc import Callable
 
 import pytest
 import torch
@@ -14,6 +12,8 @@ from torch import nn
 import autograd_lens as lens
 from autograd_lens import Graph, LensError
 from autograd_lens.graph import CUSTOM, INPUT, PARAM
+
+from graph_models import in_big_stack
 
 
 def test_two_outputs_share_nodes() -> None:
@@ -97,32 +97,6 @@ def test_draw_after_backward_marks_freed_nodes() -> None:
     assert "buffers freed" in g.to_dot()
 
 
-def _in_big_stack(fn: Callable[[], None]) -> None:
-    """Run ``fn`` in a thread with a 512 MB stack and re-raise what it raised.
-
-    Freeing an autograd chain of more than ~50,000 nodes whose nodes Python has touched (any walk
-    of ``next_functions``, with or without the lens) recurses in PyTorch's C++ destructors and
-    overflows the default 8 MB stack.
-    """
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            fn()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            errors.append(exc)
-
-    old = threading.stack_size(512 * 1024 * 1024)
-    try:
-        t = threading.Thread(target=target)
-        t.start()
-        t.join()
-    finally:
-        threading.stack_size(old)
-    if errors:
-        raise errors[0]
-
-
 def test_deep_chain_is_captured_without_recursion() -> None:
     def body() -> None:
         x = torch.ones(1, requires_grad=True)
@@ -136,7 +110,7 @@ def test_deep_chain_is_captured_without_recursion() -> None:
         folded = re.search(r"×(\d+) AddBackward0", dot)
         assert folded is not None and int(folded.group(1)) >= 99_990
 
-    _in_big_stack(body)
+    in_big_stack(body)
 
 
 def test_json_round_trip(tmp_path) -> None:
@@ -171,3 +145,22 @@ def test_draw_rejects_non_tensors(value: object, shown: str) -> None:
 def test_draw_rejects_an_empty_list() -> None:
     with pytest.raises(LensError, match="at least one tensor.*empty list"):
         lens.draw([])
+
+
+def test_module_of_seq_attributes_ops_to_the_module_that_ran_them() -> None:
+    from autograd_lens.graph import capture
+    from autograd_lens.naming import ParamNames
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    loss = net(torch.randn(2, 3)).pow(2).mean()
+    names = ParamNames.build({"net": net})
+    plain = capture([loss], names=names)
+    tanh = next(n for n in plain.nodes if n.op == "TanhBackward0")
+    assert tanh.module == "net.0"  # by the parameters its input used
+    ran = {tanh.seq: "net.1"}
+    g = capture([loss], names=names, module_of_seq=ran.get)
+    assert next(n for n in g.nodes if n.op == "TanhBackward0").module == "net.1"
+    # ops the callable does not name keep the attribution by parameters
+    assert {n.module for n in g.nodes if n.op == "AddmmBackward0"} == {"net.0", "net.2"}
+    assert g.module_types["net.1"] == "Tanh" and g.module_types["net"] == "Sequential"

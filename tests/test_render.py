@@ -105,20 +105,22 @@ def big_module_graph() -> Graph:
 def test_collapse_to_modules(big_module_graph: Graph) -> None:
     g = big_module_graph
     assert len(g) > 700
-    dot = g.to_dot(max_nodes=500)
+    dot = g.to_dot(max_nodes=500, collapse="module")
     assert drawn_nodes(dot) <= 500
     assert "modules at depth 3" in dot
-    assert "<B>net.7.lin</B>" in dot and "2 ops · 2 params" in dot
+    assert "<B>net.7.lin</B>: Linear" in dot and "2 ops · 2 params" in dot
+    assert "<B>net.7</B>: Block" in dot  # the block around them is a cluster
     assert "box3d" in dot
     dot1 = g.to_dot(collapse="module", depth=1)
-    assert "<B>net</B>" in dot1 and "modules at depth 1" in dot1
+    assert "<B>net</B>: Sequential(100 × Block)" in dot1 and "modules at depth 1" in dot1
     assert drawn_nodes(dot1) <= 5
 
 
 def test_collapse_folds_repeated_modules(big_module_graph: Graph) -> None:
     dot = big_module_graph.to_dot(max_nodes=50)
     assert drawn_nodes(dot) <= 50
-    assert re.search(r"×99 net\.#\.norm → net\.#\.lin", dot)
+    assert "×99 net.1 … net.99: Block" in dot
+    assert "<B>net.#.lin.weight</B>" in dot and "one of 99, one per instance" in dot
 
 
 def test_highlight_survives_collapse(big_module_graph: Graph) -> None:
@@ -149,7 +151,7 @@ def test_truncation_keeps_within_max_nodes() -> None:
     x = torch.randn(3, requires_grad=True)
     parts = [torch.sin(x * float(i)) for i in range(300)]
     g = lens.draw(torch.stack(parts).sum())
-    dot = g.to_dot(max_nodes=40)
+    dot = g.to_dot(max_nodes=40, fold=False)
     assert drawn_nodes(dot) <= 40
     assert re.search(r"… \d+ more nodes not shown", dot)
     assert "SumBackward0" in dot  # nearest the output stays
@@ -183,7 +185,8 @@ def test_missing_dot(two_nets: Graph, tmp_path: Path, monkeypatch: pytest.Monkey
     assert "conda install graphviz" in message
     assert ".dot and .json" in message
     assert not (tmp_path / "g.svg").exists()
-    assert two_nets._repr_svg_() is None
+    shown = two_nets._repr_mimebundle_()["text/html"]  # a notebook shows the tree and the hint
+    assert "<svg" not in shown and "apt-get install graphviz" in shown and "AddmmBackward0" in shown
     assert two_nets.save(tmp_path / "g.dot").read_text().startswith("digraph")
     assert two_nets.save(tmp_path / "g.gv").exists()
     assert Graph.from_json(two_nets.save(tmp_path / "g.json")) == two_nets
@@ -204,6 +207,7 @@ def test_dot_timeout(two_nets: Graph, monkeypatch: pytest.MonkeyPatch) -> None:
         raise dot_mod.subprocess.TimeoutExpired(cmd="dot", timeout=0.01)
 
     monkeypatch.setattr(dot_mod.subprocess, "run", slow)
+    monkeypatch.setattr(dot_mod, "_LAID_OUT", {})  # no layout made earlier
     with pytest.raises(LensError, match="did not finish.*0.01 s"):
         two_nets.to_svg(timeout=0.01)
 
@@ -244,6 +248,56 @@ def test_example_draw_two_nets(tmp_path: Path) -> None:
     example = Path(__file__).resolve().parent.parent / "examples" / "draw_two_nets.py"
     module = runpy.run_path(str(example))
     dot = module["main"](tmp_path / "graph.dot").read_text()
-    assert "⚠ leak: fake enters netB without .detach()" in dot
+    assert 'label="fake: netA → netB"' in dot  # marked by draw() itself
     assert "buffers freed" in dot
     assert "netA.0.weight" in dot and "netB.3.bias" in dot
+
+
+def _gan_step() -> tuple[lens.Watch, torch.Tensor, nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    netG = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    netD = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1))
+    optG = torch.optim.SGD(netG.parameters(), lr=0.1)
+    optD = torch.optim.SGD(netD.parameters(), lr=0.1)
+    with lens.watch() as w:
+        for _ in range(2):
+            fake = netG(torch.randn(5, 4))
+            optD.zero_grad()
+            errD = netD(fake).mean()  # no .detach(): errD writes into netG too
+            errD.backward(retain_graph=True)
+            optD.step()
+            errG = -netD(fake).mean()
+            errG.backward()
+            optG.step()
+    return w, errD, netG, netD
+
+
+def test_draw_marks_where_one_network_enters_another() -> None:
+    torch.manual_seed(0)
+    netG = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    netD = nn.Sequential(nn.Linear(3, 1))
+    fake = netG(torch.randn(2, 4))
+    g = lens.draw(netD(fake).sum())
+    crossing = [h for h in g.highlights if h.tag == "crossing"]
+    assert [h.label for h in crossing] == ["fake: netG → netD"]
+    a, b = crossing[0].edge
+    assert g.nodes[a].module.startswith("netG") and g.nodes[b].module == "netD.0"
+    assert 'label="fake: netG → netD"' in g.to_dot()
+    detached = lens.draw(netD(fake.detach()).sum())
+    assert not [h for h in detached.highlights if h.tag == "crossing"]
+
+
+def test_draw_with_findings_marks_what_they_name() -> None:
+    w, errD, netG, netD = _gan_step()  # the networks in this frame name the parameters
+    stray = next(f for f in w.report.findings if f.rule == "stray-grad")
+    for given in (w.report.findings, w.report, w):
+        g = lens.draw(errD, findings=given)
+        marked = {g.nodes[h.node].name for h in g.highlights if h.tag == "stray"}
+        assert marked == set(stray.params) and marked
+        labels = {h.label for h in g.highlights if h.tag == "stray"}
+        assert labels == {f"stepped by `optG.step()` (line {stray.site.line})"}
+        assert any(h.tag == "leak" and h.label == "fake: detach here" for h in g.highlights)
+    with pytest.raises(LensError, match="findings= takes a list of findings, a Report or a watch; got int 3"):
+        lens.draw(errD, findings=3)
+    with pytest.raises(LensError, match="findings= takes Finding objects"):
+        lens.draw(errD, findings=["stray-grad"])

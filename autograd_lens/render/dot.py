@@ -1,20 +1,12 @@
 """``Graph`` to Graphviz DOT text, and DOT to SVG/PNG/PDF through the ``dot`` program.
 
-The DOT text is built by plain string joins (a 20,000-node graph takes milliseconds). Layout is
-what costs: ``dot`` needs seconds for a few thousand nodes and minutes for tens of thousands. So a
-graph larger than ``max_nodes`` is reduced before it reaches ``dot``:
+What reaches ``dot`` is decided first, from the graph's size, by :mod:`.layout`: repeated
+structure folded (one instance drawn, with its count), modules as nested clusters
+(``netD.main: Sequential``) and, when that is still too large, collapsed to boxes at the deepest
+depth that fits, and at last a cut. The DOT text is built by plain string joins (a 20,000-node
+graph takes milliseconds); layout is what costs.
 
-* ``collapse="module"`` draws one box per module (the first ``depth`` components of
-  ``node.module``; by default the deepest level that fits), with counts of ops, parameters and
-  saved bytes, and one edge per pair of modules with the number of autograd edges it stands for;
-* ``collapse="fold"`` folds a chain of single-input, single-consumer nodes whose ops repeat into
-  one box, e.g. ``×400 TanhBackward0 → MulBackward0``;
-* ``collapse="auto"`` (the default) does nothing while the graph fits, then collapses to modules
-  when nodes carry module names and folds otherwise;
-* whatever still does not fit is cut, keeping the nodes closest to the outputs and every
-  highlighted node, and a note says how many nodes are not shown.
-
-Highlighted nodes are never absorbed into a group or a fold: they stay visible in red or orange.
+Highlighted nodes are never absorbed into a fold or a box: they stay visible in red or orange.
 """
 
 from __future__ import annotations
@@ -23,11 +15,11 @@ import html
 import shutil
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LensError
+from .layout import BUDGET, Box, Plan, clusters_of, describe_module, plan
 
 if TYPE_CHECKING:
     from ..graph import Graph, Highlight, Node
@@ -44,6 +36,9 @@ DEFAULTS: dict[str, Any] = {
     "legend": True,
     "rankdir": "TB",
     "timeout": 60.0,
+    "budget": None,  # layout cost allowed (None: layout.BUDGET)
+    "open": (),  # folds and modules drawn open: "fold:<node id>", "module:<name>"
+    "ids": None,  # a prefix: SVG ids on boxes, edges and clusters
 }
 
 COLLAPSE_MODES = ("auto", "module", "fold", "none")
@@ -59,18 +54,17 @@ FORMATS: dict[str, str] = {
     ".json": "json",
 }
 
-#: Above this many emitted nodes, network simplex is cut short (``nslimit``): a wider drawing,
-#: but seconds instead of minutes.
+#: Above this layout cost (see :func:`.layout.layout_cost`), network simplex is cut short
+#: (``nslimit``): a wider drawing, but seconds instead of minutes.
 NSLIMIT_ABOVE = 1000
+
+#: Above this many ranks crossed by long edges (a weight shared by many steps that are not
+#: folded), edges are drawn straight: spline routing around thousands of hidden nodes takes
+#: seconds where straight lines take milliseconds.
+STRAIGHT_ABOVE = 800
 
 #: Saved tensors listed per op node before "+N more".
 MAX_SAVED_LINES = 6
-
-#: A chain is folded only where its op pattern repeats at least this often.
-MIN_REPEATS = 3
-
-#: Longest op pattern looked for in a chain.
-MAX_PERIOD = 8
 
 FONT = "Helvetica"
 MONO = "Courier"
@@ -92,6 +86,7 @@ PALETTE: tuple[tuple[str, str], ...] = (
 RED = "#dc2626"
 ORANGE = "#ea580c"
 GREY = "#9ca3af"
+VIOLET = "#7c3aed"
 HIGHLIGHT_COLOURS: dict[str, str] = {
     "error": RED,
     "stray": RED,
@@ -99,6 +94,7 @@ HIGHLIGHT_COLOURS: dict[str, str] = {
     "leak": ORANGE,
     "pass-through": ORANGE,
     "focus": ORANGE,
+    "crossing": VIOLET,
 }
 
 OP_FILL, OP_BORDER = "#f8fafc", "#475569"
@@ -196,264 +192,45 @@ def resolve_options(graph: Graph, options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Reduction: which drawn item shows each graph node
+# DOT text
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Group:
-    """Several graph nodes drawn as one box."""
-
-    kind: str  # "module" or "fold"
-    members: list[int] = field(default_factory=list)
-    name: str = ""
-    pattern: tuple[str, ...] = ()
-    repeats: int = 0
+#: Highlight tags, most severe first: the first one of a box or edge gives its colour.
+SEVERITY_ORDER = ("error", "stray", "freed", "leak", "pass-through", "focus", "crossing")
 
 
-@dataclass(slots=True)
-class _View:
-    """What reaches ``dot``: ``rep[i]`` is the key of the item drawing node ``i`` (None: cut)."""
-
-    rep: list[str | None]
-    groups: dict[str, _Group]
-    hidden: int = 0
-    notes: list[str] = field(default_factory=list)
-
-    def count(self) -> int:
-        individual = sum(1 for k in self.rep if k is not None and k[0] == "n")
-        return individual + len(self.groups)
-
-
-def _pinned(graph: Graph) -> set[int]:
-    """Nodes that must stay individually visible: highlighted ones and output roots."""
-    pins = {o.node for o in graph.outputs if o.node is not None}
-    for h in graph.highlights:
-        if h.node is not None:
-            pins.add(h.node)
-    return pins
-
-
-def _module_parts(graph: Graph, pins: set[int]) -> list[list[str] | None]:
-    """``node.module`` split at dots, or None for nodes that stay individual."""
-    return [n.module.split(".") if n.module and n.id not in pins else None for n in graph.nodes]
-
-
-def _collapse_modules(view: _View, parts: list[list[str] | None], depth: int) -> None:
-    """Group nodes that carry a module by the first ``depth`` components of their module name."""
-    keys: dict[str, str] = {}
-    rep = view.rep
-    groups = view.groups
-    for i, p in enumerate(parts):
-        if p is None:
-            continue
-        name = ".".join(p[:depth])
-        key = keys.get(name)
-        if key is None:
-            key = keys[name] = f"m{len(keys)}"
-            groups[key] = _Group("module", name=name)
-        groups[key].members.append(i)
-        rep[i] = key
-    view.notes.append(f"modules at depth {depth}")
-
-
-def _segments(ops: list[str]) -> list[tuple[int, int, int]]:
-    """Runs of a repeating pattern in ``ops``: ``(start, end, period)``, greedy from the left."""
-    out: list[tuple[int, int, int]] = []
-    i, k = 0, len(ops)
-    while i < k:
-        best_len, best_p = 0, 0
-        for p in range(1, MAX_PERIOD + 1):
-            if i + p * MIN_REPEATS > k:
-                break
-            j = i + p
-            while j < k and ops[j] == ops[j - p]:
-                j += 1
-            covered = (j - i) // p * p
-            if covered // p >= MIN_REPEATS and covered > best_len:
-                best_len, best_p = covered, p
-        if best_p:
-            out.append((i, i + best_len, best_p))
-            i += best_len
-        else:
-            i += 1
+def _by_severity(hls: list[Highlight]) -> list[Highlight]:
+    """``hls`` most severe first; a crossing is dropped where a leak marks the same edge."""
+    rank = {t: i for i, t in enumerate(SEVERITY_ORDER)}
+    out = sorted(hls, key=lambda h: rank.get(h.tag, 0))
+    if any(h.tag == "leak" for h in out):
+        out = [h for h in out if h.tag != "crossing"] or out
     return out
 
 
-def _signature(graph: Graph, view: _View, key: str) -> str:
-    """What makes two drawn items "the same" for folding: the op, or the module with indices
-    replaced by ``#`` (``net.3.lin`` -> ``net.#.lin``)."""
-    if key[0] == "n":
-        return graph.nodes[int(key[1:])].op
-    name = view.groups[key].name
-    return ".".join("#" if c.isdigit() else c for c in name.split("."))
-
-
-def _fold_chains(graph: Graph, view: _View, pins: set[int]) -> None:
-    """Fold repeating runs of a chain of drawn items (nodes or modules) that each have exactly one
-    producer and one consumer."""
-    rep = view.rep
-    index: dict[str, int] = {}
-    for k in rep:
-        if k is not None and k not in index:
-            index[k] = len(index)
-    keys = list(index)
-    m = len(keys)
-    prod = [-1] * m  # -1 none, -2 several, else the one producer
-    cons = [-1] * m
-    for a, b in graph.edges:
-        ka, kb = rep[a], rep[b]
-        if ka is None or kb is None or ka == kb:
-            continue
-        ja, jb = index[ka], index[kb]
-        if prod[jb] == -1:
-            prod[jb] = ja
-        elif prod[jb] != ja:
-            prod[jb] = -2
-        if cons[ja] == -1:
-            cons[ja] = jb
-        elif cons[ja] != jb:
-            cons[ja] = -2
-    blocked = {index[rep[p]] for p in pins if rep[p] is not None}
-    eligible = [prod[j] >= 0 and cons[j] >= 0 and j not in blocked and keys[j][0] != "f" for j in range(m)]
-    folded = 0
-    start = sum(1 for k in view.groups if k[0] == "f")
-    for j in range(m):
-        if not eligible[j] or eligible[prod[j]]:
-            continue
-        chain = [j]
-        c = j
-        while eligible[cons[c]] and cons[c] != j:
-            c = cons[c]
-            chain.append(c)
-        if len(chain) < MIN_REPEATS:
-            continue
-        sigs = [_signature(graph, view, keys[c]) for c in chain]
-        for s, e, p in _segments(sigs):
-            key = f"f{start + folded}"
-            folded += 1
-            group = _Group("fold", pattern=tuple(sigs[s : s + p]), repeats=(e - s) // p)
-            for c in chain[s:e]:
-                k = keys[c]
-                if k[0] == "n":
-                    group.members.append(int(k[1:]))
-                else:
-                    group.members.extend(view.groups.pop(k).members)
-            group.members.sort()
-            for i in group.members:
-                rep[i] = key
-            view.groups[key] = group
-    if folded:
-        view.notes.append(f"{folded} repeated chain{'s' if folded != 1 else ''} folded")
-
-
-def _truncate(graph: Graph, view: _View, budget: int, pins: set[int]) -> None:
-    """Keep the ``budget`` items closest to the outputs (highlighted ones first); cut the rest."""
-    rep = view.rep
-    inputs: dict[str, set[str]] = {}
-    for a, b in graph.edges:
-        ka, kb = rep[a], rep[b]
-        if ka is not None and kb is not None and ka != kb:
-            inputs.setdefault(kb, set()).add(ka)
-    keep: dict[str, None] = {}
-    for p in sorted(pins):
-        if rep[p] is not None and len(keep) < budget:
-            keep[rep[p]] = None
-    frontier = [rep[o.node] for o in graph.outputs if o.node is not None and rep[o.node] is not None]
-    seen = set(frontier)
-    while frontier and len(keep) < budget:
-        nxt: list[str] = []
-        for k in frontier:
-            if len(keep) >= budget:
-                break
-            keep[k] = None
-            for src in sorted(inputs.get(k, ())):
-                if src not in seen:
-                    seen.add(src)
-                    nxt.append(src)
-        frontier = nxt
-    if len(keep) < budget:  # parts not reachable from an output
-        for k in rep:
-            if len(keep) >= budget:
-                break
-            if k is not None and k not in keep:
-                keep[k] = None
-    hidden = 0
-    for i, k in enumerate(rep):
-        if k is not None and k not in keep:
-            rep[i] = None
-            hidden += 1
-    for key in [k for k in view.groups if k not in keep]:
-        del view.groups[key]
-    view.hidden += hidden
-
-
-def reduce(graph: Graph, opts: Mapping[str, Any]) -> _View:
-    """Decide what reaches ``dot``: individual nodes, module boxes, folds, and a cut."""
-    n = len(graph.nodes)
-    budget = max(1, opts["max_nodes"] - len(graph.outputs) - 2)  # outputs, "more" note, legend
-    mode = opts["collapse"]
-    depth = opts["depth"]
-    fold = opts["fold"]
-    has_modules = any(nd.module for nd in graph.nodes)
-    if mode == "auto":
-        if depth is not None and has_modules:
-            mode = "module"
-        elif n <= budget:
-            mode = "none"
-        else:
-            mode = "module" if has_modules else "fold"
-    pins = _pinned(graph)
-
-    def fresh() -> _View:
-        return _View([f"n{i}" for i in range(n)], {})
-
-    view = fresh()
-    if mode == "module" and has_modules:
-        parts = _module_parts(graph, pins)
-        if depth is None:
-            # the deepest level that fits, as it is or with its repeated blocks folded
-            deepest = max((len(p) for p in parts if p is not None), default=1)
-            for d in range(deepest, 0, -1):
-                view = fresh()
-                _collapse_modules(view, parts, d)
-                if view.count() <= budget:
-                    break
-                if fold is not False:
-                    _fold_chains(graph, view, pins)
-                    if view.count() <= budget:
-                        break
-        else:
-            _collapse_modules(view, parts, depth)
-    if fold is True or (mode == "fold" and fold is not False):
-        _fold_chains(graph, view, pins)
-    elif fold is None and mode != "none" and view.count() > budget:
-        _fold_chains(graph, view, pins)
-    if view.count() > budget:
-        _truncate(graph, view, budget, pins)
-    return view
-
-
-# ----------------------------------------------------------------------------------------------
-# DOT text
-# ----------------------------------------------------------------------------------------------
+def hl_text(h: Highlight) -> str:
+    """``⚠ stray: stepped by ...``; a crossing reads as its label (``fake: netG → netD``)."""
+    if h.tag == "crossing":
+        return h.label or "enters another network"
+    return f"⚠ {h.tag}" + (f": {h.label}" if h.label else "")
 
 
 def _hl_lines(hls: list[Highlight]) -> str:
     out = []
     seen: set[tuple[str, str]] = set()
-    for h in hls:
+    for h in _by_severity(hls):
         if (h.tag, h.label) in seen:
             continue
         seen.add((h.tag, h.label))
         colour = HIGHLIGHT_COLOURS.get(h.tag, RED)
-        text = f"⚠ {h.tag}" + (f": {h.label}" if h.label else "")
+        text = hl_text(h)
         out.append(f'<BR/><FONT POINT-SIZE="10" COLOR="{colour}"><B>{_esc(text)}</B></FONT>')
     return "".join(out)
 
 
 def _hl_attrs(hls: list[Highlight]) -> str:
-    colour = HIGHLIGHT_COLOURS.get(hls[0].tag, RED)
+    colour = HIGHLIGHT_COLOURS.get(_by_severity(hls)[0].tag, RED)
     return f' color="{colour}" penwidth=3'
 
 
@@ -480,6 +257,8 @@ class _Emitter:
     def __init__(self, graph: Graph, opts: Mapping[str, Any]) -> None:
         self.graph = graph
         self.show_saved = bool(opts["show_saved"])
+        self.types = graph.module_types
+        self.ids: str | None = opts.get("ids")
         tops = {t for t in (_top(n.module) for n in graph.nodes) if t}
         tops.update(t for t in (_top(n.name) for n in graph.nodes if n.kind == "param") if t)
         self.colours = module_colours(tops)
@@ -497,21 +276,50 @@ class _Emitter:
         top = _top(module) or _top(name)
         return self.colours.get(top) if top else None
 
-    def node(self, n: Node, extra_hl: list[Highlight] | None = None) -> str:
+    def node(self, n: Node, extra_hl: list[Highlight] | None = None, alias: tuple[str, int] | None = None) -> str:
         """The statement for one node. Nodes that look alike (most of a deep net) share the text
-        after their id, so it is built once."""
+        after their id, so it is built once. ``alias``: the name and count of the nodes it stands
+        for in a fold (``net.#.0.weight``, 300)."""
         hls = self.node_hl.get(n.id, [])
         if extra_hl:
             hls = hls + extra_hl
-        if hls:
-            return f"n{n.id} {self._node_attrs(n, hls)}"
-        key = (n.kind, n.op, n.name, n.module, n.shape, n.saved, n.freed, n.ctx_tensors)
-        attrs = self._cache.get(key)
-        if attrs is None:
-            attrs = self._cache[key] = self._node_attrs(n, hls)
+        if alias is not None:
+            n = n._replace(name=alias[0])
+        if hls or alias is not None:
+            attrs = self._node_attrs(n, hls, alias[1] if alias else 0)
+        else:
+            key = (n.kind, n.op, n.name, n.module, n.shape, n.saved, n.freed, n.ctx_tensors)
+            attrs = self._cache.get(key)
+            if attrs is None:
+                attrs = self._cache[key] = self._node_attrs(n, hls)
+        if self.ids is not None:
+            attrs = f'[id="{self.ids}n{n.id}" class="lens-node" ' + attrs[1:]
         return f"n{n.id} {attrs}"
 
-    def _node_attrs(self, n: Node, hls: list[Highlight]) -> str:
+    def cluster_attrs(self, name: str, p: Plan) -> str:
+        """The attributes of a cluster: a module (``name: Type``) or the frame of a fold."""
+        fold = p.folds.get(name)
+        if fold is not None:
+            self.used["fold"] = True
+            n_nodes = sum(len(i) for i in fold.instances)
+            sub = f"{n_nodes} nodes; one of the {fold.count} drawn, what enters and leaves it at its edges"
+            label = f"<B>{_esc(fold.label)}</B><BR/>{_small(_esc(sub), '#334155', FONT)}"
+            ident = self._id("c-" + fold.key, "lens-fold") if self.ids is not None else ""
+            return (
+                f'graph [label=<{label}> style="rounded,dashed,filled" fillcolor="#f8fafc" color="{FOLD_BORDER}" '
+                f"penwidth=1.6 fontsize=11 tooltip={_q(fold.ident)}{ident}]"
+            )
+        module = name.split("/", 1)[-1]
+        self.used["cluster"] = True
+        desc = describe_module(module, self.types) if "/" not in name else self.types.get(module, "")
+        label = f"<B>{_esc(module)}</B>" + (f": {_esc(desc)}" if desc else "")
+        fill, border = self._colour_of(module) or (FOLD_FILL, FOLD_BORDER)
+        return (
+            f'graph [label=<{label}> style="rounded" color="{border}" fontsize=10 '
+            f"tooltip={_q('module:' + module)}]"
+        )
+
+    def _node_attrs(self, n: Node, hls: list[Highlight], stands_for: int = 0) -> str:
         kind = n.kind
         used = self.used
         style = "filled"
@@ -523,6 +331,8 @@ class _Emitter:
             top = _top(n.module) or _top(n.name) or "?"
             used.setdefault("params", {})[top] = colours
             label = f"<B>{_esc(n.name or 'parameter')}</B><BR/>{_small(_esc(shape_text(n.shape)))}"
+            if stands_for:
+                label += "<BR/>" + _small(f"one of {stands_for}, one per instance", "#334155", FONT)
         elif kind == "input":
             fill, border = INPUT_FILL, INPUT_BORDER
             used["input"] = True
@@ -572,56 +382,51 @@ class _Emitter:
             f"tooltip={_q(tooltip)} label=<{label}>]"
         )
 
-    def group(self, key: str, g: _Group, hls: list[Highlight]) -> str:
+    def box(self, key: str, box: Box, hls: list[Highlight]) -> str:
+        """A collapsed module: its name and type, what it holds."""
         nodes = self.graph.nodes
-        members = [nodes[i] for i in g.members]
+        members = [nodes[i] for i in box.members]
+        self.used["module"] = True
+        ops = sum(1 for m in members if m.kind not in ("param", "input"))
+        params = sorted({m.name or "?" for m in members if m.kind == "param"})
         saved = sum(m.saved_bytes for m in members)
         freed = sum(1 for m in members if m.freed)
-        if g.kind == "module":
-            self.used["module"] = True
-            ops = sum(1 for m in members if m.kind not in ("param", "input"))
-            params = [m for m in members if m.kind == "param"]
-            fill, border = self._colour_of(g.name) or (FOLD_FILL, FOLD_BORDER)
-            shape_attr = "box3d"
-            style = "filled"
-            label = f"<B>{_esc(g.name)}</B><BR/>" + _small(
-                f"{ops} op{'s' if ops != 1 else ''} · {len(params)} param{'s' if len(params) != 1 else ''}", "#334155", FONT
-            )
-            if params and len(params) <= 4:
-                for p in params:
-                    short = (p.name or "?").rsplit(".", 1)[-1]
-                    label += "<BR/>" + _small(f"{_esc(short)} {_esc(shape_text(p.shape))}")
-        else:
-            self.used["fold"] = True
-            tops = {_top(m.module) for m in members}
-            colours = self._colour_of(tops.pop()) if len(tops) == 1 else None
-            fill, border = colours or (FOLD_FILL, FOLD_BORDER)
-            shape_attr = "box"
-            style = "rounded,filled"
-            params = sum(1 for m in members if m.kind == "param")
-            sub = f"{len(members)} nodes folded (a repeated chain)"
-            if params:
-                sub += f" · {params} params"
-            label = f"<B>×{g.repeats} {_esc(' → '.join(g.pattern))}</B><BR/>" + _small(sub, "#334155", FONT)
+        fill, border = self._colour_of(box.module) or (FOLD_FILL, FOLD_BORDER)
+        desc = describe_module(box.module, self.types)
+        label = f"<B>{_esc(box.module)}</B>" + (f": {_esc(desc)}" if desc else "")
+        label += "<BR/>" + _small(
+            f"{ops} op{'s' if ops != 1 else ''} · {len(params)} param{'s' if len(params) != 1 else ''}", "#334155", FONT
+        )
+        if params and len(params) <= 4:
+            shapes = {m.name: m.shape for m in members if m.kind == "param"}
+            for name in params:
+                label += "<BR/>" + _small(f"{_esc(name.rsplit('.', 1)[-1])} {_esc(shape_text(shapes.get(name)))}")
+        style = "filled"
         if saved:
             label += "<BR/>" + _small(f"saved {fmt_bytes(saved)}", "#334155", FONT)
         if freed:
             self.used["freed"] = True
             style += ",dashed"
             label += "<BR/>" + _small(f"{freed} with buffers freed", "#6b7280", FONT)
-        extra = ""
         if hls:
-            for h in hls:
-                self.used.setdefault("highlights", {})[h.tag] = True
-            label += _hl_lines(hls)
+            label += self._hl_used(hls)
             extra = _hl_attrs(hls)
         else:
             extra = f' color="{border}"'
-        periph = " peripheries=2" if g.kind == "fold" else ""
         return (
-            f'{key} [shape={shape_attr} style="{style}" fillcolor="{fill}"{extra}{periph} '
-            f"tooltip={_q(g.name or ' → '.join(g.pattern))} label=<{label}>]"
+            f'{key} [shape=box3d style="{style}" fillcolor="{fill}"{extra}{self._id(key, "lens-box")} '
+            f"tooltip={_q(box.module + ' (collapsed: select to open)')} label=<{label}>]"
         )
+
+    def _hl_used(self, hls: list[Highlight]) -> str:
+        for h in hls:
+            self.used.setdefault("highlights", {})[h.tag] = True
+        return _hl_lines(hls)
+
+    def _id(self, key: str, cls: str = "") -> str:
+        if self.ids is None:
+            return ""
+        return f' id="{self.ids}{key}"' + (f' class="{cls}"' if cls else "")
 
     def legend(self) -> str:
         used = self.used
@@ -639,14 +444,17 @@ class _Emitter:
         if used.get("module"):
             rows.append(("#ffffff", FOLD_BORDER, "module (collapsed)"))
         if used.get("fold"):
-            rows.append((FOLD_FILL, FOLD_BORDER, "repeated chain (folded)"))
+            rows.append(("#f8fafc", FOLD_BORDER, "repeated block (folded: one instance drawn)"))
+        if used.get("carried"):
+            rows.append(("#ffffff", FOLD_BORDER, "dashed edge: handed to the next instance"))
         if used.get("output"):
             rows.append((OUTPUT_FILL, OUTPUT_BORDER, "output"))
         if used.get("freed"):
             rows.append((FREED_FILL, GREY, "buffers freed by a backward (dashed)"))
         for tag in used.get("highlights", {}):
             colour = HIGHLIGHT_COLOURS.get(tag, RED)
-            rows.append(("#ffffff", colour, f"⚠ {tag}"))
+            text = "where one network's output enters another" if tag == "crossing" else f"⚠ {tag}"
+            rows.append(("#ffffff", colour, text))
         if used.get("more"):
             rows.append((NOTE_FILL, NOTE_BORDER, "nodes not shown"))
         if not rows:
@@ -678,14 +486,19 @@ def to_dot(
 
     Args:
         graph: the graph to draw.
-        max_nodes: most nodes handed to ``dot`` (default 2000); larger graphs are reduced.
-        collapse: ``"auto"`` (default), ``"module"``, ``"fold"`` or ``"none"``.
+        max_nodes: most boxes handed to ``dot`` (default 2000).
+        collapse: ``"auto"`` (default: fold, then collapse modules, only as far as needed to fit),
+            ``"fold"`` (always fold repeated structure), ``"module"`` (one box per module at
+            ``depth``) or ``"none"`` (neither: what does not fit is cut).
         depth: module depth for ``collapse="module"`` (default: the deepest that fits).
         show_saved: list saved tensors on op nodes (default True).
         legend: add a legend of what the drawing uses (default True).
         rankdir: ``"TB"`` (default: inputs on top, outputs below) or ``"LR"``, ``"BT"``, ``"RL"``.
-        options: ``fold`` (True: always fold repeated chains; False: never), ``timeout`` (ignored
-            here); defaults come from ``graph.options``.
+        options: ``fold`` (True: always fold repeated structure; False: never), ``budget`` (layout
+            cost allowed, see :mod:`autograd_lens.render.layout`), ``open`` (folds and modules to
+            draw open: ``"fold:<node id>"``, ``"module:<name>"``), ``ids`` (a prefix: give every
+            box, edge and cluster an SVG id), ``timeout`` (ignored here); defaults come from
+            ``graph.options``.
 
     Returns:
         the DOT source, edges running ``producer -> consumer`` as in ``graph.edges``.
@@ -701,36 +514,40 @@ def to_dot(
     ):
         if value is not None:
             explicit[key] = value
-    opts = resolve_options(graph, explicit)
-    view = reduce(graph, opts)
-    em = _Emitter(graph, opts)
-    rep = view.rep
-    nodes = graph.nodes
+    return build(graph, resolve_options(graph, explicit))[0]
 
-    # highlights of nodes that were cut, or of edges inside one item, attach to the item
+
+def build(graph: Graph, opts: Mapping[str, Any]) -> tuple[str, Plan]:
+    """The DOT source for ``graph`` under resolved options, and the plan it draws."""
+    p = plan(graph, opts)
+    if opts.get("note"):
+        p.notes.append(str(opts["note"]))
+    em = _Emitter(graph, opts)
+    item = p.item
+    nodes = graph.nodes
+    n_nodes = len(nodes)
+
+    # highlights of nodes drawn by another box, or of edges inside one box, attach to that box
     item_hl: dict[str, list[Highlight]] = {}
     for nid, hls in em.node_hl.items():
-        key = rep[nid]
-        if key is not None and key[0] != "n":
+        key = item[nid]
+        if key is not None and key != f"n{nid}":
             item_hl.setdefault(key, []).extend(hls)
     edge_count: dict[tuple[str, str], int] = {}
     for a, b in graph.edges:
-        ka, kb = rep[a], rep[b]
+        ka, kb = item[a], item[b]
         if ka is None:
             if kb is None:
                 continue
             ka = "more"
-        elif kb is None:
+        elif kb is None or ka == kb:
             continue
-        if ka == kb:
-            continue
-        pair = (ka, kb)
-        edge_count[pair] = edge_count.get(pair, 0) + 1
+        edge_count[(ka, kb)] = edge_count.get((ka, kb), 0) + 1
     edge_hl: dict[tuple[str, str], list[Highlight]] = {}
     for (a, b), hls in em.edge_hl.items():
-        if not (0 <= a < len(nodes) and 0 <= b < len(nodes)):
+        if not (0 <= a < n_nodes and 0 <= b < n_nodes):
             continue
-        ka, kb = rep[a], rep[b]
+        ka, kb = item[a], item[b]
         if ka is None or kb is None:
             continue
         if ka == kb:
@@ -739,76 +556,117 @@ def to_dot(
             edge_hl.setdefault((ka, kb), []).extend(hls)
             edge_count.setdefault((ka, kb), 1)
 
-    stmts: list[str] = []
-    emitted: set[str] = set()
-    for i, key in enumerate(rep):
-        if key is None or key in emitted:
-            continue
-        emitted.add(key)
+    # statements per cluster path
+    by_cluster: dict[tuple[str, ...], list[str]] = {}
+    keys = p.keys()
+    for key in keys:
         if key[0] == "n":
-            stmts.append(em.node(nodes[i], item_hl.get(key)))
+            nid = int(key[1:])
+            stmt = em.node(nodes[nid], item_hl.get(key), p.alias.get(nid))
         else:
-            stmts.append(em.group(key, view.groups[key], item_hl.get(key, [])))
-    if view.hidden:
+            stmt = em.box(key, p.boxes[key], item_hl.get(key, []))
+        by_cluster.setdefault(clusters_of(graph, p, key), []).append(stmt)
+    top = by_cluster.setdefault((), [])
+    if p.hidden:
         em.used["more"] = True
-        plural = "s" if view.hidden != 1 else ""
-        hint = f"max_nodes={opts['max_nodes']}: raise it, or try collapse=module / fold"
-        note = f"… {view.hidden} more node{plural} not shown<BR/>{_small(_esc(hint), NOTE_BORDER, FONT)}"
-        stmts.append(
-            f'more [shape=note style="filled" fillcolor="{NOTE_FILL}" color="{NOTE_BORDER}" label=<{note}>]'
-        )
+        plural = "s" if p.hidden != 1 else ""
+        hint = f"raise max_nodes= (now {opts['max_nodes']}) or budget=, or draw with collapse='module'"
+        note = f"… {p.hidden} more node{plural} not shown<BR/>{_small(_esc(hint), NOTE_BORDER, FONT)}"
+        top.append(f'more [shape=note style="filled" fillcolor="{NOTE_FILL}" color="{NOTE_BORDER}" label=<{note}>]')
     for j, out in enumerate(graph.outputs):
         em.used["output"] = True
         label = f"<B>{_esc(out.name)}</B><BR/>{_small(_esc(shape_text(out.shape)) + ' ' + _esc(out.dtype))}"
-        stmts.append(
+        top.append(
             f'o{j} [shape=box style="rounded,filled,bold" fillcolor="{OUTPUT_FILL}" color="{OUTPUT_BORDER}" '
-            f"peripheries=2 label=<{label}>]"
+            f"peripheries=2{em._id(f'o{j}')} label=<{label}>]"
         )
-        if out.node is not None and 0 <= out.node < len(nodes):
-            src = rep[out.node] or "more"
-            stmts.append(f'{src} -> o{j} [color="{OUTPUT_BORDER}" penwidth=1.5]')
+        if out.node is not None and 0 <= out.node < n_nodes:
+            src = item[out.node] or "more"
+            top.append(f'{src} -> o{j} [color="{OUTPUT_BORDER}" penwidth=1.5]')
 
+    edges: list[str] = []
     for (ka, kb), count in edge_count.items():
         attrs = []
         hls = edge_hl.get((ka, kb))
         if hls:
+            hls = _by_severity(hls)
             for h in hls:
                 em.used.setdefault("highlights", {})[h.tag] = True
             colour = HIGHLIGHT_COLOURS.get(hls[0].tag, RED)
-            text = "; ".join(dict.fromkeys(f"{h.tag}" + (f": {h.label}" if h.label else "") for h in hls))
-            attrs.append(f'color="{colour}" penwidth=3 fontcolor="{colour}" label={_q("⚠ " + text)}')
+            text = "; ".join(dict.fromkeys(hl_text(h) for h in hls))
+            attrs.append(f'color="{colour}" penwidth=3 fontcolor="{colour}" label={_q(text)}')
+        elif (ka, kb) in p.carried:
+            em.used["carried"] = True
+            attrs.append(f'style=dashed constraint=false color="{FOLD_BORDER}" fontcolor="{FOLD_BORDER}" '
+                         f'label="next ×{count}"')
         elif count > 1:
             attrs.append(f'label="×{count}"')
             if count >= 10:
                 attrs.append("penwidth=2")
         if ka == "more":
             attrs.append('style=dashed color="#92400e"')
-        stmts.append(f"{ka} -> {kb}" + (f" [{' '.join(attrs)}]" if attrs else ""))
+        if em.ids is not None:
+            attrs.append(f'id="{em.ids}e-{ka}-{kb}" class="lens-edge"')
+        edges.append(f"{ka} -> {kb}" + (f" [{' '.join(attrs)}]" if attrs else ""))
 
-    shown = len(emitted) + len(graph.outputs) + (1 if view.hidden else 0)
     head = [
         "digraph autograd {",
         f'  graph [rankdir={opts["rankdir"]} fontname="{FONT}" fontsize=12 nodesep=0.25 ranksep=0.35 '
         'bgcolor="white" labeljust=l outputorder=edgesfirst'
-        + (" nslimit=0.01 nslimit1=0.01" if shown > NSLIMIT_ABOVE else "")
+        + (" nslimit=0.01 nslimit1=0.01" if p.cost > NSLIMIT_ABOVE else "")
+        + (" splines=line" if p.span > STRAIGHT_ABOVE else "")
         + "]",
         f'  node [fontname="{FONT}" fontsize=11 margin="0.12,0.05" penwidth=1.2 height=0.3]',
         f'  edge [fontname="{FONT}" fontsize=9 color="#64748b" arrowsize=0.7]',
     ]
     title = graph.title
-    if title or view.notes or view.hidden:
-        sub = f"{len(nodes)} nodes"
-        if view.notes:
-            sub += "; " + "; ".join(view.notes)
-        text = (f"<B>{_esc(title)}</B><BR/>" if title else "") + _small(_esc(sub), "#64748b", FONT)
+    drawn = len(keys)
+    if title or p.notes:
+        sub = f"{n_nodes} nodes" + (f", drawn as {drawn} boxes" if drawn != n_nodes else "")
+        if p.notes:
+            sub += "; " + "; ".join(p.notes)
+        lead, _, premise = title.partition(" — ")  # the premise, when the title states one, below it
+        text = f"<B>{_esc(lead)}</B><BR/>" if lead else ""
+        text += f'<FONT POINT-SIZE="11">{_esc(premise)}</FONT><BR/>' if premise else ""
+        text += _small(_esc(sub), "#64748b", FONT)
         head.append(f"  label=<{text}> labelloc=t")
-    parts = ["\n".join(head), "  " + "\n  ".join(stmts)]
+    parts = ["\n".join(head)]
+    parts.append(_clusters(em, graph, p, by_cluster))
+    parts.append("  " + "\n  ".join(edges) if edges else "")
     if opts["legend"]:
         leg = em.legend()
         if leg:
             parts.append(leg)
     parts.append("}\n")
-    return "\n".join(parts)
+    return "\n".join(x for x in parts if x), p
+
+
+def _clusters(em: _Emitter, graph: Graph, p: Plan, by_cluster: dict[tuple[str, ...], list[str]]) -> str:
+    """Nested ``subgraph cluster_*`` blocks for modules and folds, with their statements."""
+    children: dict[tuple[str, ...], set[tuple[str, ...]]] = {}
+    for path in list(by_cluster):
+        for k in range(len(path), 0, -1):
+            parent = path[: k - 1]
+            children.setdefault(parent, set()).add(path[:k])
+            by_cluster.setdefault(path[:k], [])
+    out: list[str] = []
+    counter = [0]
+
+    def emit(path: tuple[str, ...], indent: str) -> None:
+        if path:
+            name = path[-1]
+            counter[0] += 1
+            out.append(f"{indent}subgraph cluster_{counter[0]} {{")
+            out.append(f"{indent}  {em.cluster_attrs(name, p)}")
+        for stmt in by_cluster.get(path, []):
+            out.append(f"{indent}  {stmt}" if path else f"  {stmt}")
+        for child in sorted(children.get(path, ())):
+            emit(child, indent + "  " if path else "  ")
+        if path:
+            out.append(f"{indent}}}")
+
+    emit((), "")
+    return "\n".join(out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -829,16 +687,25 @@ def dot_program() -> str:
     return exe
 
 
+#: The last layouts made, by (source, format): ``lens trace`` draws each graph for its SVG file
+#: and again for ``report.html``.
+_LAID_OUT: dict[tuple[str, str], bytes] = {}
+_LAID_OUT_MAX = 16
+
+
 def run_dot(source: str, fmt: str, *, timeout: float = 60.0, nodes: int | None = None) -> bytes:
     """Lay out DOT ``source`` with ``dot -T<fmt>``; ``LensError`` on a missing program, timeout or failure."""
     exe = dot_program()
+    done = _LAID_OUT.get((source, fmt))
+    if done is not None:
+        return done
     try:
         proc = subprocess.run(
             [exe, f"-T{fmt}"], input=source.encode("utf-8"), capture_output=True, timeout=timeout, check=False
         )
     except subprocess.TimeoutExpired:
         size = f" ({nodes} nodes)" if nodes is not None else ""
-        raise LensError(
+        raise DotTimeout(
             f"`dot` did not finish laying out the graph{size} within {timeout:g} s; pass a smaller "
             "max_nodes=, collapse='module' or 'fold', or a larger timeout="
         ) from None
@@ -848,7 +715,42 @@ def run_dot(source: str, fmt: str, *, timeout: float = 60.0, nodes: int | None =
         err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
         detail = err[0] if err else f"exit status {proc.returncode}"
         raise LensError(f"Graphviz `dot -T{fmt}` failed: {detail}")
+    if len(_LAID_OUT) >= _LAID_OUT_MAX:
+        _LAID_OUT.pop(next(iter(_LAID_OUT)))
+    _LAID_OUT[(source, fmt)] = proc.stdout
     return proc.stdout
+
+
+class DotTimeout(LensError):
+    """``dot`` did not finish within its time."""
+
+
+#: Without a ``timeout`` given, the seconds ``dot`` has before the graph is drawn again coarser
+#: (the budget keeps layouts far below this; it is the net under an estimate gone wrong).
+FIRST_TRY_S = 15.0
+
+
+def lay_out(graph: Graph, fmt: str, **options: Any) -> tuple[bytes, Plan]:
+    """``graph`` laid out by ``dot`` as ``fmt`` (svg, png, pdf), and the plan it draws.
+
+    The plan is chosen to fit the layout budget, so ``dot`` finishes in seconds; should it still
+    run out of time, the graph is drawn again, coarser, and the drawing says so.
+    """
+    opts = resolve_options(graph, options)
+    source, p = build(graph, opts)
+    timeout = float(opts["timeout"])
+    chosen = options.get("timeout") is not None or (getattr(graph, "options", None) or {}).get("timeout") is not None
+    first = timeout if chosen else min(timeout, FIRST_TRY_S)
+    try:
+        return run_dot(source, fmt, timeout=first, nodes=len(graph)), p
+    except DotTimeout:
+        coarse = {
+            **opts,
+            "budget": max(50, int(opts["budget"] or BUDGET) // 8),
+            "note": f"drawn coarser: the layout did not finish within {first:g} s",
+        }
+        source, p = build(graph, coarse)
+        return run_dot(source, fmt, timeout=max(1.0, timeout - first) if not chosen else timeout, nodes=len(graph)), p
 
 
 def render(graph: Graph, fmt: str, **options: Any) -> bytes:
@@ -856,15 +758,13 @@ def render(graph: Graph, fmt: str, **options: Any) -> bytes:
     fmt = fmt.lower().lstrip(".")
     if fmt == "json":
         return graph.to_json(indent=1).encode("utf-8")
-    source = to_dot(graph, **options)
+    if fmt == "svg":
+        options.setdefault("ids", "")  # ids on boxes and edges, for pages that point at them
     if fmt in ("dot", "gv"):
-        return source.encode("utf-8")
+        return to_dot(graph, **options).encode("utf-8")
     if fmt not in ("svg", "png", "pdf"):
         raise LensError(f"cannot render format {fmt!r}; supported: svg, png, pdf, dot, gv, json")
-    timeout = options.get("timeout")
-    if timeout is None:
-        timeout = (getattr(graph, "options", None) or {}).get("timeout", DEFAULTS["timeout"])
-    return run_dot(source, fmt, timeout=float(timeout), nodes=len(graph))
+    return lay_out(graph, fmt, **options)[0]
 
 
 def save(graph: Graph, path: str | Path, **options: Any) -> Path:

@@ -35,6 +35,7 @@ _TAG_STYLES = {
     "leak": "bold dark_orange",
     "pass-through": "bold dark_orange",
     "focus": "bold dark_orange",
+    "crossing": "bold magenta",
 }
 
 
