@@ -26,16 +26,19 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Generator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from . import __version__
 from .checks import RULES
 from .findings import SEVERITIES, Finding, rel_path, severity_rank
-from . import testing
-from .testing import findings_text
-from .watch import Watch
+
+if TYPE_CHECKING:
+    from .watch import Watch
+
+# The lens itself (torch, the watch, the assertions) is imported when a test uses it: a project
+# that has autograd_lens installed does not pay for it in test runs that do not.
 
 GROUP = "autograd_lens"
 #: Attribute of a test's call report that carries its findings (plain JSON data, so that
@@ -133,6 +136,8 @@ def lens() -> Iterator[Watch]:
             train_step()
             assert lens.report.by_rule("stray-grad") == []
     """
+    from .watch import Watch
+
     with Watch({}, {}, {}) as w:
         yield w
 
@@ -141,8 +146,10 @@ def lens() -> Iterator[Watch]:
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     if not _enabled(item.config):
         return (yield)
-    testing.reset_claims()
+    from . import testing
     from .watch import watch
+
+    testing.reset_claims()
 
     if getattr(item, "funcargs", {}).get("lens") is not None:
         # the test has the lens fixture: it asked for the findings and judges them itself
@@ -162,8 +169,10 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 
 def _judge(item: pytest.Item, report: Any, *, passed: bool) -> None:
     """Record the test's findings; fail a passing test on findings at or above --lens-fail-on."""
+    from .testing import claimed, findings_text
+
     ignore = item.stash.get(_IGNORE_KEY, ())
-    kept = [f for f in report.findings if f.rule not in ignore and not testing.claimed(f)]
+    kept = [f for f in report.findings if f.rule not in ignore and not claimed(f)]
     item.stash[_ITEM_FINDINGS_KEY] = [_summary_entry(f) for f in kept]
     if not kept:
         return

@@ -27,6 +27,16 @@ def test_catalog_ids_and_severities_are_stable() -> None:
     assert {r.id: r.severity for r in RULES.values()} == CATALOG
 
 
+def test_catalog_read_from_source_is_what_the_check_modules_say() -> None:
+    """The catalog reads the rule modules' source (no torch for `lens rules`); what it read is what
+    the modules hold when they run."""
+    import importlib
+
+    for r in RULES.values():
+        m = importlib.import_module(f"autograd_lens.checks.{r.id.replace('-', '_')}")
+        assert (m.RULE, m.SEVERITY, m.SUMMARY, m.__doc__) == (r.id, r.severity, r.summary, r.doc)
+
+
 @pytest.mark.parametrize("rule_id", sorted(CATALOG))
 def test_every_rule_page_has_every_section(rule_id: str) -> None:
     rule = get_rule(rule_id)

@@ -7,37 +7,24 @@ judge, the watch). The judge (:mod:`judge`) decides when each check runs.
 
 from __future__ import annotations
 
+import ast
+import importlib.resources
 import re
 from dataclasses import dataclass
-from types import ModuleType
 
-
-from . import (
-    ctx_tensor,
-    dead_param,
-    detach_leak,
-    inplace_saved,
-    missing_zero_grad,
-    no_grad_path,
-    nonleaf_grad,
-    nonscalar_backward,
-    retained_graph,
-    second_backward,
-    stray_grad,
-)
-
-_MODULES: tuple[ModuleType, ...] = (
-    second_backward,
-    inplace_saved,
-    stray_grad,
-    detach_leak,
-    missing_zero_grad,
-    dead_param,
-    retained_graph,
-    nonscalar_backward,
-    no_grad_path,
-    nonleaf_grad,
-    ctx_tensor,
+#: the rule modules, in the order ``lens rules`` lists them
+_NAMES = (
+    "second_backward",
+    "inplace_saved",
+    "stray_grad",
+    "detach_leak",
+    "missing_zero_grad",
+    "dead_param",
+    "retained_graph",
+    "nonscalar_backward",
+    "no_grad_path",
+    "nonleaf_grad",
+    "ctx_tensor",
 )
 
 SECTIONS = ("What it does", "Why is this bad?", "Example", "Use instead")
@@ -62,9 +49,21 @@ class Rule:
         return self.doc.strip().split("\n\n", 1)[0].replace("\n", " ")
 
 
-RULES: dict[str, Rule] = {
-    m.RULE: Rule(m.RULE, m.SEVERITY, m.SUMMARY, m.__doc__ or "") for m in _MODULES
-}
+def _read(name: str) -> Rule:
+    """A rule from its module's source (docstring, ``RULE``, ``SEVERITY``, ``SUMMARY``), without
+    running the module: the catalog needs no torch (``lens rules`` and ``lens explain`` start fast)."""
+    tree = ast.parse(importlib.resources.files(__name__).joinpath(f"{name}.py").read_text(encoding="utf-8"))
+    values = {
+        target.id: node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+        for target in node.targets
+        if isinstance(target, ast.Name) and target.id in ("RULE", "SEVERITY", "SUMMARY")
+    }
+    return Rule(values["RULE"], values["SEVERITY"], values["SUMMARY"], ast.get_docstring(tree, clean=False) or "")
+
+
+RULES: dict[str, Rule] = {r.id: r for r in map(_read, _NAMES)}
 
 
 def get_rule(rule_id: str) -> Rule:
