@@ -18,7 +18,8 @@ held by weak reference, graph nodes only while a backward call is being set up, 
 tags live in ``node.metadata``, which dies with the node.
 
 Imports: :mod:`hooks`, :mod:`registry`, :mod:`events`, :mod:`walk`, :mod:`graph`, :mod:`naming`,
-:mod:`frameworks`, :mod:`source`, :mod:`findings`. Not the checks, not the judge (it calls the
+:mod:`frameworks`, :mod:`source`, :mod:`findings`, :mod:`sites` (where the user's code is) and
+:mod:`held` (graphs kept alive across iterations). Not the checks, not the judge (it calls the
 ``sink`` it is given), not the watch.
 """
 
@@ -26,10 +27,9 @@ from __future__ import annotations
 
 import sys
 import threading
-import types
 import warnings
 import weakref
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -38,7 +38,9 @@ import torch
 from . import frameworks, source
 from .events import BackwardCall, EventLog, HeldGraphs, OptimizerStep
 from .findings import Finding, Site
-from .graph import Graph, capture, saved_bytes
+from .graph import Graph, capture
+from .held import GraphTracker
+from .ledger import Ledger, ParamState
 from .hooks import (
     HookSet,
     patch_optimizer_init,
@@ -48,8 +50,16 @@ from .hooks import (
     watch_warnings,
 )
 from .hooks.patches import BACKWARD_ENGINE_AVAILABLE, patch_backward
-from .naming import framework_frames, is_machinery, local_items, tensor_names, tensors_in, user_frame
+from .naming import framework_frames, tensor_names, tensors_in, user_frame
 from .registry import ForwardRange, OptInfo, Registry, is_network
+from .sites import (
+    call_site,
+    exc_text,
+    first_user_frame,
+    forget_machinery,
+    frame_site,
+    module_caller_site,
+)
 from .walk import WalkResult, walk_graph
 
 #: How many occurrences of each backward site get a full graph snapshot and leak analysis.
@@ -57,9 +67,6 @@ DETAIL_PER_SITE = 2
 
 #: Backward calls in a row with every site past its detail before the module hooks come off.
 QUIET_CALLS = 2
-
-#: Graphs of this many earlier iterations of a backward site alive at once: something holds them.
-HELD_ITERATIONS = 2
 
 _serial = iter(range(1, 1 << 62))
 
@@ -85,20 +92,6 @@ class Sink(Protocol):
     def wants_snapshot(self, site: Site) -> bool: ...
 
 
-class ParamState:
-    """What the recorder knows of one parameter's ``.grad``: which backward calls it holds."""
-
-    __slots__ = ("ref", "ledger", "grad_ref", "grad_version", "applied", "fp")
-
-    def __init__(self, p: torch.Tensor) -> None:
-        self.ref = weakref.ref(p)
-        self.ledger: list[int] = []  # backward call ids whose gradient is in .grad now
-        self.grad_ref: weakref.ref | None = None
-        self.grad_version = -1
-        self.applied: dict[int, tuple[int, ...]] = {}  # optimizer key -> call ids it applied last
-        self.fp: tuple[Any, ...] | None = None  # (version, storage, sum) after its last backward
-
-
 class SiteState:
     """What the recorder knows of one backward site."""
 
@@ -118,15 +111,6 @@ class SiteState:
         self.site_key = site.key
         self.steady: WalkResult | None = None  # what a call past its detail sees, without a walk
         self.snapshots = 0  # graphs taken (since the last registration)
-
-
-class _GraphTag:
-    """Lives in a root node's metadata; a weak reference to it says whether the graph is alive."""
-
-    __slots__ = ("__weakref__",)
-
-
-_UNSEEN = object()
 
 
 class Recorder:
@@ -154,8 +138,7 @@ class Recorder:
         # steps, manual updates and (while the module hooks are on) network forwards so far: calls of
         # one site with different values belong to different iterations
         self.iteration = 0
-        self._params: dict[int, ParamState] = {}
-        self._holding: set[int] = set()  # parameters whose .grad holds gradient of known calls
+        self.ledger = Ledger()
         self._sites: dict[tuple[str, int], SiteState] = {}
         self._frame_sites: dict[tuple[str, int, str], SiteState] = {}  # (file, line, function) -> site
         self._tls = threading.local()
@@ -184,15 +167,13 @@ class Recorder:
         # non-retained backward that used the node as its root. Per watch, so stamps never mix.
         self.stamp_keys = (f"autograd_lens.{serial}.call", f"autograd_lens.{serial}.root")
         # a tag in the root's metadata dies with the graph: the graphs of each site still alive
-        self._tag_key = f"autograd_lens.{serial}.alive"
-        self._alive: dict[tuple[str, int], deque[tuple[int, int, bool, weakref.ref]]] = {}
-        self._holders: dict[tuple[str, int], HeldGraphs | None] = {}
+        self._graphs = GraphTracker(f"autograd_lens.{serial}.alive")
 
     # ------------------------------------------------------------------------------------------
     # installing and removing
     # ------------------------------------------------------------------------------------------
     def install(self) -> None:
-        _MACHINERY_FILES.clear()  # the packages to skip may have changed
+        forget_machinery()  # the packages to skip may have changed
         if _PEEK_SEQ is None:
             self._probe = torch.zeros(1, requires_grad=True)
         self.reg.first_seq = self._seq_now_always()
@@ -209,7 +190,7 @@ class Recorder:
             raise
 
     def remove(self) -> None:
-        _MACHINERY_FILES.clear()
+        forget_machinery()
         try:
             self._modules_off()
         finally:
@@ -403,7 +384,7 @@ class Recorder:
                 for t in a:
                     if isinstance(t, torch.Tensor) and t.grad_fn is not None:
                         carried.append((i, t.grad_fn._sequence_nr(), len(a)))
-        r = ForwardRange(start, net.key, path, 0, _caller_site(), frozenset(detached))
+        r = ForwardRange(start, net.key, path, 0, module_caller_site(), frozenset(detached))
         r.carried = tuple(carried)
         reg.open_range(r)
         opened.append(r)
@@ -457,7 +438,7 @@ class Recorder:
         """An error raised before the engine ran (e.g. a non-scalar root without `gradient=`)."""
         frame = user_frame()
         try:
-            site, names = _frame_site(frame), tensor_names(frame, grad_fns=True)
+            site, names = frame_site(frame), tensor_names(frame, grad_fns=True)
         finally:
             del frame
         roots = args[0] if args else kwargs.get("tensors", kwargs.get("outputs"))
@@ -482,16 +463,14 @@ class Recorder:
         """The backward site of the call being made: the user's frame (a framework's backward of
         the loss `training_step` returned is that return's line), and, the first time a site is
         seen, the names of the tensors in its frame."""
-        frame = sys._getframe(2)
-        while frame is not None and _machinery_frame(frame):
-            frame = frame.f_back
+        frame = first_user_frame(sys._getframe(2))
         try:
             if frame is not None:
                 code = frame.f_code
                 s = self._frame_sites.get((code.co_filename, frame.f_lineno, code.co_name))
                 if s is not None and s.detailed >= self.detail:
                     return s, None  # known and past its detail: no scan of the frame's names
-            site = _frame_site(frame)
+            site = frame_site(frame)
             names = tensor_names(frame, grad_fns=True)
             fw = framework_frames(frame)
             if fw:
@@ -569,7 +548,7 @@ class Recorder:
         elif detail:
             self._modules_on()
         try:
-            self._settle_grads()
+            self.ledger.settle()
             if detail:
                 # the first detailed call of a site is snapshotted; later ones when the judge still
                 # learns from them (a loss split among several networks)
@@ -612,7 +591,7 @@ class Recorder:
         try:
             result = go()
         except BaseException as exc:
-            call.error = _exc_text(exc)
+            call.error = exc_text(exc)
             if walk.graph is not None and self.keep_graphs and call.graph_key is None:
                 # the failing call's graph, as it was when the backward started (freed parts marked)
                 call.graph_key = s.graph_key or self.sink.graph_key(site)
@@ -628,7 +607,7 @@ class Recorder:
             call.reached = self._intern(frozenset(call.reached))
             self.reg.ever_grad |= call.reached
             if self._manual_on:
-                self._fingerprint_reached(call)
+                self.ledger.fingerprint(self.reg, call.reached)
             self._track_graphs(roots, call)
             self._note_mode(call)
             call.networks = self._row(call, walk)
@@ -713,9 +692,8 @@ class Recorder:
     # graphs kept alive across iterations ---------------------------------------------------------
     def _track_graphs(self, roots: Sequence[torch.Tensor], call: BackwardCall) -> None:
         """Stamp the root (a later backward through it again is a silent double backward) and tag
-        its graph; if graphs of two or more earlier iterations of this site are still alive,
-        something holds them (`epoch_loss += loss`, `history.append(loss)`). Past a site's detail
-        one call in four is tagged: a held graph stays alive, so it is seen all the same."""
+        its graph (:mod:`held`). Past a site's detail one call in four is tagged: a held graph
+        stays alive, so it is seen all the same."""
         fn = None
         for t in roots:
             fn = t.grad_fn
@@ -723,53 +701,13 @@ class Recorder:
                 break
         if fn is None:
             return
-        md = fn.metadata
         if not call.retain_graph:
-            md[self.stamp_keys[1]] = call.id
+            fn.metadata[self.stamp_keys[1]] = call.id
         if not call.detailed and call.occurrence & 3:
             return
-        key = (call.site.file, call.site.line)
-        alive = self._alive.get(key)
-        if alive is None:
-            alive = self._alive[key] = deque(maxlen=64)
-        while alive and alive[0][3]() is None:
-            alive.popleft()
-        if len(alive) >= HELD_ITERATIONS:
-            older = [e for e in alive if e[3]() is not None and e[1] < call.iteration]
-            if len({e[1] for e in older}) >= HELD_ITERATIONS:
-                held = self._holders.get(key, _UNSEEN)
-                if held is _UNSEEN:
-                    held = self._find_holder()
-                    self._holders[key] = held
-                if held is not None:
-                    self.sink.held(call, held, len(older), any(e[2] for e in older))
-        tag = _GraphTag()
-        md[self._tag_key] = tag
-        alive.append((call.id, call.iteration, call.retain_graph, weakref.ref(tag)))
-
-    def _find_holder(self) -> HeldGraphs | None:
-        """The variable that keeps old graphs alive, its line, and the saved bytes they hold."""
-        frame = user_frame()
-        try:
-            frames = []
-            f = frame
-            while f is not None and len(frames) < 4:
-                frames.append(f)
-                f = f.f_back
-            for f in frames:
-                for name, value in [*local_items(f), *f.f_globals.items()]:
-                    if name.startswith("__"):
-                        continue
-                    got = _holds_tags(value, self._tag_key)
-                    if got is None:
-                        continue
-                    nodes, saved = got
-                    line = source.accumulations(f.f_code.co_filename, f.f_lineno, name)
-                    site = Site(f.f_code.co_filename, line, f.f_code.co_name) if line else None
-                    return HeldGraphs(name, site, nodes, saved, type(value).__name__)
-        finally:
-            del frame
-        return None
+        found = self._graphs.track(fn, call)
+        if found is not None:
+            self.sink.held(call, *found)
 
     def sites(self) -> list[SiteState]:
         return list(self._sites.values())
@@ -779,7 +717,7 @@ class Recorder:
         return self._step_markers
 
     def param_states(self) -> dict[int, ParamState]:
-        return self._params
+        return self.ledger.params
 
     def param_opt(self, pid: int) -> int | None:
         return self.reg.opt_of(pid)
@@ -807,19 +745,13 @@ class Recorder:
     # ------------------------------------------------------------------------------------------
     # accumulation
     # ------------------------------------------------------------------------------------------
-    def ensure_param(self, p: torch.Tensor) -> ParamState:
-        pid = id(p)
-        st = self._params.get(pid)
-        if st is not None and st.ref() is p:
-            return st
-        st = ParamState(p)
-        self._params[pid] = st
-        if p.requires_grad and p.is_leaf:
+    def ensure_param(self, p: torch.Tensor) -> None:
+        """Watch parameter ``p``'s accumulations from now on."""
+        if self.ledger.add(p) is not None and p.requires_grad and p.is_leaf:
             try:
                 self.hooks.add(p.register_post_accumulate_grad_hook(self._on_accumulated))
             except RuntimeError:
                 pass
-        return st
 
     def _on_accumulated(self, p: torch.Tensor) -> None:
         """A backward added its gradient to ``p.grad``: one more call in the parameter's ledger.
@@ -828,35 +760,14 @@ class Recorder:
             inflight = self._inflight
             if not inflight:
                 return None
-            pid = id(p)
-            st = self._params.get(pid)
-            if st is None:
-                return None
             if len(inflight) == 1:
                 call = inflight[0][0]
             else:  # backward calls running in several threads: this thread's, else one holding p
-                me = threading.get_ident()
+                me, pid = threading.get_ident(), id(p)
                 call = next((c for c, _, t in reversed(inflight) if t == me), None) or next(
                     (c for c, leaves, _ in reversed(inflight) if pid in leaves), inflight[-1][0]
                 )
-            g = p.grad
-            ref = st.grad_ref
-            if ref is None or ref() is not g:
-                # A new `.grad` object starts a new ledger (zero_grad set it to None, or it was
-                # assigned). The same object holds the gradient of the calls in its ledger, whatever
-                # was done to it in place since (clipping, unscaling, all-reduce): a change that
-                # zeroed it was seen before this backward began (`_settle_grads`).
-                if not (call.create_graph and ref is not None and ref() is None):
-                    st.ledger = []
-                st.grad_ref = weakref.ref(g) if g is not None else None
-            ledger = st.ledger
-            ledger.append(call.id)
-            if len(ledger) > 64:  # a .grad never zeroed: keep the recent history only
-                del ledger[:-32]
-            self._holding.add(pid)
-            if g is not None:
-                st.grad_version = g._version
-            call.reached.add(pid)  # type: ignore[union-attr]
+            self.ledger.accumulated(p, call)
         except Exception as exc:
             self._internal(exc)
         return None
@@ -872,51 +783,10 @@ class Recorder:
         if self.closed or _compiling() or self.aside():
             return
         if self._manual_on:
-            self._note_manual_updates(_site())
-        params = obj.parameters() if isinstance(obj, torch.nn.Module) else (
-            p for g in obj.param_groups for p in g["params"]
+            self._note_manual_updates(call_site())
+        self.ledger.zeroed(
+            obj.parameters() if isinstance(obj, torch.nn.Module) else (p for g in obj.param_groups for p in g["params"])
         )
-        for p in params:
-            st = self._params.get(id(p))
-            if st is not None:
-                st.ledger = []
-                st.grad_ref = None
-                self._holding.discard(id(p))
-
-    def _settle_grads(self) -> None:
-        """Before a backward: forget the ledger of each `.grad` that was zeroed since its last
-        accumulation: set to None, or zeroed in place by hand (`p.grad.zero_()`).
-
-        Only parameters whose `.grad` still holds gradient and whose version moved are looked at
-        (a loop that calls `zero_grad()` leaves none); their values decide, in one pass: all zero
-        means zeroed, anything else (a clipped or unscaled gradient) keeps its provenance.
-        """
-        holding = self._holding
-        if not holding:
-            return
-        moved: list[tuple[ParamState, torch.Tensor]] = []
-        for pid in list(holding):
-            st = self._params.get(pid)
-            p = st.ref() if st is not None else None
-            g = p.grad if p is not None else None
-            if g is None:
-                holding.discard(pid)  # zeroed (set to None) or gone
-                if st is not None:
-                    st.ledger = []
-                continue
-            ref = st.grad_ref  # type: ignore[union-attr]
-            if ref is None or ref() is not g:
-                continue  # replaced: the next accumulation starts a new ledger
-            if g._version != st.grad_version:  # type: ignore[union-attr]
-                moved.append((st, g))  # type: ignore[arg-type]
-        if not moved:
-            return
-        zero = _all_zero([g for _, g in moved])
-        for (st, g), z in zip(moved, zero):
-            st.grad_version = g._version
-            if z:
-                st.ledger = []
-                holding.discard(id(st.ref()))
 
     def _on_step_pre(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         if self.closed or _compiling() or self.aside():
@@ -925,7 +795,7 @@ class Recorder:
         groups = opt.param_groups
         if st.steps == 0 or st.n_groups != len(groups) or st.n_listed != sum(len(g["params"]) for g in groups):
             self.reg.refresh_opt(st, opt)
-        site = _site()
+        site = call_site()
         # the hook's args are the step's, the optimizer first: `opt.step(closure)` -> (opt, closure)
         rest = args[1:] if args and args[0] is opt else args
         closure = kwargs["closure"] if "closure" in kwargs else (rest[0] if rest else None)
@@ -947,53 +817,13 @@ class Recorder:
         self.iteration += 1
         if st.first_site is None:
             st.first_site = site
-        provenance: dict[int, tuple[int, ...]] = {}
-        repeated: dict[int, tuple[int, ...]] = {}
         # backward calls ran inside the step (a framework passes a closure that may do nothing)
         ran_closure = closure_from is not None and self.log.n_calls >= closure_from
-        key = st.key
-        params_state = self._params
-        interned = self._interned
-        for p in params:
-            g = p.grad
-            pid = id(p)
-            if g is None:
-                if p.requires_grad:
-                    st.no_grad.add(pid)
-                continue
-            ps = params_state.get(pid)
-            if ps is None or ps.ref() is not p:
-                provenance[pid] = ()
-                continue
-            ref = ps.grad_ref
-            if ref is None or ref() is not g:
-                ps.ledger = []  # .grad was assigned by hand: unknown provenance
-            prov = tuple(ps.ledger)
-            prov = interned.setdefault(prov, prov)
-            provenance[pid] = prov
-            applied = ps.applied.get(key)
-            again: tuple[int, ...] = ()
-            if applied and prov:
-                if applied is prov:
-                    again = prov  # the very same gradient, applied again
-                elif len(prov) == 1:
-                    again = prov if prov[0] in applied else ()
-                else:
-                    again = tuple(c for c in prov if c in applied)
-            if ran_closure:
-                # the closure ran several times without zero_grad: each evaluation's gradient was
-                # applied by the evaluations after it too
-                inside = [c for c in prov if c >= closure_from]  # type: ignore[operator]
-                again = tuple(dict.fromkeys(again + tuple(inside[:-1])))
-            if again:
-                repeated[pid] = again
-            ps.applied[key] = prov
-        if len(interned) > 4096:
-            interned.clear()
+        provenance, repeated = self.ledger.provenance(st, params, closure_from if ran_closure else None)
         step = OptimizerStep(
             index=self.log.n_steps,
             optimizer=st.name,
-            optimizer_key=key,
+            optimizer_key=st.key,
             site=site,
             provenance=provenance,
             repeated=repeated,
@@ -1057,21 +887,10 @@ class Recorder:
             found = source.manual_updates(site.file)
             self._update_stmts[site.file] = found
             self._manual_on = self._manual_on or bool(found)
-        if not self._manual_on or not self._holding:
+        if not self._manual_on or not self.ledger.holding:
             return
         reg = self.reg
-        changed: dict[int, list[int]] = {}
-        for pid in list(self._holding):
-            ps = self._params.get(pid)
-            p = ps.ref() if ps is not None else None
-            if p is None or ps.fp is None or any(not reg.opts[o].manual for o in reg.opts_of(pid)):
-                continue
-            if _fingerprint(p) != ps.fp:
-                ps.fp = None  # consumed; the next backward takes a new one
-                net = reg.net_of_param(pid)
-                if net is not None:
-                    changed.setdefault(net, []).append(pid)
-        for key in changed:
+        for key in self.ledger.updated_by_hand(reg):
             net = reg.nets[key]
             module = net.ref()
             if module is None:
@@ -1100,16 +919,6 @@ class Recorder:
                 if best is None:
                     best = Site(file, u.line, "")
         return best
-
-    def _fingerprint_reached(self, call: BackwardCall) -> None:
-        reg = self.reg
-        for pid in call.reached:
-            if any(not reg.opts[o].manual for o in reg.opts_of(pid)):
-                continue
-            ps = self._params.get(pid)
-            p = ps.ref() if ps is not None else None
-            if p is not None:
-                ps.fp = _fingerprint(p)
 
     def _intern(self, value: Any) -> Any:
         got = self._interned.get(value)
@@ -1147,69 +956,8 @@ def _root_reused(roots: Sequence[torch.Tensor], root_key: str) -> set[int]:
     return out
 
 
-def _holds_tags(value: Any, tag_key: str, limit: int = 20_000) -> tuple[int, int] | None:
-    """(tagged graphs reached, bytes of saved tensors still held) when ``value`` (a tensor, or a
-    list, tuple, deque or dict of tensors) reaches graphs tagged with ``tag_key``; else None."""
-    if isinstance(value, torch.Tensor):
-        starts = [value]
-    elif isinstance(value, (list, tuple, deque)) and len(value) <= 100_000:
-        starts = [v for v in value if isinstance(v, torch.Tensor)]
-    elif isinstance(value, dict) and len(value) <= 10_000:
-        starts = [v for v in value.values() if isinstance(v, torch.Tensor)]
-    else:
-        return None
-    stack = [t.grad_fn for t in starts if t.grad_fn is not None]
-    if not stack:
-        return None
-    seen: set[int] = set()
-    tags = saved = 0
-    while stack and len(seen) < limit:
-        fn = stack.pop()
-        if id(fn) in seen:
-            continue
-        seen.add(id(fn))
-        try:
-            if tag_key in fn.metadata:
-                tags += 1
-        except (AttributeError, RuntimeError):
-            pass
-        saved += saved_bytes(fn)
-        stack.extend(n for n, _ in fn.next_functions if n is not None and id(n) not in seen)
-    stack.clear()
-    return (tags, saved) if tags else None
-
-
-def _fingerprint(p: torch.Tensor) -> tuple[Any, ...]:
-    """What changes when a parameter is updated in place, `.data` updates included."""
-    try:
-        with torch.no_grad():
-            total = float(p.detach().sum())
-    except (RuntimeError, TypeError):
-        total = None
-    try:
-        ptr = p.data_ptr()
-    except RuntimeError:
-        ptr = None
-    return (p._version, ptr, total)
-
-
 def _params_of(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for g in opt.param_groups for p in g["params"]]
-
-
-def _all_zero(grads: list[torch.Tensor]) -> list[bool]:
-    """Whether each gradient is all zero, with one device synchronisation at most."""
-    with torch.no_grad():
-        try:
-            flags = torch.stack([g.any() for g in grads]).tolist()
-        except RuntimeError:  # several devices, or tensors without values (fake, meta)
-            flags = []
-            for g in grads:
-                try:
-                    flags.append(bool(g.any()))
-                except RuntimeError:
-                    flags.append(True)
-    return [not f for f in flags]
 
 
 def _inside_backward() -> bool:
@@ -1231,79 +979,3 @@ def _compiling() -> bool:
 
 def _shape(t: torch.Tensor) -> str:
     return "tensor" + (f"{list(t.shape)}" if t.dim() else "")
-
-
-def _frame_site(frame: types.FrameType | None) -> Site:
-    if frame is None:
-        return Site("<unknown>", 0, "")
-    return Site(frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
-
-
-_STEP_SITES: dict[tuple[str, int, str], Site] = {}
-
-
-def _machinery_frame(frame: types.FrameType) -> bool:
-    """Whether the frame is the lens's, torch's or a framework's (cached by file)."""
-    file = frame.f_code.co_filename
-    hit = _MACHINERY_FILES.get(file)
-    if hit is None:
-        hit = is_machinery(frame.f_globals.get("__name__", "") or "")
-        if len(_MACHINERY_FILES) < 8192:
-            _MACHINERY_FILES[file] = hit
-    return hit
-
-
-_MACHINERY_FILES: dict[str, bool] = {}
-
-
-def _user_frame() -> types.FrameType | None:
-    frame = sys._getframe(2)
-    while frame is not None and _machinery_frame(frame):
-        frame = frame.f_back
-    return frame
-
-
-def _site() -> Site:
-    frame = _user_frame()
-    try:
-        if frame is None:
-            return Site("<unknown>", 0, "")
-        code = frame.f_code  # (code objects compare by content: equal code in two files is equal)
-        key = (code.co_filename, frame.f_lineno, code.co_name)
-        s = _STEP_SITES.get(key)
-        if s is None:
-            s = _frame_site(frame)
-            if len(_STEP_SITES) < 4096:
-                _STEP_SITES[key] = s
-        return s
-    finally:
-        del frame
-
-
-def _caller_site() -> Site:
-    frame = user_frame(("torch.nn.modules.module",))
-    try:
-        return _frame_site(frame)
-    finally:
-        del frame
-
-
-def site_from_traceback(exc: BaseException) -> Site | None:
-    tb = exc.__traceback__
-    last = None
-    while tb is not None:
-        mod = tb.tb_frame.f_globals.get("__name__", "")
-        if not (mod.startswith("torch") or mod.startswith("autograd_lens")):
-            last = Site(tb.tb_frame.f_code.co_filename, tb.tb_lineno, tb.tb_frame.f_code.co_name)
-        tb = tb.tb_next
-    return last
-
-
-def _exc_text(exc: BaseException | None) -> str | None:
-    if exc is None:
-        return None
-    first = str(exc).split("\n", 1)[0]
-    return f"{type(exc).__name__}: {first}"
-
-
-exc_text = _exc_text

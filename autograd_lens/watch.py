@@ -30,7 +30,8 @@ from .graph import Graph
 from .intent import Intent
 from .judge import Judge
 from .naming import find_in_frame, user_frame
-from .recorder import DETAIL_PER_SITE, Recorder, exc_text, site_from_traceback
+from .recorder import DETAIL_PER_SITE, Recorder
+from .sites import exc_text, site_from_traceback
 from .registry import Registry
 from .report import BackwardSummary, Report, StepSummary, dedupe
 

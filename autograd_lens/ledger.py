@@ -1,0 +1,238 @@
+"""The gradient ledger: which backward calls' gradient each parameter's ``.grad`` holds.
+
+Every accumulation into a watched parameter appends the backward call to that parameter's ledger; a
+new ``.grad`` object (``zero_grad()`` set it to None, or it was assigned) starts a new ledger, and
+a ``.grad`` zeroed in place (``p.grad.zero_()``) is seen before the next backward. When an
+optimizer steps, the ledgers of its parameters are its *provenance*: the backward calls whose
+gradient it applied, and those it had applied before (accumulation without ``zero_grad``).
+Parameters that no optimizer steps carry a fingerprint after each backward, so that an update by
+hand (``p.data.add_(p.grad, alpha=-lr)``) is seen as a change.
+
+Parameters are held by weak reference; gradients only while they are read. Imports
+:mod:`events` and :mod:`registry` (for types) and torch; nothing of the runtime.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from .events import BackwardCall
+    from .registry import OptInfo, Registry
+
+#: Ledger entries kept for a ``.grad`` that is never zeroed (the recent history is enough).
+MAX_LEDGER = 64
+
+
+class ParamState:
+    """What the recorder knows of one parameter's ``.grad``: which backward calls it holds."""
+
+    __slots__ = ("ref", "ledger", "grad_ref", "grad_version", "applied", "fp")
+
+    def __init__(self, p: torch.Tensor) -> None:
+        self.ref = weakref.ref(p)
+        self.ledger: list[int] = []  # backward call ids whose gradient is in .grad now
+        self.grad_ref: weakref.ref | None = None
+        self.grad_version = -1
+        self.applied: dict[int, tuple[int, ...]] = {}  # optimizer key -> call ids it applied last
+        self.fp: tuple[Any, ...] | None = None  # (version, storage, sum) after its last backward
+
+
+class Ledger:
+    """The ledgers of the watched parameters, by parameter id."""
+
+    def __init__(self) -> None:
+        self.params: dict[int, ParamState] = {}
+        self.holding: set[int] = set()  # parameters whose .grad holds gradient of known calls
+        self._interned: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+    def add(self, p: torch.Tensor) -> ParamState | None:
+        """Start watching ``p``; None when it was watched already (a dead parameter's id reused
+        by a new one starts anew)."""
+        pid = id(p)
+        st = self.params.get(pid)
+        if st is not None and st.ref() is p:
+            return None
+        st = self.params[pid] = ParamState(p)
+        return st
+
+    def accumulated(self, p: torch.Tensor, call: BackwardCall) -> None:
+        """``call`` added its gradient to ``p.grad``. (Runs for every parameter of every backward.)"""
+        pid = id(p)
+        st = self.params.get(pid)
+        if st is None:
+            return
+        g = p.grad
+        ref = st.grad_ref
+        if ref is None or ref() is not g:
+            # A new `.grad` object starts a new ledger (zero_grad set it to None, or it was
+            # assigned). The same object holds the gradient of the calls in its ledger, whatever
+            # was done to it in place since (clipping, unscaling, all-reduce): a change that
+            # zeroed it was seen before this backward began (`settle`).
+            if not (call.create_graph and ref is not None and ref() is None):
+                st.ledger = []
+            st.grad_ref = weakref.ref(g) if g is not None else None
+        ledger = st.ledger
+        ledger.append(call.id)
+        if len(ledger) > MAX_LEDGER:
+            del ledger[: -MAX_LEDGER // 2]
+        self.holding.add(pid)
+        if g is not None:
+            st.grad_version = g._version
+        call.reached.add(pid)  # type: ignore[union-attr]
+
+    def zeroed(self, params: Iterable[torch.Tensor]) -> None:
+        """``zero_grad()`` of these parameters."""
+        for p in params:
+            st = self.params.get(id(p))
+            if st is not None:
+                st.ledger = []
+                st.grad_ref = None
+                self.holding.discard(id(p))
+
+    def settle(self) -> None:
+        """Before a backward: forget the ledger of each `.grad` that was zeroed since its last
+        accumulation: set to None, or zeroed in place by hand (`p.grad.zero_()`).
+
+        Only parameters whose `.grad` still holds gradient and whose version moved are looked at
+        (a loop that calls `zero_grad()` leaves none); their values decide, in one pass: all zero
+        means zeroed, anything else (a clipped or unscaled gradient) keeps its provenance.
+        """
+        holding = self.holding
+        if not holding:
+            return
+        moved: list[tuple[ParamState, torch.Tensor]] = []
+        for pid in list(holding):
+            st = self.params.get(pid)
+            p = st.ref() if st is not None else None
+            g = p.grad if p is not None else None
+            if g is None:
+                holding.discard(pid)  # zeroed (set to None) or gone
+                if st is not None:
+                    st.ledger = []
+                continue
+            ref = st.grad_ref  # type: ignore[union-attr]
+            if ref is None or ref() is not g:
+                continue  # replaced: the next accumulation starts a new ledger
+            if g._version != st.grad_version:  # type: ignore[union-attr]
+                moved.append((st, g))  # type: ignore[arg-type]
+        if not moved:
+            return
+        zero = all_zero([g for _, g in moved])
+        for (st, g), z in zip(moved, zero):
+            st.grad_version = g._version
+            if z:
+                st.ledger = []
+                holding.discard(id(st.ref()))
+
+    def provenance(
+        self, st: OptInfo, params: list[torch.Tensor], closure_from: int | None
+    ) -> tuple[dict[int, tuple[int, ...]], dict[int, tuple[int, ...]]]:
+        """What optimizer ``st`` applies now to ``params``: per parameter, the backward calls its
+        gradient came from, and those of them it had applied before. ``closure_from``: the first
+        call id of the closure the step ran (LBFGS), whose evaluations each applied the ones before."""
+        provenance: dict[int, tuple[int, ...]] = {}
+        repeated: dict[int, tuple[int, ...]] = {}
+        key = st.key
+        params_state = self.params
+        interned = self._interned
+        for p in params:
+            g = p.grad
+            pid = id(p)
+            if g is None:
+                if p.requires_grad:
+                    st.no_grad.add(pid)
+                continue
+            ps = params_state.get(pid)
+            if ps is None or ps.ref() is not p:
+                provenance[pid] = ()
+                continue
+            ref = ps.grad_ref
+            if ref is None or ref() is not g:
+                ps.ledger = []  # .grad was assigned by hand: unknown provenance
+            prov = tuple(ps.ledger)
+            prov = interned.setdefault(prov, prov)
+            provenance[pid] = prov
+            applied = ps.applied.get(key)
+            again: tuple[int, ...] = ()
+            if applied and prov:
+                if applied is prov:
+                    again = prov  # the very same gradient, applied again
+                elif len(prov) == 1:
+                    again = prov if prov[0] in applied else ()
+                else:
+                    again = tuple(c for c in prov if c in applied)
+            if closure_from is not None:
+                # the closure ran several times without zero_grad: each evaluation's gradient was
+                # applied by the evaluations after it too
+                inside = [c for c in prov if c >= closure_from]
+                again = tuple(dict.fromkeys(again + tuple(inside[:-1])))
+            if again:
+                repeated[pid] = again
+            ps.applied[key] = prov
+        if len(interned) > 4096:
+            interned.clear()
+        return provenance, repeated
+
+    # manual updates ----------------------------------------------------------------------------
+    def _unoptimized(self, reg: Registry, pid: int) -> bool:
+        return not any(not reg.opts[o].manual for o in reg.opts_of(pid))
+
+    def fingerprint(self, reg: Registry, pids: Iterable[int]) -> None:
+        """After a backward: fingerprint the parameters it reached that no optimizer steps."""
+        for pid in pids:
+            if not self._unoptimized(reg, pid):
+                continue
+            ps = self.params.get(pid)
+            p = ps.ref() if ps is not None else None
+            if p is not None:
+                ps.fp = fingerprint(p)
+
+    def updated_by_hand(self, reg: Registry) -> dict[int, list[int]]:
+        """Parameters of no optimizer, holding gradient, changed since their fingerprint: network
+        key -> their ids. Each fingerprint is consumed (the next backward takes a new one)."""
+        changed: dict[int, list[int]] = {}
+        for pid in list(self.holding):
+            ps = self.params.get(pid)
+            p = ps.ref() if ps is not None else None
+            if p is None or ps.fp is None or not self._unoptimized(reg, pid):
+                continue
+            if fingerprint(p) != ps.fp:
+                ps.fp = None
+                net = reg.net_of_param(pid)
+                if net is not None:
+                    changed.setdefault(net, []).append(pid)
+        return changed
+
+
+def fingerprint(p: torch.Tensor) -> tuple[Any, ...]:
+    """What changes when a parameter is updated in place, `.data` updates included."""
+    try:
+        with torch.no_grad():
+            total = float(p.detach().sum())
+    except (RuntimeError, TypeError):
+        total = None
+    try:
+        ptr = p.data_ptr()
+    except RuntimeError:
+        ptr = None
+    return (p._version, ptr, total)
+
+
+def all_zero(grads: list[torch.Tensor]) -> list[bool]:
+    """Whether each gradient is all zero, with one device synchronisation at most."""
+    with torch.no_grad():
+        try:
+            flags = torch.stack([g.any() for g in grads]).tolist()
+        except RuntimeError:  # several devices, or tensors without values (fake, meta)
+            flags = []
+            for g in grads:
+                try:
+                    flags.append(bool(g.any()))
+                except RuntimeError:
+                    flags.append(True)
+    return [not f for f in flags]
