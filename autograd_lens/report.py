@@ -15,6 +15,7 @@ from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
+from .files import write_bytes
 from .findings import ERROR, WARNING, Finding, Label, Site, cell_name, rel_path, severity_rank, site_text
 from . import source
 
@@ -154,11 +155,9 @@ class Report:
 
     def save(self, path: str | Path) -> Path:
         """Write the JSON to ``path`` atomically (a temporary file beside it, then a rename)."""
-        from .output import _write_bytes
-
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        _write_bytes(p, (self.to_json() + "\n").encode("utf-8"))
+        write_bytes(p, (self.to_json() + "\n").encode("utf-8"))
         return p
 
     def text(self, width: int = 100) -> str:
