@@ -16,7 +16,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .files import write_bytes
-from .findings import ERROR, WARNING, Finding, Label, Site, cell_name, rel_path, severity_rank, site_text
+from .findings import ERROR, WARNING, Finding, Site, cell_name, finding_lines, rel_path, severity_rank, site_text
+from .findings import finding_text  # noqa: F401  judge and testing import it from here
 from . import source
 
 SCHEMA = "autograd_lens.report/1"
@@ -207,56 +208,8 @@ def renderables(report: Report, *, totals: bool = True) -> list[Any]:
     return out
 
 
-# ----------------------------------------------------------------------------------------------
-# Finding text, rustc style
-# ----------------------------------------------------------------------------------------------
-
-
-def finding_lines(f: Finding) -> list[tuple[str, str]]:
-    """The finding as (style, text) lines; the single source of the text and rich views."""
-    lines: list[tuple[str, str]] = []
-    sev_style = "bold red" if f.severity == ERROR else "bold yellow"
-    times = f" (x{f.count})" if f.count > 1 else ""
-    lines.append((sev_style, f"{f.severity}[{f.rule}]: {f.message}{times}"))
-    if f.site is not None:
-        lines.append(("blue", f"  --> {site_text(f.site.file, f.site.line)}"))
-    labels = list(f.labels)
-    if f.site is not None and not any(lab.primary for lab in labels):
-        labels.append(Label(f.site, "", primary=True))
-    shown = [lab for lab in labels if lab.site.file == (f.site.file if f.site else lab.site.file)]
-    other = [lab for lab in labels if lab not in shown]
-    shown.sort(key=lambda lab: lab.site.line)
-    if shown:
-        width = max(len(str(lab.site.line)) for lab in shown)
-        pad = " " * width
-        lines.append(("blue", f"{pad} |"))
-        for lab in shown:
-            src_full = _source_line(lab.site)
-            lines.append(("", f"{lab.site.line:>{width}} | {src_full}"))
-            stripped = src_full.lstrip()
-            indent = len(src_full) - len(stripped)
-            mark = ("^" if lab.primary else "-") * max(1, len(stripped))
-            lines.append((sev_style if lab.primary else "blue", f"{pad} | {' ' * indent}{mark} {lab.text}".rstrip()))
-    for lab in other:
-        lines.append(("blue", f"  --> {site_text(lab.site.file, lab.site.line)}: {lab.text}"))
-    for note in f.notes:
-        lines.append(("", f"   = note: {note}"))
-    if f.fix:
-        lines.append(("bold green", f"help: {f.fix}"))
-    return lines
-
-
-def _source_line(site: Site) -> str:
-    import linecache
-
-    return linecache.getline(site.file, site.line).rstrip("\n").expandtabs(4) or "<source not available>"
-
-
-def finding_text(f: Finding, width: int = 100) -> str:
-    return "\n".join(text for _, text in finding_lines(f))
-
-
 def finding_renderable(f: Finding) -> Group:
+    """The finding in the rustc form, coloured, for a rich console."""
     return Group(*(Text(text, style=style) for style, text in finding_lines(f)))
 
 
