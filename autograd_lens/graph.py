@@ -3,7 +3,9 @@
 ``capture`` walks ``grad_fn.next_functions`` iteratively (a 100,000-node chain is fine) and builds a
 ``Graph``: an immutable snapshot that holds no reference to any tensor or autograd node. It works
 before and after backward; after a backward that did not retain the graph, nodes whose buffers
-were released are marked ``freed``.
+were released are marked ``freed``. Its records (``Node``, ``SavedTensor``, ``Output``,
+``Highlight``) and the node kinds are defined with the graph file format in
+:mod:`autograd_lens.graphfile` and importable from here.
 """
 
 from __future__ import annotations
@@ -15,25 +17,28 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
 from .errors import LensError, describe
+from .graphfile import (  # the parts of a graph and its file format, also imported from here
+    COMPILED,
+    CUSTOM,
+    HIGHLIGHTS,
+    INPUT,
+    KINDS,
+    OP,
+    PARAM,
+    SCHEMA,
+    Highlight,
+    Node,
+    Output,
+    SavedTensor,
+    graph_parts,
+    parse_text,
+)
 from .naming import ParamNames
-
-SCHEMA = "autograd_lens.graph/1"
-
-#: Node kinds.
-OP = "op"
-PARAM = "param"
-INPUT = "input"
-CUSTOM = "custom"
-COMPILED = "compiled"
-KINDS = (OP, PARAM, INPUT, CUSTOM, COMPILED)
-
-#: Highlight tags the renderers know.
-HIGHLIGHTS = ("freed", "leak", "stray", "pass-through", "error", "focus", "crossing")
 
 # Ops that only re-view their single input: a parameter seen through them still belongs to the
 # module of that parameter (``AddmmBackward0 <- TBackward0 <- weight``).
@@ -52,65 +57,6 @@ _VIEW_OPS = frozenset(
         "ToCopyBackward0",
     }
 )
-
-
-class SavedTensor(NamedTuple):
-    """A tensor that an autograd node saved for its backward."""
-
-    name: str
-    shape: tuple[int, ...] | None
-    dtype: str | None
-    nbytes: int
-    freed: bool
-    param: str | None = None
-
-
-class Node(NamedTuple):
-    """One node of the graph: an autograd op, or a leaf (parameter or input).
-
-    An immutable record (a named tuple: cheap to build for graphs of 100,000 nodes).
-    """
-
-    id: int
-    op: str
-    kind: str
-    name: str | None = None
-    module: str | None = None
-    shape: tuple[int, ...] | None = None
-    dtype: str | None = None
-    saved: tuple[SavedTensor, ...] = ()
-    freed: bool = False
-    seq: int | None = None
-    ctx_tensors: tuple[str, ...] = ()
-
-    @property
-    def label(self) -> str:
-        """What a person calls this node: the parameter/input name, else the op."""
-        return self.name or self.op
-
-    @property
-    def saved_bytes(self) -> int:
-        return sum(s.nbytes for s in self.saved)
-
-
-@dataclass(frozen=True, slots=True)
-class Output:
-    """A tensor the graph was drawn for (a root)."""
-
-    name: str
-    node: int | None
-    shape: tuple[int, ...]
-    dtype: str
-
-
-@dataclass(frozen=True, slots=True)
-class Highlight:
-    """Something to point at in a drawing: a node or an edge, with a tag and a short label."""
-
-    tag: str
-    node: int | None = None
-    edge: tuple[int, int] | None = None
-    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -269,16 +215,12 @@ class Graph:
         Raises:
             LensError: one line naming the first field that breaks the schema.
         """
-        from .graphfile import graph_parts
-
         nodes, edges, outputs, title, highlights = graph_parts(data)
         return cls(nodes, edges, outputs, title, highlights, _modules_of(data))
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> Graph:
         """A graph from JSON text or from the path of a ``.json`` file written by ``save``."""
-        from .graphfile import parse_text
-
         text = str(text_or_path)
         if isinstance(text_or_path, Path) or not text.lstrip().startswith("{"):
             path = Path(text)
