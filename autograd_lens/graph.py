@@ -38,7 +38,7 @@ from .graphfile import (  # the parts of a graph and its file format, also impor
     graph_parts,
     parse_text,
 )
-from .naming import ParamNames
+from .naming import ParamNames, common_module
 
 # Ops that only re-view their single input: a parameter seen through them still belongs to the
 # module of that parameter (``AddmmBackward0 <- TBackward0 <- weight``).
@@ -629,22 +629,6 @@ def _capture(
     return Graph(tuple(nodes), tuple(edges), tuple(outputs), title, modules=tuple(used_modules))
 
 
-def _common_prefix(mods: list[str]) -> str | None:
-    first = mods[0]
-    if len(mods) == 1 or all(m == first for m in mods):
-        return first
-    parts = first.split(".")
-    for m in mods[1:]:
-        other = m.split(".")
-        n = 0
-        while n < len(parts) and n < len(other) and parts[n] == other[n]:
-            n += 1
-        parts = parts[:n]
-        if not parts:
-            return None
-    return ".".join(parts)
-
-
 def _assign_modules(nodes: list[Node], edges: list[tuple[int, int]]) -> None:
     """Attribute op nodes to modules, in place: the module of a parameter an op consumes (through
     view ops), else the common module of its inputs, in forward order."""
@@ -683,9 +667,9 @@ def _assign_modules(nodes: list[Node], edges: list[tuple[int, int]]) -> None:
         if mods[i]:
             continue
         if direct:
-            m = direct[0] if len(direct) == 1 else _common_prefix(direct)
+            m = direct[0] if len(direct) == 1 else common_module(direct)
         elif other:
-            m = other[0] if len(other) == 1 else _common_prefix(other)
+            m = other[0] if len(other) == 1 else common_module(other)
         else:
             continue
         if m:
