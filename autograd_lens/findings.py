@@ -13,6 +13,7 @@ import functools
 import linecache
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -110,6 +111,11 @@ def _site(d: dict[str, Any] | None) -> Site | None:
     if not d:
         return None
     return Site(d.get("path") or d.get("file", ""), int(d.get("line", 0)), d.get("function", ""))
+
+
+def site_of(d: Any) -> Site | None:
+    """The site that ``d`` (written by :meth:`Site.to_dict`) holds; None when ``d`` is not a mapping."""
+    return _site(d) if isinstance(d, Mapping) else None
 
 
 @dataclass(frozen=True, slots=True)

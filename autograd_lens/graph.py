@@ -6,6 +6,11 @@ before and after backward; after a backward that did not retain the graph, nodes
 were released are marked ``freed``. Its records (``Node``, ``SavedTensor``, ``Output``,
 ``Highlight``) and the node kinds are defined with the graph file format in
 :mod:`autograd_lens.graphfile` and importable from here.
+
+Imports :mod:`~autograd_lens.errors`, :mod:`~autograd_lens.graphfile` and
+:mod:`~autograd_lens.naming` at load; its views (``to_dot``, ``save``, ``__str__``, the notebook
+HTML) import :mod:`autograd_lens.render.dot`, :mod:`~autograd_lens.render.tree` and
+:mod:`~autograd_lens.render.fragment` when called. None of these imports this module.
 """
 
 from __future__ import annotations
@@ -22,22 +27,8 @@ from typing import Any
 import torch
 
 from .errors import LensError, describe
-from .graphfile import (  # the parts of a graph and its file format, also imported from here
-    COMPILED,
-    CUSTOM,
-    HIGHLIGHTS,
-    INPUT,
-    KINDS,
-    OP,
-    PARAM,
-    SCHEMA,
-    Highlight,
-    Node,
-    Output,
-    SavedTensor,
-    graph_parts,
-    parse_text,
-)
+from .graphfile import COMPILED, CUSTOM, INPUT, OP, PARAM, SCHEMA, Highlight, Node, Output, SavedTensor, graph_parts
+from .graphfile import HIGHLIGHTS, KINDS, parse_text  # noqa: F401  the names of a graph file, importable from here
 from .naming import ParamNames, common_module
 
 # Ops that only re-view their single input: a parameter seen through them still belongs to the
@@ -251,7 +242,7 @@ class Graph:
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         """In a notebook: the drawing inline (pan, zoom, folded parts open on click), or the
         terminal tree when Graphviz is missing."""
-        from .render.html import graph_html
+        from .render.fragment import graph_html
 
         return {"text/html": graph_html(self), "text/plain": f"<autograd_lens.Graph: {len(self)} nodes>"}
 
