@@ -1,6 +1,10 @@
 """``Finding``: what a check reports, as plain data (rule, severity, sites, names, fix).
 
-Views (terminal, JSON) live in :mod:`autograd_lens.report`; a finding only holds facts.
+A finding only holds facts. Its text in the rustc form is made here, as ``(style, text)`` lines
+(:func:`finding_lines`): the single source of ``Finding.text()``, the terminal view (rich, in
+:mod:`autograd_lens.report`) and the HTML report, which only style those lines.
+
+Imports nothing from the package: every other module may import this one.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ import functools
 import linecache
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -108,6 +113,11 @@ def _site(d: dict[str, Any] | None) -> Site | None:
     return Site(d.get("path") or d.get("file", ""), int(d.get("line", 0)), d.get("function", ""))
 
 
+def site_of(d: Any) -> Site | None:
+    """The site that ``d`` (written by :meth:`Site.to_dict`) holds; None when ``d`` is not a mapping."""
+    return _site(d) if isinstance(d, Mapping) else None
+
+
 @dataclass(frozen=True, slots=True)
 class Label:
     """A secondary site with what it did (rustc's secondary label)."""
@@ -199,9 +209,55 @@ class Finding:
 
     def text(self, width: int = 100) -> str:
         """The full rustc-style text, plain (no colour)."""
-        from .report import finding_text
-
         return finding_text(self, width=width)
 
     def __str__(self) -> str:
         return self.text()
+
+
+# ----------------------------------------------------------------------------------------------
+# The text of a finding, rustc style
+# ----------------------------------------------------------------------------------------------
+
+
+def finding_lines(f: Finding) -> list[tuple[str, str]]:
+    """The finding as (style, text) lines; the single source of the text and rich views."""
+    lines: list[tuple[str, str]] = []
+    sev_style = "bold red" if f.severity == ERROR else "bold yellow"
+    times = f" (x{f.count})" if f.count > 1 else ""
+    lines.append((sev_style, f"{f.severity}[{f.rule}]: {f.message}{times}"))
+    if f.site is not None:
+        lines.append(("blue", f"  --> {site_text(f.site.file, f.site.line)}"))
+    labels = list(f.labels)
+    if f.site is not None and not any(lab.primary for lab in labels):
+        labels.append(Label(f.site, "", primary=True))
+    shown = [lab for lab in labels if lab.site.file == (f.site.file if f.site else lab.site.file)]
+    other = [lab for lab in labels if lab not in shown]
+    shown.sort(key=lambda lab: lab.site.line)
+    if shown:
+        width = max(len(str(lab.site.line)) for lab in shown)
+        pad = " " * width
+        lines.append(("blue", f"{pad} |"))
+        for lab in shown:
+            src_full = _source_line(lab.site)
+            lines.append(("", f"{lab.site.line:>{width}} | {src_full}"))
+            stripped = src_full.lstrip()
+            indent = len(src_full) - len(stripped)
+            mark = ("^" if lab.primary else "-") * max(1, len(stripped))
+            lines.append((sev_style if lab.primary else "blue", f"{pad} | {' ' * indent}{mark} {lab.text}".rstrip()))
+    for lab in other:
+        lines.append(("blue", f"  --> {site_text(lab.site.file, lab.site.line)}: {lab.text}"))
+    for note in f.notes:
+        lines.append(("", f"   = note: {note}"))
+    if f.fix:
+        lines.append(("bold green", f"help: {f.fix}"))
+    return lines
+
+
+def _source_line(site: Site) -> str:
+    return linecache.getline(site.file, site.line).rstrip("\n").expandtabs(4) or "<source not available>"
+
+
+def finding_text(f: Finding, width: int = 100) -> str:
+    """The finding in the rustc form, plain text (no colour)."""
+    return "\n".join(text for _, text in finding_lines(f))

@@ -3,7 +3,14 @@
 ``capture`` walks ``grad_fn.next_functions`` iteratively (a 100,000-node chain is fine) and builds a
 ``Graph``: an immutable snapshot that holds no reference to any tensor or autograd node. It works
 before and after backward; after a backward that did not retain the graph, nodes whose buffers
-were released are marked ``freed``.
+were released are marked ``freed``. Its records (``Node``, ``SavedTensor``, ``Output``,
+``Highlight``) and the node kinds are defined with the graph file format in
+:mod:`autograd_lens.graphfile` and importable from here.
+
+Imports :mod:`~autograd_lens.errors`, :mod:`~autograd_lens.graphfile` and
+:mod:`~autograd_lens.naming` at load; its views (``to_dot``, ``save``, ``__str__``, the notebook
+HTML) import :mod:`autograd_lens.render.dot`, :mod:`~autograd_lens.render.tree` and
+:mod:`~autograd_lens.render.fragment` when called. None of these imports this module.
 """
 
 from __future__ import annotations
@@ -15,25 +22,14 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
 from .errors import LensError, describe
-from .naming import ParamNames
-
-SCHEMA = "autograd_lens.graph/1"
-
-#: Node kinds.
-OP = "op"
-PARAM = "param"
-INPUT = "input"
-CUSTOM = "custom"
-COMPILED = "compiled"
-KINDS = (OP, PARAM, INPUT, CUSTOM, COMPILED)
-
-#: Highlight tags the renderers know.
-HIGHLIGHTS = ("freed", "leak", "stray", "pass-through", "error", "focus", "crossing")
+from .graphfile import COMPILED, CUSTOM, INPUT, OP, PARAM, SCHEMA, Highlight, Node, Output, SavedTensor, graph_parts
+from .graphfile import HIGHLIGHTS, KINDS, parse_text  # noqa: F401  the names of a graph file, importable from here
+from .naming import ParamNames, common_module
 
 # Ops that only re-view their single input: a parameter seen through them still belongs to the
 # module of that parameter (``AddmmBackward0 <- TBackward0 <- weight``).
@@ -52,65 +48,6 @@ _VIEW_OPS = frozenset(
         "ToCopyBackward0",
     }
 )
-
-
-class SavedTensor(NamedTuple):
-    """A tensor that an autograd node saved for its backward."""
-
-    name: str
-    shape: tuple[int, ...] | None
-    dtype: str | None
-    nbytes: int
-    freed: bool
-    param: str | None = None
-
-
-class Node(NamedTuple):
-    """One node of the graph: an autograd op, or a leaf (parameter or input).
-
-    An immutable record (a named tuple: cheap to build for graphs of 100,000 nodes).
-    """
-
-    id: int
-    op: str
-    kind: str
-    name: str | None = None
-    module: str | None = None
-    shape: tuple[int, ...] | None = None
-    dtype: str | None = None
-    saved: tuple[SavedTensor, ...] = ()
-    freed: bool = False
-    seq: int | None = None
-    ctx_tensors: tuple[str, ...] = ()
-
-    @property
-    def label(self) -> str:
-        """What a person calls this node: the parameter/input name, else the op."""
-        return self.name or self.op
-
-    @property
-    def saved_bytes(self) -> int:
-        return sum(s.nbytes for s in self.saved)
-
-
-@dataclass(frozen=True, slots=True)
-class Output:
-    """A tensor the graph was drawn for (a root)."""
-
-    name: str
-    node: int | None
-    shape: tuple[int, ...]
-    dtype: str
-
-
-@dataclass(frozen=True, slots=True)
-class Highlight:
-    """Something to point at in a drawing: a node or an edge, with a tag and a short label."""
-
-    tag: str
-    node: int | None = None
-    edge: tuple[int, int] | None = None
-    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -269,16 +206,12 @@ class Graph:
         Raises:
             LensError: one line naming the first field that breaks the schema.
         """
-        from .graphfile import graph_parts
-
         nodes, edges, outputs, title, highlights = graph_parts(data)
         return cls(nodes, edges, outputs, title, highlights, _modules_of(data))
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> Graph:
         """A graph from JSON text or from the path of a ``.json`` file written by ``save``."""
-        from .graphfile import parse_text
-
         text = str(text_or_path)
         if isinstance(text_or_path, Path) or not text.lstrip().startswith("{"):
             path = Path(text)
@@ -309,7 +242,7 @@ class Graph:
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         """In a notebook: the drawing inline (pan, zoom, folded parts open on click), or the
         terminal tree when Graphviz is missing."""
-        from .render.html import graph_html
+        from .render.fragment import graph_html
 
         return {"text/html": graph_html(self), "text/plain": f"<autograd_lens.Graph: {len(self)} nodes>"}
 
@@ -687,22 +620,6 @@ def _capture(
     return Graph(tuple(nodes), tuple(edges), tuple(outputs), title, modules=tuple(used_modules))
 
 
-def _common_prefix(mods: list[str]) -> str | None:
-    first = mods[0]
-    if len(mods) == 1 or all(m == first for m in mods):
-        return first
-    parts = first.split(".")
-    for m in mods[1:]:
-        other = m.split(".")
-        n = 0
-        while n < len(parts) and n < len(other) and parts[n] == other[n]:
-            n += 1
-        parts = parts[:n]
-        if not parts:
-            return None
-    return ".".join(parts)
-
-
 def _assign_modules(nodes: list[Node], edges: list[tuple[int, int]]) -> None:
     """Attribute op nodes to modules, in place: the module of a parameter an op consumes (through
     view ops), else the common module of its inputs, in forward order."""
@@ -741,9 +658,9 @@ def _assign_modules(nodes: list[Node], edges: list[tuple[int, int]]) -> None:
         if mods[i]:
             continue
         if direct:
-            m = direct[0] if len(direct) == 1 else _common_prefix(direct)
+            m = direct[0] if len(direct) == 1 else common_module(direct)
         elif other:
-            m = other[0] if len(other) == 1 else _common_prefix(other)
+            m = other[0] if len(other) == 1 else common_module(other)
         else:
             continue
         if m:

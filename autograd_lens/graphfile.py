@@ -1,4 +1,7 @@
-"""Reading a saved graph (``Graph.save("g.json")``, ``lens-out/graphs/*.json``) safely.
+"""The parts of a graph and its file format: the records a :class:`~autograd_lens.graph.Graph`
+is made of (:class:`Node`, :class:`SavedTensor`, :class:`Output`, :class:`Highlight`), the node
+kinds and highlight tags, the schema name, and reading a saved graph (``Graph.save("g.json")``,
+``lens-out/graphs/*.json``) safely.
 
 A graph file may come from anywhere: an older version, a hand edit, a truncated copy, a hostile
 upload. :func:`graph_parts` checks it against the graph schema before anything is built from it:
@@ -8,15 +11,92 @@ no cycle (autograd graphs have none), known node kinds and highlight tags, and b
 numbers. A file that breaks any of these raises one :class:`~autograd_lens.errors.LensError` that
 names the first offending field (``nodes[3].saved[0].shape[1]: expected a whole number ...``); it
 never gives a graph that would be drawn differently from what the file says.
+
+Imports only :mod:`autograd_lens.errors` from the package; :mod:`autograd_lens.graph` builds the
+``Graph`` from what :func:`graph_parts` returns (and re-exports the names defined here).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from .errors import LensError
+
+SCHEMA = "autograd_lens.graph/1"
+
+#: Node kinds.
+OP = "op"
+PARAM = "param"
+INPUT = "input"
+CUSTOM = "custom"
+COMPILED = "compiled"
+KINDS = (OP, PARAM, INPUT, CUSTOM, COMPILED)
+
+#: Highlight tags the renderers know.
+HIGHLIGHTS = ("freed", "leak", "stray", "pass-through", "error", "focus", "crossing")
+
+
+class SavedTensor(NamedTuple):
+    """A tensor that an autograd node saved for its backward."""
+
+    name: str
+    shape: tuple[int, ...] | None
+    dtype: str | None
+    nbytes: int
+    freed: bool
+    param: str | None = None
+
+
+class Node(NamedTuple):
+    """One node of the graph: an autograd op, or a leaf (parameter or input).
+
+    An immutable record (a named tuple: cheap to build for graphs of 100,000 nodes).
+    """
+
+    id: int
+    op: str
+    kind: str
+    name: str | None = None
+    module: str | None = None
+    shape: tuple[int, ...] | None = None
+    dtype: str | None = None
+    saved: tuple[SavedTensor, ...] = ()
+    freed: bool = False
+    seq: int | None = None
+    ctx_tensors: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """What a person calls this node: the parameter/input name, else the op."""
+        return self.name or self.op
+
+    @property
+    def saved_bytes(self) -> int:
+        return sum(s.nbytes for s in self.saved)
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A tensor the graph was drawn for (a root)."""
+
+    name: str
+    node: int | None
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True, slots=True)
+class Highlight:
+    """Something to point at in a drawing: a node or an edge, with a tag and a short label."""
+
+    tag: str
+    node: int | None = None
+    edge: tuple[int, int] | None = None
+    label: str = ""
+
 
 #: Most nodes, edges and highlights a graph file may hold (graphs of 100,000 nodes are common).
 MAX_NODES = 2_000_000
@@ -127,14 +207,14 @@ def parse_text(text: str | bytes) -> Any:
         raise LensError(f"graph file is not valid JSON: {' '.join(str(exc).split())}") from None
 
 
-def graph_parts(data: Any) -> tuple[tuple[Any, ...], tuple[tuple[int, int], ...], tuple[Any, ...], str, tuple[Any, ...]]:
+def graph_parts(
+    data: Any,
+) -> tuple[tuple[Node, ...], tuple[tuple[int, int], ...], tuple[Output, ...], str, tuple[Highlight, ...]]:
     """``(nodes, edges, outputs, title, highlights)`` from the data of a graph file, checked.
 
     Raises:
         LensError: one line naming the first field that breaks the schema.
     """
-    from .graph import HIGHLIGHTS, KINDS, SCHEMA, Highlight, Node, Output, SavedTensor
-
     if not isinstance(data, Mapping) or data.get("schema") != SCHEMA:
         got = data.get("schema") if isinstance(data, Mapping) else _kind(data)
         if isinstance(got, str) and len(got) > 80:
@@ -146,7 +226,7 @@ def graph_parts(data: Any) -> tuple[tuple[Any, ...], tuple[tuple[int, int], ...]
                 raise _Invalid("the graph", f"has no {key!r}")
         title = _str(data.get("title", ""), "title")
         raw_nodes = _list(data["nodes"], "nodes", MAX_NODES)
-        nodes: list[Any] = []
+        nodes: list[Node] = []
         for i, raw in enumerate(raw_nodes):
             where = f"nodes[{i}]"
             nd = _obj(raw, where)

@@ -31,9 +31,8 @@ from .checks import (
     stray_grad,
 )
 from .context import Context, Knowledge
-from .findings import Finding, Site, rel_path
+from .findings import Finding, Site, finding_text, rel_path
 from .naming import tensors_in
-from .report import finding_text
 
 if TYPE_CHECKING:
     from .events import BackwardCall, EventLog, HeldGraphs, OptimizerStep

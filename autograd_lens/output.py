@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LensError
+from .files import write_bytes
 from .findings import Finding, Site
 from .graph import Graph
 from .render.html import HTML_NAME, write_html
@@ -148,14 +149,14 @@ def write(
             graph = highlight(graph, key, site, report.findings)
             name = _unique(safe_name(key), used)
             json_path = gdir / f"{name}.json"
-            _write_bytes(json_path, graph.to_json(indent=1).encode("utf-8"))
+            write_bytes(json_path, graph.to_json(indent=1).encode("utf-8"))
             files.append(json_path)
             svg_rel = None
             if svg_ok:
                 svg = _render_svg(graph, key, warning)
                 if svg is not None:
                     svg_path = gdir / f"{name}.svg"
-                    _write_bytes(svg_path, svg)
+                    write_bytes(svg_path, svg)
                     files.append(svg_path)
                     svg_rel = f"{GRAPHS_DIR}/{name}.svg"
             entries.append(
@@ -170,10 +171,10 @@ def write(
             )
     report = dataclasses.replace(report, graphs=tuple(entries))
     report_path = out / REPORT_NAME
-    _write_bytes(report_path, (report.to_json() + "\n").encode("utf-8"))
+    write_bytes(report_path, (report.to_json() + "\n").encode("utf-8"))
     html_path: Path | None = out / HTML_NAME
     if draw:
-        html_path = write_html(report_path, warn=warning, write=_write_bytes)
+        html_path = write_html(report_path, warn=warning, write=write_bytes)
     else:
         if html_path is not None and html_path.is_file():  # an earlier run's page would show another report
             _unlink(html_path)
@@ -266,23 +267,6 @@ def _unlink(path: Path) -> None:
         path.unlink()
     except OSError as exc:
         raise LensError(f"cannot remove the earlier {str(path)!r}: {exc.strerror or exc}") from None
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write ``path`` atomically: a temporary file beside it, flushed to disk, then renamed."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except OSError as exc:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise LensError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
 
 
 def _remove_previous(out: Path) -> None:

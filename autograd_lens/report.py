@@ -1,6 +1,12 @@
 """The report: deduplicated findings plus the tables of backward calls and optimizer steps.
 
-``Report`` is data; the terminal view (rich), the plain text and the JSON are views over it.
+``Report`` is data; the terminal view (rich), the plain text and the JSON are views over it. The
+rows of its two tables come from :mod:`autograd_lens.render.tables`, shared with the HTML report.
+
+Imports :mod:`~autograd_lens.files`, :mod:`~autograd_lens.findings`, :mod:`~autograd_lens.source`
+and :mod:`~autograd_lens.render.tables` at load, and :mod:`~autograd_lens.render.fragment` when
+``_repr_html_`` is called; none of them imports this module. ``finding_text`` (from ``findings``)
+and ``flow_rows``/``step_rows`` (from ``render.tables``) are importable from here too.
 """
 
 from __future__ import annotations
@@ -15,8 +21,11 @@ from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from .findings import ERROR, WARNING, Finding, Label, Site, cell_name, rel_path, severity_rank, site_text
+from .files import write_bytes
+from .findings import ERROR, WARNING, Finding, Site, finding_lines, severity_rank
+from .findings import finding_text  # noqa: F401  its import path before it moved to findings
 from . import source
+from .render.tables import FLOW_TITLE, STEP_TITLE, flow_rows, step_rows
 
 SCHEMA = "autograd_lens.report/1"
 
@@ -154,11 +163,9 @@ class Report:
 
     def save(self, path: str | Path) -> Path:
         """Write the JSON to ``path`` atomically (a temporary file beside it, then a rename)."""
-        from .output import _write_bytes
-
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        _write_bytes(p, (self.to_json() + "\n").encode("utf-8"))
+        write_bytes(p, (self.to_json() + "\n").encode("utf-8"))
         return p
 
     def text(self, width: int = 100) -> str:
@@ -176,7 +183,7 @@ class Report:
 
     def _repr_html_(self) -> str:
         """In a notebook: the findings in the rustc form and the tables, as HTML."""
-        from .render.html import report_fragment
+        from .render.fragment import report_fragment
 
         return report_fragment(self, [])
 
@@ -208,114 +215,9 @@ def renderables(report: Report, *, totals: bool = True) -> list[Any]:
     return out
 
 
-# ----------------------------------------------------------------------------------------------
-# Finding text, rustc style
-# ----------------------------------------------------------------------------------------------
-
-
-def finding_lines(f: Finding) -> list[tuple[str, str]]:
-    """The finding as (style, text) lines; the single source of the text and rich views."""
-    lines: list[tuple[str, str]] = []
-    sev_style = "bold red" if f.severity == ERROR else "bold yellow"
-    times = f" (x{f.count})" if f.count > 1 else ""
-    lines.append((sev_style, f"{f.severity}[{f.rule}]: {f.message}{times}"))
-    if f.site is not None:
-        lines.append(("blue", f"  --> {site_text(f.site.file, f.site.line)}"))
-    labels = list(f.labels)
-    if f.site is not None and not any(lab.primary for lab in labels):
-        labels.append(Label(f.site, "", primary=True))
-    shown = [lab for lab in labels if lab.site.file == (f.site.file if f.site else lab.site.file)]
-    other = [lab for lab in labels if lab not in shown]
-    shown.sort(key=lambda lab: lab.site.line)
-    if shown:
-        width = max(len(str(lab.site.line)) for lab in shown)
-        pad = " " * width
-        lines.append(("blue", f"{pad} |"))
-        for lab in shown:
-            src_full = _source_line(lab.site)
-            lines.append(("", f"{lab.site.line:>{width}} | {src_full}"))
-            stripped = src_full.lstrip()
-            indent = len(src_full) - len(stripped)
-            mark = ("^" if lab.primary else "-") * max(1, len(stripped))
-            lines.append((sev_style if lab.primary else "blue", f"{pad} | {' ' * indent}{mark} {lab.text}".rstrip()))
-    for lab in other:
-        lines.append(("blue", f"  --> {site_text(lab.site.file, lab.site.line)}: {lab.text}"))
-    for note in f.notes:
-        lines.append(("", f"   = note: {note}"))
-    if f.fix:
-        lines.append(("bold green", f"help: {f.fix}"))
-    return lines
-
-
-def _source_line(site: Site) -> str:
-    import linecache
-
-    return linecache.getline(site.file, site.line).rstrip("\n").expandtabs(4) or "<source not available>"
-
-
-def finding_text(f: Finding, width: int = 100) -> str:
-    return "\n".join(text for _, text in finding_lines(f))
-
-
 def finding_renderable(f: Finding) -> Group:
+    """The finding in the rustc form, coloured, for a rich console."""
     return Group(*(Text(text, style=style) for style, text in finding_lines(f)))
-
-
-def _site_namer(report: Report) -> Any:
-    """``name(file, line)``: ``"train.py:56"`` when file names are unambiguous in the report, else
-    the path relative to the current folder."""
-    import os
-
-    files = {b.site.file for b in report.backwards} | {s.site.file for s in report.steps}
-    files |= {k.rpartition(":")[0] for s in report.steps for k in s.sources}
-    short = {rel_path(f) for f in files}
-    bases = {os.path.basename(f) for f in short}
-    unique = len(bases) == len(short)
-
-    def name(file: str, line: int | str) -> str:
-        if cell_name(file):
-            return site_text(file, line)
-        path = rel_path(file)
-        return f"{os.path.basename(path) if unique else path}:{line}"
-
-    return name
-
-
-FLOW_TITLE = "gradient flow: which networks each backward reaches"
-STEP_TITLE = "optimizer steps: where their gradients came from"
-_FLOW_LABELS = {"detached": "stopped at detach"}
-
-
-def flow_rows(report: Report) -> tuple[list[str], list[list[tuple[str, str]]]]:
-    """The flow table as data: column names, and rows of ``(text, state)`` cells (the state of a
-    network cell is ``reached``, ``detached`` or ``not reached``; empty for the others)."""
-    nets = list(report.networks) or sorted({n for b in report.backwards for n in b.networks})
-    name = _site_namer(report)
-    head = ["backward", "at", "calls"] + ([] if nets else ["params"]) + nets
-    rows = []
-    for b in report.backwards:
-        what = b.call or (", ".join(b.roots) + (" (backward)" if b.kind == "backward" else " (grad)"))
-        row = [(what, ""), (name(b.site.file, b.site.line), ""), (str(b.count), "")]
-        if not nets:
-            row.append((str(b.params_reached), ""))
-        for n in nets:
-            state = b.networks.get(n, "not reached")
-            row.append((_FLOW_LABELS.get(state, state), state))
-        rows.append(row)
-    return head, rows
-
-
-def step_rows(report: Report) -> tuple[list[str], list[list[str]]]:
-    """The step table as data: column names and rows of text."""
-    name = _site_namer(report)
-    rows = []
-    for s in report.steps:
-        parts = []
-        for key, n in s.sources.items():
-            file, _, line = key.rpartition(":")
-            parts.append(f"{name(file, line) if file else key} (x{n})")
-        rows.append([s.optimizer, name(s.site.file, s.site.line), str(s.count), ", ".join(parts) or "no gradient"])
-    return ["optimizer", "step at", "steps", "gradients from the backward at"], rows
 
 
 def flow_table(report: Report) -> Table:

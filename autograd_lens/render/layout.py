@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..graph import _common_prefix
+from ..naming import common_module
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -339,9 +339,9 @@ def _label_fold(graph: Graph, fold: Fold) -> None:
         ops = [nodes[i].op for _, i in rep_ops]
         shown = " → ".join(ops[:4]) + (" → …" if len(ops) > 4 else "")
         fold.label = f"×{n} {shown}"
-        fold.common = _common_prefix(all_mods) if all_mods else None
+        fold.common = common_module(all_mods) if all_mods else None
         return
-    common = _common_prefix(all_mods)
+    common = common_module(all_mods)
     fold.common = common
     depth = common.count(".") + 1 if common else 0
 

@@ -17,10 +17,11 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..graph import INPUT, PARAM, Graph, Highlight
+from ..graphfile import INPUT, PARAM, Highlight
 
 if TYPE_CHECKING:
     from ..findings import Finding, Site
+    from ..graph import Graph
 
 __all__ = ["crossings", "finding_marks", "findings_about", "mark", "premise"]
 

@@ -15,8 +15,8 @@ import torch
 
 from ..checks import RULES, get_rule
 from ..errors import LensError, describe
-from ..findings import ERROR, SEVERITIES, Finding, rel_path, severity_rank
-from ..report import Report, finding_text
+from ..findings import ERROR, SEVERITIES, Finding, finding_text, rel_path, severity_rank
+from ..report import Report
 from ..watch import Watch, watch
 from .common import claim_findings, name_list, plural
 

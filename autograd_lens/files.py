@@ -1,0 +1,33 @@
+"""Writing a file atomically: a temporary file beside it, flushed to disk, then renamed.
+
+A reader never sees half a file, and an earlier file stays whole until it is replaced. Used for
+``report.json``, the graph files and ``report.html``.
+
+Imports only :mod:`autograd_lens.errors` from the package.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import LensError
+
+__all__ = ["write_bytes"]
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically; ``LensError`` naming the path when it cannot be written."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except OSError as exc:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise LensError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
