@@ -1,4 +1,5 @@
-"""Writing a file atomically: a temporary file beside it, flushed to disk, then renamed.
+"""The files a run writes (their names) and writing a file atomically: a temporary file beside
+it, flushed to disk, then renamed.
 
 A reader never sees half a file, and an earlier file stays whole until it is replaced. Used for
 ``report.json``, the graph files and ``report.html``.
@@ -13,7 +14,11 @@ from pathlib import Path
 
 from .errors import LensError
 
-__all__ = ["write_bytes"]
+__all__ = ["GRAPHS_DIR", "HTML_NAME", "REPORT_NAME", "write_bytes"]
+
+REPORT_NAME = "report.json"
+HTML_NAME = "report.html"  # the page of the report, beside it
+GRAPHS_DIR = "graphs"  # graphs/<file>_<line>.svg and .json, beside the report
 
 
 def write_bytes(path: Path, data: bytes) -> None:

@@ -27,9 +27,22 @@ from typing import Any
 import torch
 
 from .errors import LensError, describe
-from .graphfile import COMPILED, CUSTOM, INPUT, OP, PARAM, SCHEMA, Highlight, Node, Output, SavedTensor, graph_parts
+from .graphfile import (
+    COMPILED,
+    CUSTOM,
+    INPUT,
+    OP,
+    PARAM,
+    SCHEMA,
+    Highlight,
+    Node,
+    Output,
+    SavedTensor,
+    common_module,
+    graph_parts,
+)
 from .graphfile import HIGHLIGHTS, KINDS, parse_text  # noqa: F401  the names of a graph file, importable from here
-from .naming import ParamNames, common_module
+from .naming import ParamNames
 
 # Ops that only re-view their single input: a parameter seen through them still belongs to the
 # module of that parameter (``AddmmBackward0 <- TBackward0 <- weight``).

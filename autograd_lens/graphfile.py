@@ -1,7 +1,7 @@
 """The parts of a graph and its file format: the records a :class:`~autograd_lens.graph.Graph`
 is made of (:class:`Node`, :class:`SavedTensor`, :class:`Output`, :class:`Highlight`), the node
-kinds and highlight tags, the schema name, and reading a saved graph (``Graph.save("g.json")``,
-``lens-out/graphs/*.json``) safely.
+kinds and highlight tags, the schema name, the common module of the nodes' module paths, and
+reading a saved graph (``Graph.save("g.json")``, ``lens-out/graphs/*.json``) safely.
 
 A graph file may come from anywhere: an older version, a hand edit, a truncated copy, a hostile
 upload. :func:`graph_parts` checks it against the graph schema before anything is built from it:
@@ -348,3 +348,21 @@ def _acyclic(n: int, edges: list[tuple[int, int]]) -> None:
     if seen != n:
         stuck = next(i for i in range(n) if indegree[i] > 0)
         raise _Invalid("edges", f"form a cycle (through node {stuck}); an autograd graph has none")
+
+
+def common_module(mods: list[str]) -> str | None:
+    """The innermost module that holds all of ``mods`` (their common dotted prefix: ``netD.main``
+    for ``netD.main.0`` and ``netD.main.2``), or None when they share no top module."""
+    first = mods[0]
+    if len(mods) == 1 or all(m == first for m in mods):
+        return first
+    parts = first.split(".")
+    for m in mods[1:]:
+        other = m.split(".")
+        n = 0
+        while n < len(parts) and n < len(other) and parts[n] == other[n]:
+            n += 1
+        parts = parts[:n]
+        if not parts:
+            return None
+    return ".".join(parts)

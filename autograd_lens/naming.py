@@ -337,21 +337,3 @@ def tensors_in(obj: Any) -> list[torch.Tensor]:
     if isinstance(obj, (list, tuple)):
         return [t for t in obj if isinstance(t, torch.Tensor)]
     return []
-
-
-def common_module(mods: list[str]) -> str | None:
-    """The innermost module that holds all of ``mods`` (their common dotted prefix: ``netD.main``
-    for ``netD.main.0`` and ``netD.main.2``), or None when they share no top module."""
-    first = mods[0]
-    if len(mods) == 1 or all(m == first for m in mods):
-        return first
-    parts = first.split(".")
-    for m in mods[1:]:
-        other = m.split(".")
-        n = 0
-        while n < len(parts) and n < len(other) and parts[n] == other[n]:
-            n += 1
-        parts = parts[:n]
-        if not parts:
-            return None
-    return ".".join(parts)

@@ -20,21 +20,19 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import LensError
-from .files import write_bytes
+from .files import GRAPHS_DIR, HTML_NAME, REPORT_NAME, write_bytes
 from .findings import Finding, Site
-from .graph import Graph
-from .render.html import HTML_NAME, write_html
 from .render.marks import crossings, findings_about, mark
 from .report import Report
 
+if TYPE_CHECKING:
+    from .graph import Graph
+
 #: Default bound on the number of graphs written.
 DEFAULT_MAX_GRAPHS = 20
-
-REPORT_NAME = "report.json"
-GRAPHS_DIR = "graphs"
 
 
 @dataclass
@@ -174,6 +172,8 @@ def write(
     write_bytes(report_path, (report.to_json() + "\n").encode("utf-8"))
     html_path: Path | None = out / HTML_NAME
     if draw:
+        from .render.html import write_html  # (it imports graph, and so torch: only when drawing)
+
         html_path = write_html(report_path, warn=warning, write=write_bytes)
     else:
         if html_path is not None and html_path.is_file():  # an earlier run's page would show another report

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from autograd_lens.graph import Graph, read_text
 from autograd_lens.graphfile import parse_text
 from autograd_lens.render.dot import COLLAPSE_MODES, FORMATS, save
+
+if TYPE_CHECKING:
+    from autograd_lens.graph import Graph
 
 
 def load_graph(path: Path) -> Graph:
     """A graph from a ``.json`` file written by ``Graph.save``; ``LensError`` with one clear line."""
+    from autograd_lens.graph import Graph, read_text  # imports torch: only when the command runs
+
     return Graph.from_dict(parse_text(read_text(path, "graph file", "the JSON of a saved graph")))
 
 

@@ -295,3 +295,24 @@ def test_every_module_has_a_docstring() -> None:
     ]
     if missing:
         pytest.fail("modules without a docstring saying what they hold:\n" + "\n".join(f"  {p}" for p in missing), pytrace=False)
+
+
+def test_help_version_rules_and_explain_do_not_import_torch() -> None:
+    """`lens --help`, `--version`, `rules` and `explain` answer in a fraction of a second: nothing
+    they run imports torch (nor does `import autograd_lens`, the rule catalog or the pytest plugin)."""
+    import subprocess
+    import sys
+
+    program = """
+import sys
+from click.testing import CliRunner
+import autograd_lens, autograd_lens.checks, autograd_lens.pytest_plugin
+from cli.main import main
+for args in (["--help"], ["--version"], ["rules"], ["explain", "stray-grad"], ["trace", "--help"], ["draw", "--help"]):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, (args, result.output)
+    assert "torch" not in sys.modules, f"lens {' '.join(args)} imported torch"
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

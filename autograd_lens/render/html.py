@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LensError
+from ..files import HTML_NAME
 from ..findings import Finding, Site, site_of
 from ..graph import Graph, read_json
 from ..report import SCHEMA as REPORT_SCHEMA
@@ -33,7 +34,6 @@ from .fragment import graph_fragment, graph_html, report_fragment
 
 __all__ = ["graph_fragment", "graph_html", "load_report", "report_fragment", "report_from_dict", "report_page", "write_html"]
 
-HTML_NAME = "report.html"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..naming import common_module
+from ..graphfile import common_module
 
 if TYPE_CHECKING:
     from ..graph import Graph
