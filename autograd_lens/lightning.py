@@ -25,7 +25,7 @@ from typing import Any
 
 from .errors import LensError
 from .findings import Finding, rel_path
-from .report import Report, renderables
+from .report import Report, print_report
 
 
 def _callback_base() -> type:
@@ -102,8 +102,7 @@ class LensCallback(_callback_base()):  # type: ignore[misc]
 
             err = Console(file=sys.stderr, highlight=False, soft_wrap=False, emoji=False)
             err.rule("autograd_lens report", align="left", style="dim")
-            for part in renderables(self.report):
-                err.print(part)
+            print_report(err, self.report)
 
 
 def _live(f: Finding) -> None:

@@ -12,12 +12,13 @@ and ``flow_rows``/``step_rows`` (from ``render.tables``) are importable from her
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
@@ -172,7 +173,7 @@ class Report:
         import io
 
         buf = io.StringIO()
-        Console(file=buf, width=width, color_system=None, highlight=False).print(self)
+        print_report(Console(file=buf, width=width, color_system=None, highlight=False), self)
         return buf.getvalue()
 
     def __str__(self) -> str:
@@ -215,20 +216,85 @@ def renderables(report: Report, *, totals: bool = True) -> list[Any]:
     return out
 
 
-def finding_renderable(f: Finding) -> Group:
+class FindingView:
+    """The finding in the rustc form, coloured, for a rich console. :func:`print_report` prints its
+    source lines and their marks unwrapped (a long source line stays one line over its marks)."""
+
+    def __init__(self, f: Finding) -> None:
+        self.lines = [(style, text, _CODE_LINE.match(text) is not None) for style, text in finding_lines(f)]
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for style, text, _ in self.lines:
+            yield Text(text, style=style)
+
+
+#: the lines of a finding that show source (``12 | loss.backward()``) or mark it (``   | ^^^^``)
+_CODE_LINE = re.compile(r"^ *\d* \| ")
+
+
+def finding_renderable(f: Finding) -> FindingView:
     """The finding in the rustc form, coloured, for a rich console."""
-    return Group(*(Text(text, style=style) for style, text in finding_lines(f)))
+    return FindingView(f)
 
 
-def flow_table(report: Report) -> Table:
+#: the flow table's cells when the full words do not fit the width
+_COMPACT = {"reached": "yes", "not reached": "-", "detached": "detach"}
+_COMPACT_CAPTION = "yes: reached   -: not reached   detach: stopped at a .detach()"
+
+
+class _FlowTable:
+    """The flow table, laid out for the width it is given: with many networks, the cells say
+    ``yes``/``-``/``detach`` and the network names wrap, so that the backward call, its line and
+    its count always show in full."""
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield flow_table_for(self.report, options.max_width)
+
+
+def flow_table(report: Report) -> _FlowTable:
     """Each backward site against each network: reached, stopped at a detach, not reached."""
+    return _FlowTable(report)
+
+
+def flow_table_for(report: Report, width: int) -> Table:
+    """:func:`flow_table` for a console ``width`` columns wide."""
     head, rows = flow_rows(report)
-    table = Table(title=FLOW_TITLE, title_justify="left", min_width=len(FLOW_TITLE))
+    fixed = 3 if head[3:4] != ["params"] else 4  # backward, at, calls (, params): then networks
+
+    def natural(head: list[str], rows: list[list[tuple[str, str]]]) -> int:
+        return sum(max(len(h), *(len(r[i][0]) for r in rows)) + 3 for i, h in enumerate(head)) + 1
+
+    compact = len(head) > fixed and natural(head, rows) > width
+    title = FLOW_TITLE
+    if compact:
+        files = {b.site.file for b in report.backwards}
+        if len(files) == 1:  # one file: its name in the title, the line in the column
+            title += f" (lines of {Path(next(iter(files))).name})"
+            head = ["backward", "line", *head[2:]]
+            rows = [[r[0], (str(b.site.line), ""), *r[2:]] for r, b in zip(rows, report.backwards)]
+        rows = [[*r[:fixed], *((_COMPACT.get(state, text), state) for text, state in r[fixed:])] for r in rows]
+    table = Table(
+        title=title, title_justify="left", min_width=len(FLOW_TITLE),
+        caption=_COMPACT_CAPTION if compact else None, caption_justify="left",
+    )
+    longest = [max(len(h), *(len(r[i][0]) for r in rows)) for i, h in enumerate(head)]
+    net_width = None
+    if compact:  # the networks share what the other columns leave; their names wrap to fit
+        left = width - 1 - sum(min(n, 30) + 3 for n in longest[:fixed])
+        cells = max(len(r[i][0]) for r in rows for i in range(fixed, len(head)))
+        net_width = max(cells, left // (len(head) - fixed) - 3)
     for i, h in enumerate(head):
-        if i == 0:
-            table.add_column(h, overflow="fold")
-        elif i == 2 or h == "params" and i == 3:
-            table.add_column(h, justify="right")
+        if i == 0:  # the call: wraps, never vanishes
+            table.add_column(h, overflow="fold", min_width=min(longest[i], 30))
+        elif i == 1:  # file:line: the line number must show
+            table.add_column(h, overflow="fold", min_width=min(longest[i], 16))
+        elif i < fixed:
+            table.add_column(h, justify="right", min_width=len(h))
+        elif net_width is not None:
+            table.add_column(h, overflow="fold", width=min(longest[i], net_width))
         else:
             table.add_column(h, no_wrap=True)
     styles = {"reached": "green", "detached": "cyan", "not reached": "dim"}
@@ -237,14 +303,26 @@ def flow_table(report: Report) -> Table:
     return table
 
 
+def print_report(console: Console, report: Report, *, totals: bool = True) -> None:
+    """Print :func:`renderables`: the words of findings wrapped to the console, their source lines
+    and marks never (a long source line stays one line over its marks, as in rustc), tables fitted
+    to the console."""
+    for part in renderables(report, totals=totals):
+        if isinstance(part, FindingView):
+            for style, text, code in part.lines:
+                console.print(Text(text, style=style), soft_wrap=code)
+        else:
+            console.print(part)
+
+
 def step_table(report: Report) -> Table:
     """Each ``step()`` site: how many steps, and which backward sites its gradients came from."""
     head, rows = step_rows(report)
     table = Table(title=STEP_TITLE, title_justify="left", min_width=len(STEP_TITLE))
-    table.add_column(head[0], no_wrap=True)
-    table.add_column(head[1], no_wrap=True)
-    table.add_column(head[2], justify="right")
-    table.add_column(head[3])
+    table.add_column(head[0], overflow="fold", min_width=min(max(len(r[0]) for r in rows), 12) if rows else None)
+    table.add_column(head[1], overflow="fold", min_width=min(max(len(r[1]) for r in rows), 16) if rows else None)
+    table.add_column(head[2], justify="right", min_width=len(head[2]))
+    table.add_column(head[3], overflow="fold")
     for r in rows:
         table.add_row(Text(r[0]), Text(r[1]), r[2], Text(r[3]))
     return table

@@ -24,7 +24,7 @@ from rich.text import Text
 from autograd_lens import frameworks, github, output, ranks, runner, sarif
 from autograd_lens.errors import LensError
 from autograd_lens.findings import ERROR, Finding, rel_path
-from autograd_lens.report import Report, renderables
+from autograd_lens.report import Report, print_report
 
 from . import exit_codes
 
@@ -332,5 +332,4 @@ def _show_report(report: Report, err: Console, fmt: str, quiet: bool) -> None:
         return
     err.print()
     err.rule(f"autograd_lens report: {report.script}", align="left", style="dim")
-    for part in renderables(report, totals=False):
-        err.print(part)
+    print_report(err, report, totals=False)

@@ -352,3 +352,40 @@ def test_subprocess_example_gan_fixed_is_clean(tmp_path: Path) -> None:
     proc = run_lens("-q", "--fail-on", "warning", "--no-graphs", str(EXAMPLES / "gan_fixed.py"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert report_of(tmp_path / "lens-out")["findings"] == []
+
+
+def test_report_text_with_many_networks_and_a_long_source_line(tmp_path: Path) -> None:
+    """Six networks in 100 columns: the flow table says yes/-/detach so that every call, line and
+    network shows; a source line longer than the console stays one line over its marks."""
+    import io
+
+    from rich.console import Console
+
+    from autograd_lens.findings import Finding, Label, Site
+    from autograd_lens.report import BackwardSummary, Report, print_report
+
+    long_line = "next_q = rewards + (1 - dones) * gamma * torch.min(q1_target(s2, a2), q2_target(s2, a2)).view(-1)  # x"
+    src = write(tmp_path / "td3_like.py", f"import torch\n{long_line}\nloss.backward()\nactor_loss.backward()\n")
+    nets = ("actor", "qf1", "qf2", "qf1_target", "qf2_target", "target_actor")
+    backwards = (
+        BackwardSummary(Site(str(src), 3), 9, ("loss",), False, "backward", dict.fromkeys(nets[1:], "reached"), 30),
+        BackwardSummary(Site(str(src), 4), 4, ("actor_loss",), False, "backward",
+                        {"actor": "reached", "qf1": "reached", "qf2": "detached"}, 12),
+    )
+    f = Finding("detach-leak", "warning", "a leak", Site(str(src), 2),
+                labels=(Label(Site(str(src), 2), "`next_q` is computed here", primary=True),))
+    buf = io.StringIO()
+    print_report(Console(file=buf, width=100, color_system=None), Report((f,), backwards, networks=nets))
+    text = buf.getvalue()
+    lines = text.splitlines()
+    assert f"2 | {long_line}" in lines  # one line, however long
+    marks = next(line for line in lines if "^^^" in line)
+    assert marks.endswith("`next_q` is computed here") and marks.index("^") == lines[lines.index(f"2 | {long_line}")].index("n")
+    table = text[text.index("gradient flow"):]
+    assert "(lines of td3_like.py)" in table
+    for word in ("loss.backward()", "actor_loss.backward()", "yes: reached", "detach"):
+        assert word in table, word
+    head = [line.strip("┃").split("┃") for line in table.splitlines() if line.startswith("┃")]
+    columns = ["".join(part.strip() for part in parts) for parts in zip(*head)]
+    assert columns == ["backward", "line", "calls", *nets]  # every name whole (wrapped, not cut)
+    assert all(len(line) <= 100 for line in table.splitlines())
