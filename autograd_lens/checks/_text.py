@@ -65,20 +65,22 @@ def net_count_text(ctx: Context, pids: set[int]) -> str:
     """`writes .grad on 12 of 12 netG parameters` style counts per network (per part of a network,
     `4 of 4 agent.critic parameters`, when the parameters are in some of its parts only)."""
     reg = ctx.reg
-    per: dict[str, set[int]] = {}
+    by_net: dict[int, list[int]] = {}
     loose = 0
     for p in pids:
         key = reg.net_of_param(p)
-        net = reg.nets.get(key) if key is not None else None
-        if net is None:
+        if key is None or key not in reg.nets:
             loose += 1
-            continue
-        units = {reg.unit_of(q) for q in pids if reg.net_of_param(q) == key}
-        whole = {reg.unit_of(q) for q in net.pids}
-        name = net.name if units == whole else (reg.unit_of(p) or net.name)
-        per.setdefault(name, set()).add(p)
+        else:
+            by_net.setdefault(key, []).append(p)
+    per: dict[str, set[int]] = {}
+    for key, ps in by_net.items():
+        net = reg.nets[key]
+        whole = net.name if {reg.unit_of(q) for q in ps} == {reg.unit_of(q) for q in net.pids} else None
+        for p in ps:
+            per.setdefault(whole or reg.unit_of(p) or net.name, set()).add(p)
     parts = []
-    for name, ps in per.items():
+    for name, ps in sorted(per.items()):
         total = sum(1 for q in _unit_pids(reg, name))
         parts.append(f"{len(ps)} of {total} `{name}` parameters")
     if loose:
