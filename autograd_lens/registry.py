@@ -38,6 +38,9 @@ MAX_UNITS = 16
 _SELF = "self"
 
 
+_CONTAINERS = (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)
+
+
 class NetInfo:
     """A network: a top-level module with parameters, named by the variable that holds it."""
 
@@ -53,11 +56,13 @@ class NetInfo:
         # id(submodule) -> qualified path inside the network ("" for the network itself)
         self.paths: dict[int, str] = {id(m): path for path, m in inner.named_modules(remove_duplicate=True)}
         self.paths[id(module)] = ""
-        # direct children that hold parameters: path -> ids of their parameters
-        self.children: dict[str, frozenset[int]] = {
-            path: frozenset(id(p) for p in child.parameters())
-            for path, child in inner.named_children()
-            if next(child.parameters(), None) is not None
+        # direct children that hold parameters: path -> ids of their parameters. A container of
+        # plain layers (`nn.Sequential(Linear, ReLU, Linear)`) is one network: its layers are not
+        # parts that could train with objectives of their own (an agent's actor and critic are)
+        children = [(path, child) for path, child in inner.named_children() if next(child.parameters(), None) is not None]
+        layers_only = isinstance(inner, _CONTAINERS) and all(next(c.children(), None) is None for _, c in children)
+        self.children: dict[str, frozenset[int]] = {} if layers_only else {
+            path: frozenset(id(p) for p in child.parameters()) for path, child in children
         }
 
     def qualified(self, path: str) -> str:

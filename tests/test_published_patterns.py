@@ -1013,3 +1013,25 @@ def test_the_last_manual_update_of_a_run_is_a_step_too() -> None:
                 p.data.add_(p.grad, alpha=-0.1)
     [manual] = [s for s in w.report.steps if s.optimizer.startswith("manual update of model")]
     assert manual.count == 3  # the update after the last backward is seen when the watch ends
+
+
+def test_a_sequential_of_layers_is_one_network_and_an_agents_parts_are_units() -> None:
+    """One optimizer over `nn.Sequential(Linear, ReLU, Linear)` trains one network: its layers are not
+    parts with objectives of their own (no split of its loss, one snapshot); an agent's actor and
+    critic under one optimizer are."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    agent = Agent()
+    opt, agent_opt = torch.optim.SGD(model.parameters(), lr=0.1), torch.optim.SGD(agent.parameters(), lr=0.1)
+    x = torch.randn(3, 4)
+    with lens.watch() as w:
+        for _ in range(3):
+            opt.zero_grad()
+            model(x).sum().backward()
+            opt.step()
+        agent_opt.zero_grad()
+        (agent.critic(x).sum() + agent.actor(x).sum()).backward()
+        agent_opt.step()
+    units = {w.reg.unit_of(id(p)) for p in model.parameters()}
+    assert units == {"model"}
+    assert {w.reg.unit_of(id(p)) for p in agent.critic.parameters()} == {"agent.critic"}
+    assert len(w.graphs) == 2 and not w.report.findings
