@@ -136,35 +136,44 @@ def find_in_frame(
     Every object appears once, under the first (shortest-path) name that holds it. With
     ``unwrap``, a wrapper that holds one (``unwrap(value, kind)``) names it too.
     """
-    found: dict[str, Any] = {}
+    return find_all_in_frame(frame, (kind,), (unwrap,))[0]
+
+
+def find_all_in_frame(
+    frame: types.FrameType | None,
+    kinds: tuple[type, ...],
+    unwraps: tuple[Callable[[Any, type], Any] | None, ...],
+) -> list[dict[str, Any]]:
+    """:func:`find_in_frame` for several kinds in one pass over the frame's variables: for each
+    kind (with its ``unwrap``), the objects of that kind by name."""
+    found: list[dict[str, Any]] = [{} for _ in kinds]
     ids: set[int] = set()
     nested: list[tuple[str, Any]] = []
+    pairs = list(zip(kinds, unwraps, found))
+
+    def take(name: str, value: Any) -> bool:
+        for kind, unwrap, out in pairs:
+            if unwrap is not None:
+                inner = unwrap(value, kind)
+                if inner is not None:
+                    value = inner
+            if isinstance(value, kind):
+                if id(value) not in ids:
+                    ids.add(id(value))
+                    out[name] = value
+                return True
+        return False
+
     for name, value in _candidates(frame):
-        if unwrap is not None:
-            if isinstance(value, (list, tuple)) and len(value) <= 64:
-                for i, item in enumerate(value):
-                    inner = unwrap(item, kind)
-                    if inner is not None and id(inner) not in ids:
-                        ids.add(id(inner))
-                        found[f"{name}[{i}]"] = inner
-                continue
-            inner = unwrap(value, kind)
-            if inner is not None:
-                value = inner
-        if isinstance(value, kind):
-            if id(value) not in ids:
-                ids.add(id(value))
-                found[name] = value
-        elif isinstance(value, (list, tuple)) and len(value) <= 64:
+        if take(name, value):
+            continue
+        if isinstance(value, (list, tuple)) and len(value) <= 64:
             for i, item in enumerate(value):
-                if isinstance(item, kind) and id(item) not in ids:
-                    ids.add(id(item))
-                    found[f"{name}[{i}]"] = item
+                take(f"{name}[{i}]", item)
         elif isinstance(value, dict) and len(value) <= 64:
             for key, item in value.items():
-                if isinstance(item, kind) and isinstance(key, str) and id(item) not in ids:
-                    ids.add(id(item))
-                    found[f"{name}[{key!r}]"] = item
+                if isinstance(key, str):
+                    take(f"{name}[{key!r}]", item)
         elif _is_plain_object(value):
             nested.append((name, value))
     for name, obj in nested:
@@ -173,9 +182,10 @@ def find_in_frame(
         except Exception:
             continue
         for attr, item in list(attrs.items()):
-            if isinstance(item, kind) and id(item) not in ids:
-                ids.add(id(item))
-                found[f"{name}.{attr}"] = item
+            for kind, _, out in pairs:
+                if isinstance(item, kind) and id(item) not in ids:
+                    ids.add(id(item))
+                    out[f"{name}.{attr}"] = item
     return found
 
 

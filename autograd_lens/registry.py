@@ -26,7 +26,7 @@ import torch
 
 from . import frameworks
 from .findings import Site
-from .naming import ParamNames, find_in_frame, is_machinery, local_items
+from .naming import ParamNames, find_all_in_frame, is_machinery, local_items
 
 #: Forward ranges kept; the oldest half is dropped beyond this (they are needed for the graphs of
 #: the current iteration only).
@@ -297,13 +297,14 @@ class Registry:
         for f in frames:
             code = f.f_code
             me = code.co_varnames[0] if code.co_argcount and code.co_varnames else None
-            for name, mod in find_in_frame(f, torch.nn.Module).items():
+            mods, opts = find_all_in_frame(f, (torch.nn.Module, torch.optim.Optimizer), (None, frameworks.unwrap_optimizer))
+            for name, mod in mods.items():
                 if me is not None and me != _SELF and (name == me or name.startswith(me + ".")):
                     name = _SELF + name[len(me):]  # the method's instance, whatever it is called
                 prev = found_mods.get(id(mod))
                 if prev is None or _is_self_name(prev[0]) and not _is_self_name(name):
                     found_mods[id(mod)] = (name, mod)
-            for name, opt in find_in_frame(f, torch.optim.Optimizer, frameworks.unwrap_optimizer).items():
+            for name, opt in opts.items():
                 if me is not None and me != _SELF and name.startswith(me + "."):
                     name = _SELF + name[len(me):]
                 prev = found_opts.get(id(opt))

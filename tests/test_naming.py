@@ -36,3 +36,16 @@ def test_reading_locals_keeps_names_that_exec_created() -> None:
     with lens.watch():
         (x * 2).sum().backward()
     assert locals()["scale"] == 0.5
+
+
+def test_optimizers_kept_in_a_list_are_named_by_their_place_in_it() -> None:
+    import autograd_lens as lens
+
+    netG, netD = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+    optimizers = [torch.optim.SGD(netG.parameters(), lr=0.1), torch.optim.SGD(netD.parameters(), lr=0.1)]
+    with lens.watch() as w:
+        for opt, loss in zip(optimizers, (netG(torch.randn(3, 2)).sum(), netD(torch.randn(3, 2)).sum())):
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert sorted(s.optimizer for s in w.report.steps) == ["optimizers[0]", "optimizers[1]"]
