@@ -343,17 +343,19 @@ def decide(ctx: Context, call: BackwardCall, run_opts: frozenset[int]) -> None:
         # past a site's detailed occurrences the same question comes every iteration: the same site,
         # the same parameters reached, the same optimizers stepping, nothing new registered
         site = (call.site.file, call.site.line)
+        terms = ctx.knowledge.site_terms.get(site)
         memo = (site, call.reached, run_opts, call.all_eval, call.within, ctx.reg.generation, len(ctx.trained_opts),
-                id(ctx.knowledge.site_terms.get(site)))
+                id(terms))
         got = ctx.knowledge.memo.get(memo)
         if got is not None:
-            d.for_opts, d.terms = got
+            d.for_opts, d.terms, _ = got
             return
     _decide(ctx, call, run_opts, d)
     if memo is not None:
         if len(ctx.knowledge.memo) > 1024:
             ctx.knowledge.memo.clear()
-        ctx.knowledge.memo[memo] = (d.for_opts, d.terms)
+        # the entry holds the site's terms: their id in its key cannot be another list's while it lives
+        ctx.knowledge.memo[memo] = (d.for_opts, d.terms, terms)
 
 
 def _decide(ctx: Context, call: BackwardCall, run_opts: frozenset[int], d: Decision) -> None:

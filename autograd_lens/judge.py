@@ -209,10 +209,10 @@ class Judge:
         is detailed (its graph analysis is still to come)."""
         log = self.log
         for c in self.pending:
-            if c.detailed:
+            if c.detailed or not isinstance(c.reached, frozenset):
                 return None
         base = log.n_calls
-        pending = tuple((c.site_key, id(c.reached), c.all_eval, c.within, base - c.id) for c in self.pending)
+        pending = tuple((c.site_key, c.reached, c.all_eval, c.within, base - c.id) for c in self.pending)
         steps = []
         for s in run:
             groups = []
@@ -222,9 +222,9 @@ class Judge:
                     c = log.call(cid)
                     if c is None:
                         return None
-                    if c.detailed:
+                    if c.detailed or not isinstance(c.reached, frozenset):
                         return None
-                    calls.append((c.site_key, id(c.reached), c.all_eval, c.within, base - cid))
+                    calls.append((c.site_key, c.reached, c.all_eval, c.within, base - cid))
                 groups.append((tuple(calls), len(pids)))
             steps.append((s.optimizer_key, s.site, tuple(groups)))
         return (pending, tuple(steps), self.reg.generation, len(self.reg.trained_opts))
