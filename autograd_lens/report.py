@@ -264,10 +264,10 @@ def flow_table_for(report: Report, width: int) -> Table:
     head, rows = flow_rows(report)
     fixed = 3 if head[3:4] != ["params"] else 4  # backward, at, calls (, params): then networks
 
-    def natural(head: list[str], rows: list[list[tuple[str, str]]]) -> int:
-        return sum(max(len(h), *(len(r[i][0]) for r in rows)) + 3 for i, h in enumerate(head)) + 1
+    def longest(head: list[str], rows: list[list[tuple[str, str]]]) -> list[int]:
+        return [max(len(h), *(len(r[i][0]) for r in rows)) for i, h in enumerate(head)]
 
-    compact = len(head) > fixed and natural(head, rows) > width
+    compact = len(head) > fixed and sum(n + 3 for n in longest(head, rows)) + 1 > width  # + borders
     title = FLOW_TITLE
     if compact:
         files = {b.site.file for b in report.backwards}
@@ -280,21 +280,21 @@ def flow_table_for(report: Report, width: int) -> Table:
         title=title, title_justify="left", min_width=len(FLOW_TITLE),
         caption=_COMPACT_CAPTION if compact else None, caption_justify="left",
     )
-    longest = [max(len(h), *(len(r[i][0]) for r in rows)) for i, h in enumerate(head)]
+    widths = longest(head, rows)
     net_width = None
     if compact:  # the networks share what the other columns leave; their names wrap to fit
-        left = width - 1 - sum(min(n, 30) + 3 for n in longest[:fixed])
+        left = width - 1 - sum(min(n, 30) + 3 for n in widths[:fixed])
         cells = max(len(r[i][0]) for r in rows for i in range(fixed, len(head)))
         net_width = max(cells, left // (len(head) - fixed) - 3)
     for i, h in enumerate(head):
         if i == 0:  # the call: wraps, never vanishes
-            table.add_column(h, overflow="fold", min_width=min(longest[i], 30))
+            table.add_column(h, overflow="fold", min_width=min(widths[i], 30))
         elif i == 1:  # file:line: the line number must show
-            table.add_column(h, overflow="fold", min_width=min(longest[i], 16))
+            table.add_column(h, overflow="fold", min_width=min(widths[i], 16))
         elif i < fixed:
             table.add_column(h, justify="right", min_width=len(h))
         elif net_width is not None:
-            table.add_column(h, overflow="fold", width=min(longest[i], net_width))
+            table.add_column(h, overflow="fold", width=min(widths[i], net_width))
         else:
             table.add_column(h, no_wrap=True)
     styles = {"reached": "green", "detached": "cyan", "not reached": "dim"}
