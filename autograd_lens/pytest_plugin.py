@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from . import __version__
-from .checks import RULES
+from .checks import rules as known_rules
 from .findings import SEVERITIES, Finding, rel_path, severity_rank
 
 if TYPE_CHECKING:
@@ -112,10 +112,10 @@ def _marker_ignore(item: pytest.Item) -> tuple[str, ...]:
         if isinstance(rules, str):
             rules = (rules,)
         for r in rules:
-            if r not in RULES:
+            if r not in known_rules():
                 raise pytest.UsageError(
                     f"{item.nodeid}: unknown rule {r!r} in @pytest.mark.lens(ignore=...); "
-                    f"known rules: {', '.join(RULES)}"
+                    f"known rules: {', '.join(known_rules())}"
                 )
             out.append(r)
     return tuple(out)

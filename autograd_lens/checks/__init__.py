@@ -63,13 +63,26 @@ def _read(name: str) -> Rule:
     return Rule(values["RULE"], values["SEVERITY"], values["SUMMARY"], ast.get_docstring(tree, clean=False) or "")
 
 
-RULES: dict[str, Rule] = {r.id: r for r in map(_read, _NAMES)}
+_RULES: dict[str, Rule] = {}
+
+
+def rules() -> dict[str, Rule]:
+    """Rule id -> rule, in catalog order; read on first use (a watch never needs the pages)."""
+    if not _RULES:
+        _RULES.update((r.id, r) for r in map(_read, _NAMES))
+    return _RULES
+
+
+def __getattr__(name: str) -> object:
+    if name == "RULES":  # `from autograd_lens.checks import RULES` reads the catalog then
+        return rules()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_rule(rule_id: str) -> Rule:
     from ..errors import LensError
 
     try:
-        return RULES[rule_id]
+        return rules()[rule_id]
     except KeyError:
-        raise LensError(f"unknown rule {rule_id!r}; known rules: {', '.join(RULES)}") from None
+        raise LensError(f"unknown rule {rule_id!r}; known rules: {', '.join(rules())}") from None
