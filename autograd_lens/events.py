@@ -62,6 +62,8 @@ class OptimizerStep:
     n_params: int
     closure: bool = False  # the step ran a closure that computed its gradient (LBFGS)
     manual: bool = False  # an update by hand, without an optimizer object
+    #: the parameters grouped by the backward calls their gradient came from: (call ids, param ids)
+    groups: list[tuple[tuple[int, ...], list[int]]] = field(default_factory=list)
     #: once the run of steps is judged, the per-parameter detail above is dropped and these remain
     sources: frozenset[str] = frozenset()  # backward sites "file:line" it took gradient from
     stepped: frozenset[int] = frozenset()  # ids of the parameters it stepped with a gradient
@@ -166,6 +168,7 @@ class EventLog:
         self._unsettled.discard(step.index)
         step.provenance = {}
         step.repeated = {}
+        step.groups = []
 
     # ----- reading ----------------------------------------------------------------------------
     def call(self, call_id: int) -> BackwardCall | None:

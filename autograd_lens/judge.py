@@ -189,7 +189,7 @@ class Judge:
         except Exception as exc:
             self._internal(exc)
         for step in run:
-            cids = {cid for prov in {id(t): t for t in step.provenance.values()}.values() for cid in prov}
+            cids = {cid for prov, _ in step.groups for cid in prov}
             step.sources = self._intern(frozenset(
                 c.site_key for c in (self.log.call(cid) for cid in cids) if c is not None
             ))
@@ -216,7 +216,7 @@ class Judge:
         steps = []
         for s in run:
             groups = []
-            for prov, pids in _by_provenance(s.provenance):
+            for prov, pids in s.groups:
                 calls = []
                 for cid in prov:
                     c = log.call(cid)
@@ -257,7 +257,7 @@ class Judge:
         self.pending = still
         for s in run:
             stray: dict[int, list[int]] = {}
-            for prov, pids in _by_provenance(s.provenance):
+            for prov, pids in s.groups:
                 for cid in prov:
                     c = ctx.call(cid)
                     if c is None:
@@ -380,16 +380,3 @@ def attach_note(exc: BaseException, f: Finding) -> None:
 def exc_first_line(exc: BaseException) -> str:
     first = str(exc).split("\n", 1)[0]
     return f"{type(exc).__name__}: {first}"
-
-
-def _by_provenance(provenance: dict[int, tuple[int, ...]]) -> list[tuple[tuple[int, ...], list[int]]]:
-    """The parameters of a step grouped by the backward calls their gradient came from (a network's
-    parameters usually share one ledger: one question per group, not per parameter)."""
-    groups: dict[int, tuple[tuple[int, ...], list[int]]] = {}
-    for pid, prov in provenance.items():
-        g = groups.get(id(prov))
-        if g is None:
-            groups[id(prov)] = (prov, [pid])
-        else:
-            g[1].append(pid)
-    return list(groups.values())

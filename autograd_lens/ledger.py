@@ -60,12 +60,9 @@ class Ledger:
         st = self.params[pid] = ParamState(p)
         return st
 
-    def accumulated(self, p: torch.Tensor, call: BackwardCall) -> None:
-        """``call`` added its gradient to ``p.grad``. (Runs for every parameter of every backward.)"""
-        pid = id(p)
-        st = self.params.get(pid)
-        if st is None:
-            return
+    def accumulated(self, st: ParamState, p: torch.Tensor, call: BackwardCall) -> None:
+        """``call`` added its gradient to ``p.grad`` (``st`` is ``p``'s state). (Runs for every
+        parameter of every backward.)"""
         g = p.grad
         ref = st.grad_ref
         if ref is None or ref() is not g:
@@ -80,19 +77,21 @@ class Ledger:
         ledger.append(call.id)
         if len(ledger) > MAX_LEDGER:
             del ledger[: -MAX_LEDGER // 2]
+        pid = id(p)
         self.holding.add(pid)
         if g is not None:
             st.grad_version = g._version
         call.reached.add(pid)  # type: ignore[union-attr]
 
-    def zeroed(self, params: Iterable[torch.Tensor]) -> None:
-        """``zero_grad()`` of these parameters."""
-        for p in params:
-            st = self.params.get(id(p))
+    def zeroed(self, pids: list[int]) -> None:
+        """``zero_grad()`` of the parameters with these ids."""
+        params = self.params
+        for pid in pids:
+            st = params.get(pid)
             if st is not None:
                 st.ledger = []
                 st.grad_ref = None
-                self.holding.discard(id(p))
+        self.holding.difference_update(pids)
 
     def settle(self) -> None:
         """Before a backward: forget the ledger of each `.grad` that was zeroed since its last
@@ -131,12 +130,15 @@ class Ledger:
 
     def provenance(
         self, st: OptInfo, params: list[torch.Tensor], closure_from: int | None
-    ) -> tuple[dict[int, tuple[int, ...]], dict[int, tuple[int, ...]]]:
+    ) -> tuple[dict[int, tuple[int, ...]], dict[int, tuple[int, ...]], list[tuple[tuple[int, ...], list[int]]]]:
         """What optimizer ``st`` applies now to ``params``: per parameter, the backward calls its
-        gradient came from, and those of them it had applied before. ``closure_from``: the first
-        call id of the closure the step ran (LBFGS), whose evaluations each applied the ones before."""
+        gradient came from, and those of them it had applied before; and the parameters grouped by
+        the calls their gradient came from (a network's parameters usually share them: one question
+        per group, not per parameter). ``closure_from``: the first call id of the closure the step
+        ran (LBFGS), whose evaluations each applied the ones before."""
         provenance: dict[int, tuple[int, ...]] = {}
         repeated: dict[int, tuple[int, ...]] = {}
+        groups: dict[int, tuple[tuple[int, ...], list[int]]] = {}
         key = st.key
         params_state = self.params
         interned = self._interned
@@ -149,34 +151,41 @@ class Ledger:
                 continue
             ps = params_state.get(pid)
             if ps is None or ps.ref() is not p:
-                provenance[pid] = ()
-                continue
-            ref = ps.grad_ref
-            if ref is None or ref() is not g:
-                ps.ledger = []  # .grad was assigned by hand: unknown provenance
-            prov = tuple(ps.ledger)
-            prov = interned.setdefault(prov, prov)
-            provenance[pid] = prov
-            applied = ps.applied.get(key)
-            again: tuple[int, ...] = ()
-            if applied and prov:
-                if applied is prov:
-                    again = prov  # the very same gradient, applied again
-                elif len(prov) == 1:
-                    again = prov if prov[0] in applied else ()
+                prov: tuple[int, ...] = ()
+            else:
+                ref = ps.grad_ref
+                if ref is None or ref() is not g:
+                    ps.ledger = []  # .grad was assigned by hand: unknown provenance
+                    prov = ()
                 else:
-                    again = tuple(c for c in prov if c in applied)
-            if closure_from is not None:
-                # the closure ran several times without zero_grad: each evaluation's gradient was
-                # applied by the evaluations after it too
-                inside = [c for c in prov if c >= closure_from]
-                again = tuple(dict.fromkeys(again + tuple(inside[:-1])))
-            if again:
-                repeated[pid] = again
-            ps.applied[key] = prov
+                    prov = tuple(ps.ledger)
+                    prov = interned.setdefault(prov, prov)
+                applied = ps.applied.get(key)
+                again: tuple[int, ...] = ()
+                if applied and prov:
+                    if applied is prov:
+                        again = prov  # the very same gradient, applied again
+                    elif len(prov) == 1:
+                        again = prov if prov[0] in applied else ()
+                    else:
+                        again = tuple(c for c in prov if c in applied)
+                if closure_from is not None:
+                    # the closure ran several times without zero_grad: each evaluation's gradient
+                    # was applied by the evaluations after it too
+                    inside = [c for c in prov if c >= closure_from]
+                    again = tuple(dict.fromkeys(again + tuple(inside[:-1])))
+                if again:
+                    repeated[pid] = again
+                ps.applied[key] = prov
+            provenance[pid] = prov
+            group = groups.get(id(prov))
+            if group is None:
+                groups[id(prov)] = (prov, [pid])
+            else:
+                group[1].append(pid)
         if len(interned) > 4096:
             interned.clear()
-        return provenance, repeated
+        return provenance, repeated, list(groups.values())
 
     # manual updates ----------------------------------------------------------------------------
     def _unoptimized(self, reg: Registry, pid: int) -> bool:

@@ -449,15 +449,50 @@ class Recorder:
             # a backward started from inside another one (reentrant checkpointing, hooks):
             # part of the outer call
             return run(t_outputs, *args, **kwargs)
-        retain = bool(args[1]) if len(args) > 1 else bool(kwargs.get("keep_graph", False))
-        return self._backward(
-            lambda: run(t_outputs, *args, **kwargs),
-            t_outputs,
-            retain,
-            accumulate,
-            create_graph=bool(args[2]) if len(args) > 2 else bool(kwargs.get("create_graph", False)),
-            inputs=args[3] if len(args) > 3 else kwargs.get("inputs"),
-        )
+        n = len(args)
+        retain = bool(args[1]) if n > 1 else bool(kwargs.get("keep_graph", False))
+        create_graph = bool(args[2]) if n > 2 else bool(kwargs.get("create_graph", False))
+        inputs = args[3] if n > 3 else kwargs.get("inputs")
+        go = lambda: run(t_outputs, *args, **kwargs)  # noqa: E731
+        if accumulate and not inputs and not self._manual_on:
+            try:
+                prepared = self._before_steady_backward(t_outputs, retain, create_graph)
+            except Exception as exc:  # a failure of the lens: the backward runs, unwatched
+                self._internal(exc)
+                return go()
+            if prepared is not None:
+                return self._run_backward(go, *prepared)
+        return self._backward(go, t_outputs, retain, accumulate, create_graph=create_graph, inputs=inputs)
+
+    def _before_steady_backward(self, t_outputs: Any, retain: bool, create_graph: bool) -> tuple[Any, ...] | None:
+        """A call of a site past its detail, outside a step's closure: what :meth:`_before_backward`
+        does for it, without the walk and the names (None for every other call)."""
+        frame = first_user_frame(sys._getframe(2))
+        if frame is None:
+            return None
+        code = frame.f_code
+        s = self._frame_sites.get((code.co_filename, frame.f_lineno, code.co_name))
+        del frame, code
+        if s is None or s.detailed < self.detail or getattr(self._tls, "steps", None):
+            return None
+        self.sink.close_run()
+        roots = tensors_in(t_outputs)
+        log = self.log
+        with self._lock:
+            call = BackwardCall(log.n_calls + 1, s.site, "backward", s.roots, retain, create_graph, s.count, s.last,
+                                self.iteration, (), False, set(), (), None, None, None, False, s.site_key)
+            s.count += 1
+            s.last = call.id
+            log.add_call(call)
+        self.ledger.settle()
+        reused = _root_reused(roots, self.stamp_keys[1])
+        if reused:
+            walk = WalkResult(leaves=s.leaves, root_reused=reused)
+        else:  # nothing to read from it: one object per site, shared by its calls
+            walk = s.steady
+            if walk is None or walk.leaves is not s.leaves:
+                walk = s.steady = WalkResult(leaves=s.leaves)
+        return call, s, walk, roots, None
 
     def _site_state(self) -> tuple[SiteState, dict[int, str] | None]:
         """The backward site of the call being made: the user's frame (a framework's backward of
@@ -747,30 +782,38 @@ class Recorder:
     # ------------------------------------------------------------------------------------------
     def ensure_param(self, p: torch.Tensor) -> None:
         """Watch parameter ``p``'s accumulations from now on."""
-        if self.ledger.add(p) is not None and p.requires_grad and p.is_leaf:
+        st = self.ledger.add(p)
+        if st is not None and p.requires_grad and p.is_leaf:
             try:
-                self.hooks.add(p.register_post_accumulate_grad_hook(self._on_accumulated))
+                self.hooks.add(p.register_post_accumulate_grad_hook(self._accumulation_hook(st)))
             except RuntimeError:
                 pass
 
-    def _on_accumulated(self, p: torch.Tensor) -> None:
-        """A backward added its gradient to ``p.grad``: one more call in the parameter's ledger.
-        (Runs for every parameter of every backward: kept lean; it guards itself.)"""
-        try:
-            inflight = self._inflight
+    def _accumulation_hook(self, st: ParamState) -> Callable[[torch.Tensor], None]:
+        """The hook of one parameter: a backward added its gradient to ``p.grad``, one more call in
+        the parameter's ledger. (Runs for every parameter of every backward: kept lean, bound to the
+        parameter's state; it guards itself.)"""
+        inflight = self._inflight
+        accumulated = self.ledger.accumulated
+        internal = self._internal
+
+        def on_accumulated(p: torch.Tensor) -> None:
             if not inflight:
                 return None
-            if len(inflight) == 1:
-                call = inflight[0][0]
-            else:  # backward calls running in several threads: this thread's, else one holding p
-                me, pid = threading.get_ident(), id(p)
-                call = next((c for c, _, t in reversed(inflight) if t == me), None) or next(
-                    (c for c, leaves, _ in reversed(inflight) if pid in leaves), inflight[-1][0]
-                )
-            self.ledger.accumulated(p, call)
-        except Exception as exc:
-            self._internal(exc)
-        return None
+            try:
+                if len(inflight) == 1:
+                    call = inflight[0][0]
+                else:  # backward calls running in several threads: this thread's, else one holding p
+                    me, pid = threading.get_ident(), id(p)
+                    call = next((c for c, _, t in reversed(inflight) if t == me), None) or next(
+                        (c for c, leaves, _ in reversed(inflight) if pid in leaves), inflight[-1][0]
+                    )
+                accumulated(st, p, call)
+            except Exception as exc:
+                internal(exc)
+            return None
+
+        return on_accumulated
 
     def _on_warning(self, message: object, filename: str, lineno: int) -> None:
         if not self.closed:
@@ -784,30 +827,40 @@ class Recorder:
             return
         if self._manual_on:
             self._note_manual_updates(call_site())
-        self.ledger.zeroed(
-            obj.parameters() if isinstance(obj, torch.nn.Module) else (p for g in obj.param_groups for p in g["params"])
-        )
+        if isinstance(obj, torch.nn.Module):
+            pids = [id(p) for p in obj.parameters()]
+        else:
+            st = self.reg.opts.get(id(obj))
+            groups = obj.param_groups
+            if st is not None and st.ref() is obj and _unchanged(st, groups):
+                pids = st.pids
+            else:
+                pids = [id(p) for g in groups for p in g["params"]]
+        self.ledger.zeroed(pids)
 
     def _on_step_pre(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         if self.closed or _compiling() or self.aside():
             return
-        st = self.opt_for(opt)
+        st = self.reg.opts.get(id(opt))
+        if st is None or st.ref() is not opt:
+            st = self.opt_for(opt)
         groups = opt.param_groups
-        if st.steps == 0 or st.n_groups != len(groups) or st.n_listed != sum(len(g["params"]) for g in groups):
+        if st.steps == 0 or not _unchanged(st, groups):
             self.reg.refresh_opt(st, opt)
         site = call_site()
-        # the hook's args are the step's, the optimizer first: `opt.step(closure)` -> (opt, closure)
-        rest = args[1:] if args and args[0] is opt else args
-        closure = kwargs["closure"] if "closure" in kwargs else (rest[0] if rest else None)
-        if callable(closure):
-            # LBFGS, SAM: the step runs the closure, and so its backward calls, before it reads the
-            # gradient; the step is recorded when it returns, and those calls are for it
-            running = getattr(self._tls, "steps", None)
-            if running is None:
-                running = self._tls.steps = []
-            running.append((st, site, self.log.next_call_id()))
-            return
-        self._record_step(st, _params_of(opt), site)
+        if kwargs or len(args) > 1 or (args and args[0] is not opt):
+            # the hook's args are the step's, the optimizer first: `opt.step(closure)` -> (opt, closure)
+            rest = args[1:] if args and args[0] is opt else args
+            closure = kwargs["closure"] if "closure" in kwargs else (rest[0] if rest else None)
+            if callable(closure):
+                # LBFGS, SAM: the step runs the closure, and so its backward calls, before it reads
+                # the gradient; the step is recorded when it returns, and those calls are for it
+                running = getattr(self._tls, "steps", None)
+                if running is None:
+                    running = self._tls.steps = []
+                running.append((st, site, self.log.next_call_id()))
+                return
+        self._record_step(st, groups[0]["params"] if len(groups) == 1 else _params_of(opt), site)
 
     def _record_step(
         self, st: OptInfo, params: list[torch.Tensor], site: Site, *, closure_from: int | None = None
@@ -819,26 +872,22 @@ class Recorder:
             st.first_site = site
         # backward calls ran inside the step (a framework passes a closure that may do nothing)
         ran_closure = closure_from is not None and self.log.n_calls >= closure_from
-        provenance, repeated = self.ledger.provenance(st, params, closure_from if ran_closure else None)
+        provenance, repeated, groups = self.ledger.provenance(st, params, closure_from if ran_closure else None)
         step = OptimizerStep(
-            index=self.log.n_steps,
-            optimizer=st.name,
-            optimizer_key=st.key,
-            site=site,
-            provenance=provenance,
-            repeated=repeated,
-            n_params=len(params),
-            closure=ran_closure,
-            manual=st.manual,
+            self.log.n_steps, st.name, st.key, site, provenance, repeated, len(params), ran_closure, st.manual, groups
         )
         self.log.add_step(step)
         self.sink.on_step(step)
         return step
 
     def _on_step_post(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        if self.closed or _compiling() or self.aside():
+        if self.closed:
             return
         running = getattr(self._tls, "steps", None)
+        if not running and not self._module_hooks:
+            return  # no closure ran, and past the detail: nothing to record
+        if _compiling() or self.aside():
+            return
         if running and running[-1][0].key == id(opt):
             st, site, first = running.pop()
             self._record_step(st, _params_of(opt), site, closure_from=first)
@@ -958,6 +1007,14 @@ def _root_reused(roots: Sequence[torch.Tensor], root_key: str) -> set[int]:
 
 def _params_of(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for g in opt.param_groups for p in g["params"]]
+
+
+def _unchanged(st: OptInfo, groups: list[dict[str, Any]]) -> bool:
+    """Whether the optimizer's param groups hold as many groups and parameters as when last read."""
+    n = len(groups)
+    if n != st.n_groups:
+        return False
+    return st.n_listed == (len(groups[0]["params"]) if n == 1 else sum(len(g["params"]) for g in groups))
 
 
 def _inside_backward() -> bool:
