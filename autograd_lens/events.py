@@ -99,8 +99,8 @@ class CallTotals:
     networks: dict[str, str] = field(default_factory=dict)
     params_reached: int = 0
 
-    def add(self, call: BackwardCall) -> None:
-        self.count += 1
+    def add(self, call: BackwardCall, times: int = 1) -> None:
+        self.count += times
         self.retain_graph = self.retain_graph or call.retain_graph
         for n, s in call.networks:
             if _STRENGTH[s] >= _STRENGTH.get(self.networks.get(n, "not reached"), 0):
@@ -118,10 +118,10 @@ class StepTotals:
     count: int = 0
     sources: dict[str, int] = field(default_factory=dict)  # backward site -> steps that took gradient from it
 
-    def add(self, step: OptimizerStep) -> None:
-        self.count += 1
+    def add(self, step: OptimizerStep, times: int = 1) -> None:
+        self.count += times
         for s in step.sources:  # each step counts once per backward site it took gradient from
-            self.sources[s] = self.sources.get(s, 0) + 1
+            self.sources[s] = self.sources.get(s, 0) + times
 
 
 class EventLog:
@@ -217,19 +217,27 @@ class EventLog:
         return list(out.values())
 
     # ----- totals -----------------------------------------------------------------------------
-    def _total_call(self, c: BackwardCall) -> None:
+    def repeat_totals(self, calls: Iterable[BackwardCall], steps: Iterable[OptimizerStep], times: int) -> None:
+        """``times`` more of each of these calls and (judged) steps, counted in the totals only (the
+        periods a steady loop went through: :mod:`steady`)."""
+        for c in calls:
+            self._total_call(c, times)
+        for s in steps:
+            self._total_step(s, times)
+
+    def _total_call(self, c: BackwardCall, times: int = 1) -> None:
         key = (c.site.file, c.site.line)
         t = self._call_totals.get(key)
         if t is None:
             t = self._call_totals[key] = CallTotals(c.site, c.roots, c.kind)
-        t.add(c)
+        t.add(c, times)
 
-    def _total_step(self, s: OptimizerStep) -> None:
+    def _total_step(self, s: OptimizerStep, times: int = 1) -> None:
         key = (s.optimizer, s.site.file, s.site.line)
         t = self._step_totals.get(key)
         if t is None:
             t = self._step_totals[key] = StepTotals(s.optimizer, s.site, s.n_params)
-        t.add(s)
+        t.add(s, times)
 
     def __iter__(self) -> Iterator[BackwardCall]:
         return iter(self._calls.values())

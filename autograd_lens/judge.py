@@ -161,16 +161,17 @@ class Judge:
     def warning(self, message: object, filename: str, lineno: int) -> None:
         self.add(nonleaf_grad.from_warning(message, filename, lineno))
 
-    def close_run(self) -> None:
+    def close_run(self) -> bool:
         """A run of steps ended: decide the intent of the calls before it, then stray-grad and
-        detach-leak; then the steps keep only what the report needs.
+        detach-leak; then the steps keep only what the report needs. True when the run had the
+        shape of a run judged clean before (and so is clean).
 
         Past the detailed occurrences of its sites, a run usually has the shape of one judged before
         (the same optimizers, the same backward sites before it, each parameter's gradient from the
         same sites at the same distance): when that one was clean, so is this one, and what the
         report keeps of it is the same."""
         if not self.run:
-            return
+            return False
         run, self.run = self.run, []
         shape = self._shape(run)
         clean = self._clean.get(shape) if shape is not None else None
@@ -182,7 +183,7 @@ class Judge:
                     opt.with_grad |= stepped
                 self.log.settle_step(step)
             self.pending = []
-            return
+            return True
         added = self._added
         try:
             self.add_all(list(self._judge_run(run)))
@@ -203,6 +204,23 @@ class Judge:
             if len(self._clean) > 256:
                 self._clean.clear()
             self._clean[shape] = tuple((s.sources, s.stepped) for s in run)
+        return False
+
+    @property
+    def added(self) -> int:
+        """Findings added so far, counted ones too (unchanged over a stretch: nothing was found)."""
+        return self._added
+
+    @property
+    def open_run(self) -> bool:
+        """Whether steps were taken since the last backward call (the next one closes their run)."""
+        return bool(self.run)
+
+    def resume(self, pending: list[BackwardCall], run: list[OptimizerStep]) -> None:
+        """Take up the calls and the open run of steps as the steady cycles left them (the events
+        were made by the recorder when it left them: :mod:`steady`)."""
+        self.pending = list(pending)
+        self.run = list(run)
 
     def _shape(self, run: list[OptimizerStep]) -> tuple[Any, ...] | None:
         """What decides a run's verdict, with call ids made relative; None while a call before it

@@ -48,6 +48,9 @@ class Ledger:
     def __init__(self) -> None:
         self.params: dict[int, ParamState] = {}
         self.holding: set[int] = set()  # parameters whose .grad holds gradient of known calls
+        self.by_hand = 0  # ledgers started anew for a `.grad` replaced, set to None or zeroed by hand
+        # while a period is captured (:mod:`steady`): (parameter id, ledger started anew) per accumulation
+        self.capture: list[tuple[int, bool]] | None = None
         self._interned: dict[tuple[int, ...], tuple[int, ...]] = {}
 
     def add(self, p: torch.Tensor) -> ParamState | None:
@@ -65,6 +68,7 @@ class Ledger:
         parameter of every backward.)"""
         g = p.grad
         ref = st.grad_ref
+        fresh = False
         if ref is None or ref() is not g:
             # A new `.grad` object starts a new ledger (zero_grad set it to None, or it was
             # assigned). The same object holds the gradient of the calls in its ledger, whatever
@@ -72,12 +76,17 @@ class Ledger:
             # zeroed it was seen before this backward began (`settle`).
             if not (call.create_graph and ref is not None and ref() is None):
                 st.ledger = []
+                fresh = True
+                if ref is not None:
+                    self.by_hand += 1  # not zero_grad(): it forgets the `.grad` it zeroes
             st.grad_ref = weakref.ref(g) if g is not None else None
         ledger = st.ledger
         ledger.append(call.id)
         if len(ledger) > MAX_LEDGER:
             del ledger[: -MAX_LEDGER // 2]
         pid = id(p)
+        if self.capture is not None:
+            self.capture.append((pid, fresh))
         self.holding.add(pid)
         if g is not None:
             st.grad_version = g._version
@@ -113,6 +122,7 @@ class Ledger:
                 holding.discard(pid)  # zeroed (set to None) or gone
                 if st is not None:
                     st.ledger = []
+                    self.by_hand += 1
                 continue
             ref = st.grad_ref  # type: ignore[union-attr]
             if ref is None or ref() is not g:
@@ -127,6 +137,7 @@ class Ledger:
             if z:
                 st.ledger = []
                 holding.discard(id(st.ref()))
+                self.by_hand += 1
 
     def provenance(
         self, st: OptInfo, params: list[torch.Tensor], closure_from: int | None
@@ -157,6 +168,7 @@ class Ledger:
                 if ref is None or ref() is not g:
                     ps.ledger = []  # .grad was assigned by hand: unknown provenance
                     prov = ()
+                    self.by_hand += 1
                 else:
                     prov = tuple(ps.ledger)
                     prov = interned.setdefault(prov, prov)

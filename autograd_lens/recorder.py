@@ -52,6 +52,7 @@ from .hooks import (
 from .hooks.patches import BACKWARD_ENGINE_AVAILABLE, patch_backward
 from .naming import framework_frames, tensor_names, tensors_in, user_frame
 from .registry import ForwardRange, OptInfo, Registry, is_network
+from .steady import NOT_STEADY, Steady
 from .sites import (
     call_site,
     exc_text,
@@ -83,7 +84,12 @@ class Sink(Protocol):
 
     def after_backward(self, call: BackwardCall, walk: WalkResult) -> None: ...
     def on_step(self, step: OptimizerStep) -> None: ...
-    def close_run(self) -> None: ...
+    def close_run(self) -> bool: ...
+    def resume(self, pending: list[BackwardCall], run: list[OptimizerStep]) -> None: ...
+    @property
+    def added(self) -> int: ...
+    @property
+    def open_run(self) -> bool: ...
     def held(self, call: BackwardCall, held: HeldGraphs, alive: int, retained: bool) -> None: ...
     def warning(self, message: object, filename: str, lineno: int) -> None: ...
     def explain_error(self, exc: BaseException, site: Site | None, **ctx: Any) -> Finding | None: ...
@@ -157,6 +163,7 @@ class Recorder:
         # the unit that stands for the manual updates of each network
         self._update_stmts: dict[str, tuple[source.Update, ...]] = {}
         self._manual_on = False
+        self._all_optimized: tuple[int, int, bool] = (-1, -1, False)  # (generation, parameters, answer)
         self._manual_units: dict[int, OptInfo] = {}
         # storage of recent network outputs -> (network key, weak reference to the output)
         self._net_outputs: OrderedDict[tuple[str, int], tuple[int, weakref.ref]] = OrderedDict()
@@ -168,6 +175,8 @@ class Recorder:
         self.stamp_keys = (f"autograd_lens.{serial}.call", f"autograd_lens.{serial}.root")
         # a tag in the root's metadata dies with the graph: the graphs of each site still alive
         self._graphs = GraphTracker(f"autograd_lens.{serial}.alive")
+        # a loop that repeats its events is compared with its period instead of recorded in full
+        self.steady = Steady(self)
 
     # ------------------------------------------------------------------------------------------
     # installing and removing
@@ -191,6 +200,7 @@ class Recorder:
 
     def remove(self) -> None:
         forget_machinery()
+        self.leave_steady()
         try:
             self._modules_off()
         finally:
@@ -199,6 +209,7 @@ class Recorder:
 
     def _modules_on(self) -> None:
         """Record forward ranges (and find networks as they run) from the next forward on."""
+        self.steady.broken()
         if self._module_hooks or self.hooks.removed:
             return
         hs = HookSet()
@@ -214,6 +225,8 @@ class Recorder:
 
     def registry_changed(self) -> None:
         """A network or optimizer was registered: what each site knew may be about others."""
+        self.leave_steady()
+        self.steady.forget()
         self.generation += 1
         for s in self._sites.values():
             # one more detailed call teaches the site what changed (new networks' leaves, the terms
@@ -449,19 +462,32 @@ class Recorder:
             # a backward started from inside another one (reentrant checkpointing, hooks):
             # part of the outer call
             return run(t_outputs, *args, **kwargs)
+        steady = self.steady
+        if steady.on:
+            result = steady.backward(run, t_outputs, args, kwargs, accumulate)
+            if result is not NOT_STEADY:
+                return result
+            self.leave_steady()
         n = len(args)
         retain = bool(args[1]) if n > 1 else bool(kwargs.get("keep_graph", False))
         create_graph = bool(args[2]) if n > 2 else bool(kwargs.get("create_graph", False))
         inputs = args[3] if n > 3 else kwargs.get("inputs")
         go = lambda: run(t_outputs, *args, **kwargs)  # noqa: E731
-        if accumulate and not inputs and not self._manual_on:
+        if accumulate and not inputs and not self._manual_updates_possible():
             try:
                 prepared = self._before_steady_backward(t_outputs, retain, create_graph)
             except Exception as exc:  # a failure of the lens: the backward runs, unwatched
                 self._internal(exc)
                 return go()
-            if prepared is not None:
-                return self._run_backward(go, *prepared)
+            if prepared is NOT_STEADY:  # the loop went steady with this call
+                result = steady.backward(run, t_outputs, args, kwargs, accumulate)
+                if result is not NOT_STEADY:
+                    return result
+                self.leave_steady()
+                prepared = self._before_steady_backward(t_outputs, retain, create_graph)
+            if prepared is not None and prepared is not NOT_STEADY:
+                return self._run_backward(go, *prepared, steady=True)
+        steady.broken()
         return self._backward(go, t_outputs, retain, accumulate, create_graph=create_graph, inputs=inputs)
 
     def _before_steady_backward(self, t_outputs: Any, retain: bool, create_graph: bool) -> tuple[Any, ...] | None:
@@ -475,7 +501,11 @@ class Recorder:
         del frame, code
         if s is None or s.detailed < self.detail or getattr(self._tls, "steps", None):
             return None
-        self.sink.close_run()
+        sink = self.sink
+        if sink.open_run:
+            clean = sink.close_run()
+            if self.steady.boundary(clean, s):
+                return NOT_STEADY
         roots = tensors_in(t_outputs)
         log = self.log
         with self._lock:
@@ -486,12 +516,7 @@ class Recorder:
             log.add_call(call)
         self.ledger.settle()
         reused = _root_reused(roots, self.stamp_keys[1])
-        if reused:
-            walk = WalkResult(leaves=s.leaves, root_reused=reused)
-        else:  # nothing to read from it: one object per site, shared by its calls
-            walk = s.steady
-            if walk is None or walk.leaves is not s.leaves:
-                walk = s.steady = WalkResult(leaves=s.leaves)
+        walk = WalkResult(leaves=s.leaves, root_reused=reused) if reused else self._steady_walk(s)
         return call, s, walk, roots, None
 
     def _site_state(self) -> tuple[SiteState, dict[int, str] | None]:
@@ -616,7 +641,7 @@ class Recorder:
 
     def _run_backward(
         self, go: Callable[[], Any], call: BackwardCall, s: SiteState, walk: WalkResult, roots: list[Any],
-        local_names: dict[int, str] | None,
+        local_names: dict[int, str] | None, *, steady: bool = False,
     ) -> Any:
         site = s.site
         self._tls.in_backward = True
@@ -633,11 +658,18 @@ class Recorder:
                 self.sink.keep_graph(call.graph_key, walk.graph, replace=False)
             if isinstance(exc, Exception) and not getattr(exc, "_autograd_lens_explained", False):
                 self.guard(self.sink.explain_error)(exc, site, call=call, walk=walk, roots=roots, names=local_names or {})
+            self.steady.broken()
             raise
         finally:
             with self._lock:
                 self._inflight.remove(running)
             self._tls.in_backward = False
+        self._after_call(call, walk, roots, s, call.retain_graph, steady and not walk.root_reused)
+        return result
+
+    def _after_call(self, call: BackwardCall, walk: WalkResult, roots: Sequence[torch.Tensor], s: SiteState,
+                    retain: bool, steady: bool = False) -> None:
+        """What follows a backward call that returned: its parameters, its graph's tags, its row."""
         try:
             call.reached = self._intern(frozenset(call.reached))
             self.reg.ever_grad |= call.reached
@@ -648,9 +680,31 @@ class Recorder:
             call.networks = self._row(call, walk)
             self.sink.after_backward(call, walk)
             self._settle_detail()
+            if steady:
+                self.steady.noted_call(s, retain, len(roots), call)
+            else:
+                self.steady.broken()
         except Exception as exc:
             self._internal(exc)
-        return result
+
+    def _steady_walk(self, s: SiteState) -> WalkResult:
+        """What a call of a site past its detail sees, without a walk (one object per site)."""
+        walk = s.steady
+        if walk is None or walk.leaves is not s.leaves:
+            walk = s.steady = WalkResult(leaves=s.leaves)
+        return walk
+
+    def leave_steady(self) -> None:
+        """Leave the steady cycles: the state the full path would have made, made now."""
+        steady = self.steady
+        if not steady.on:
+            return
+        try:
+            steady.leave()
+        except Exception as exc:
+            steady.on = False
+            steady.off = True
+            self._internal(exc)
 
     def _on_new_optimizer(self, opt: torch.optim.Optimizer) -> None:
         """An optimizer was made (a new trial, a re-initialised model): its parameters are watched
@@ -806,8 +860,12 @@ class Recorder:
                 else:  # backward calls running in several threads: this thread's, else one holding p
                     me, pid = threading.get_ident(), id(p)
                     call = next((c for c, _, t in reversed(inflight) if t == me), None) or next(
-                        (c for c, leaves, _ in reversed(inflight) if pid in leaves), inflight[-1][0]
+                        (c for c, leaves, _ in reversed(inflight) if leaves is not None and pid in leaves),
+                        inflight[-1][0],
                     )
+                if call.__class__ is list:  # a call of the steady cycles collects its parameters
+                    call.append(p)
+                    return None
                 accumulated(st, p, call)
             except Exception as exc:
                 internal(exc)
@@ -825,6 +883,11 @@ class Recorder:
     def _on_zero_grad(self, obj: Any, set_to_none: bool) -> None:
         if self.closed or _compiling() or self.aside():
             return
+        steady = self.steady
+        if steady.on:
+            if steady.zero(obj, set_to_none):
+                return
+            self.leave_steady()
         if self._manual_on:
             self._note_manual_updates(call_site())
         if isinstance(obj, torch.nn.Module):
@@ -837,10 +900,16 @@ class Recorder:
             else:
                 pids = [id(p) for g in groups for p in g["params"]]
         self.ledger.zeroed(pids)
+        steady.noted_zero(obj, set_to_none, pids)
 
     def _on_step_pre(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         if self.closed or _compiling() or self.aside():
             return
+        steady = self.steady
+        if steady.on:
+            if steady.step(opt, args, kwargs):
+                return
+            self.leave_steady()
         st = self.reg.opts.get(id(opt))
         if st is None or st.ref() is not opt:
             st = self.opt_for(opt)
@@ -859,8 +928,10 @@ class Recorder:
                 if running is None:
                     running = self._tls.steps = []
                 running.append((st, site, self.log.next_call_id()))
+                steady.broken()
                 return
-        self._record_step(st, groups[0]["params"] if len(groups) == 1 else _params_of(opt), site)
+        step = self._record_step(st, groups[0]["params"] if len(groups) == 1 else _params_of(opt), site)
+        steady.noted_step(opt, st, step)
 
     def _record_step(
         self, st: OptInfo, params: list[torch.Tensor], site: Site, *, closure_from: int | None = None
@@ -910,6 +981,7 @@ class Recorder:
     # an error that ends the watch ----------------------------------------------------------------
     def finish(self) -> None:
         """The end of the watch: a manual update after the last backward is a step too."""
+        self.leave_steady()
         if self._manual_on:
             self._note_manual_updates(None)
 
@@ -954,6 +1026,20 @@ class Recorder:
                 unit = reg.add_manual(name, [id(p) for p in module.parameters() if p.requires_grad])
                 self._manual_units[key] = unit
             self._record_step(unit, [p for p in module.parameters() if p.requires_grad], where or site or Site("<unknown>", 0))
+            self.steady.broken()
+
+    def _manual_updates_possible(self) -> bool:
+        """Whether a manual update could be seen now: the program has an update statement, and a
+        parameter that no optimizer steps has been given gradient."""
+        if not self._manual_on:
+            return False
+        reg = self.reg
+        reached = reg.ever_grad
+        gen, n, answer = self._all_optimized
+        if gen != reg.generation or n != len(reached):
+            answer = all(any(not reg.opts[o].manual for o in reg.opts_of(pid)) for pid in reached)
+            self._all_optimized = (reg.generation, len(reached), answer)
+        return not answer
 
     def _update_site(self, near: Site | None) -> Site | None:
         """The manual-update statement: in the function of ``near`` if there is one there."""

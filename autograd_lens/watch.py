@@ -130,6 +130,7 @@ class Watch:
     def _registry_changed(self) -> None:
         """A network or optimizer is new: the steps so far are judged with what was known, what was
         learnt per backward site is forgotten, and the next calls get detail again."""
+        self.recorder.leave_steady()
         self.judge.forget_sites()
         self.recorder.registry_changed()
 
@@ -154,6 +155,7 @@ class Watch:
         return self.build_report()
 
     def build_report(self, script: str | None = None) -> Report:
+        self.recorder.leave_steady()  # the events of a steady loop, made
         self.judge.close_run()  # judge the steps since the last backward: the report is read now
         stepped_aside = self.recorder.stepped_aside
         return Report(

@@ -1,0 +1,611 @@
+"""Steady cycles: a loop that repeats the same events is compared with the period it repeats, event
+by event, and recorded in full only when something changes.
+
+A training loop settles into a period of hooked events: ``zero_grad()``, backward calls, steps, in
+the same order, at the same lines, reaching the same parameters. A *cycle* is the backward calls
+that close a run of steps and what follows them up to the next such call; a *period* is the few
+cycles that repeat (one for a classifier, two for a GAN that alternates its networks). When the
+recorder has seen a period twice in a row, each cycle judged clean by the judge's memo and nothing
+found, and a third time with its effects captured (the *template*: the calls and steps as made,
+which parameters each call reached and whether it started their ledgers anew, the ledger before and
+after), the recorder goes steady: each further event is compared with the template (its kind, its
+object, its line, its flags; for a backward call, which parameters it reached and the train/eval
+mode of the networks it reached) and, when it matches, advances the ids, counts and iterations as
+the full path would. No event object is made, no ledger entry written, no run judged: they would
+be the template's, shifted.
+
+Leaving (an event that does not match, a registration, a report, the end of the watch) makes the
+state the full path would have made: each parameter's ledger from the template's, shifted by the
+periods that passed; the calls and steps of the last period in the log (the earlier ones in its
+totals); the judge's open run; then the events of the unfinished period, one by one. The event that
+did not match then takes the full path.
+
+What steady cycles do not see and the full path does: a ``.grad`` assigned, set to None or zeroed
+in place by hand, in a period whose template did not do it. A loop whose template does it never
+goes steady (the ledger counts such changes: ``Ledger.by_hand``), nor does one whose ledgers do not
+repeat from period to period (gradient kept across periods).
+
+Imports :mod:`events`, :mod:`ledger`, :mod:`walk` (``WalkResult``) and :mod:`sites`; it is part of
+the recorder, reaches the judge only through the recorder's sink, and keeps no tensor, module or
+node alive (optimizers and modules by weak reference, parameters by id).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from .events import BackwardCall, OptimizerStep
+from .ledger import MAX_LEDGER
+from .sites import call_site, exc_text, first_user_frame
+from .walk import WalkResult
+
+if TYPE_CHECKING:
+    from .ledger import Ledger, ParamState
+    from .recorder import Recorder, SiteState
+    from .registry import OptInfo
+
+#: Longest period looked for, in cycles.
+MAX_PERIOD = 8
+
+#: What a steady handler returns when the event did not match (the full path takes it).
+NOT_STEADY = object()
+
+
+class ZeroEvent:
+    __slots__ = ("ref", "key", "set_to_none", "pids")
+
+    def __init__(self, obj: Any, set_to_none: bool, pids: list[int]) -> None:
+        self.ref = weakref.ref(obj)
+        self.key = id(obj)
+        self.set_to_none = set_to_none
+        self.pids = list(pids)
+
+
+class CallEvent:
+    __slots__ = ("state", "retain", "n_roots", "acc", "acc_ids", "call", "nets")
+
+    def __init__(self, state: SiteState, retain: bool, n_roots: int, call: BackwardCall) -> None:
+        self.state = state
+        self.retain = retain
+        self.n_roots = n_roots
+        self.call = call
+        self.acc: tuple[tuple[int, bool], ...] = ()  # (parameter id, its ledger started anew), in order
+        self.acc_ids: tuple[int, ...] = ()
+        self.nets: tuple[tuple[weakref.ref, bool], ...] = ()  # networks reached, and their `training`
+
+
+class StepEvent:
+    __slots__ = ("ref", "key", "site", "opt", "step", "provenance", "groups")
+
+    def __init__(self, opt: Any, st: OptInfo, step: OptimizerStep) -> None:
+        self.ref = weakref.ref(opt)
+        self.key = id(opt)
+        self.site = step.site
+        self.opt = st
+        self.step = step  # settled by the judge later: its sources and stepped parameters
+        self.provenance = dict(step.provenance)  # as it was before the judge settled it
+        self.groups = [(prov, list(pids)) for prov, pids in step.groups]
+
+
+Event = ZeroEvent | CallEvent | StepEvent
+
+
+def _signature(e: Event) -> tuple[Any, ...]:
+    if isinstance(e, CallEvent):
+        c = e.call
+        return ("b", id(e.state), e.retain, e.n_roots, c.reached, c.eval_nets, c.all_eval)
+    if isinstance(e, StepEvent):
+        return ("s", e.key, e.site, e.step.n_params)
+    return ("z", e.key, e.set_to_none, len(e.pids))
+
+
+def _ledger_state(ledger: Ledger) -> dict[int, tuple[Any, ...]]:
+    """Each parameter's ledger, what each optimizer applied of it, whether it holds gradient and
+    whether its `.grad` is the one it was last seen with."""
+    holding = ledger.holding
+    return {
+        pid: (tuple(ps.ledger), {k: v for k, v in ps.applied.items()}, pid in holding,
+              ps.grad_ref is not None and ps.grad_ref() is not None)
+        for pid, ps in ledger.params.items()
+    }
+
+
+def _moved(before: tuple[int, ...], after: tuple[int, ...], dc: int) -> bool | None:
+    """True when ``after`` is ``before`` shifted by ``dc`` call ids, False when it is the same,
+    None when neither."""
+    if after == before:
+        return False
+    if len(after) == len(before) and all(a == b + dc for a, b in zip(after, before)):
+        return True
+    return None
+
+
+class Template:
+    """A period as it was seen in full, and how its ids move from one period to the next."""
+
+    def __init__(self, cycles: list[list[Event]], dc: int, ds: int, di: int,
+                 moving: dict[int, tuple[tuple[int, ...], dict[int, tuple[int, ...]], bool]]) -> None:
+        self.events = [e for c in cycles for e in c]
+        self.dc, self.ds, self.di = dc, ds, di  # calls, steps and iterations per period
+        self.moving = moving  # parameter id -> (ledger, applied, holding) at the end of the template
+        occ: dict[int, int] = {}
+        for e in self.events:
+            if isinstance(e, CallEvent):
+                occ[id(e.state)] = occ.get(id(e.state), 0) + 1
+        self.occ = occ
+        # the last cycle: its calls are the judge's pending calls, its steps the open run
+        self.last_cycle = {id(e) for e in cycles[-1]}
+
+
+class Steady:
+    """Finds the period of a loop, captures its template, and runs the recorder's steady cycles."""
+
+    def __init__(self, rec: Recorder) -> None:
+        self.rec = rec
+        self.on = False  # steady cycles running
+        self.off = False  # never again in this watch (the loop does not settle)
+        self.cycle: list[tuple[Any, ...]] = []  # signatures of the cycle being seen
+        self.events: list[Event] = []  # its events, while capturing
+        self.ok = False
+        self.hand0 = 0
+        self.added0 = 0
+        self.cycles: list[tuple[tuple[Any, ...], ...]] = []  # recent clean cycles' signatures
+        self.capture: dict[str, Any] | None = None
+        self.captured: list[list[Event]] = []
+        # while on
+        self.t: Template | None = None
+        self.pos = 0  # next event of the template
+        self.n = 0  # periods completed while steady
+        self.enters = 0
+        self.leaves = 0
+        self.periods = 0  # periods run steady in this watch, all told
+
+    # ------------------------------------------------------------------------------------------
+    # learning, on the full path
+    # ------------------------------------------------------------------------------------------
+    def broken(self) -> None:
+        """An event that a template cannot hold (a detailed call, a closure, a manual update, an
+        error): the cycle it is in does not count."""
+        self.ok = False
+
+    def forget(self) -> None:
+        """What the loop did so far no longer tells what it will do (a registration)."""
+        self.ok = False
+        self.cycles.clear()
+        self.capture = None
+        self.captured = []
+        self.rec.ledger.capture = None
+
+    def noted_zero(self, obj: Any, set_to_none: bool, pids: list[int]) -> None:
+        e = ZeroEvent(obj, set_to_none, pids)
+        self.cycle.append(_signature(e))
+        if self.capture is not None:
+            self.events.append(e)
+
+    def noted_call(self, s: SiteState, retain: bool, n_roots: int, call: BackwardCall) -> None:
+        e = CallEvent(s, retain, n_roots, call)
+        if self.capture is not None:
+            ledger = self.rec.ledger
+            acc = tuple(ledger.capture or ())
+            ledger.capture = []
+            e.acc = acc
+            e.acc_ids = tuple(pid for pid, _ in acc)
+            reg = self.rec.reg
+            nets = []
+            for key in {reg.param_net.get(p) for p in call.reached} - {None}:
+                net = reg.nets.get(key)
+                m = net.ref() if net is not None else None
+                if m is not None:
+                    nets.append((net.ref, m.training))
+            e.nets = tuple(nets)
+        self.cycle.append(_signature(e))
+        if self.capture is not None:
+            self.events.append(e)
+
+    def noted_step(self, opt: Any, st: OptInfo, step: OptimizerStep) -> None:
+        e = StepEvent(opt, st, step)
+        self.cycle.append(_signature(e))
+        if self.capture is not None:
+            self.events.append(e)
+
+    def boundary(self, clean: bool, s: SiteState) -> bool:
+        """A backward call closed a run of steps (the judge just did, ``clean`` when its memo knew
+        the run): the cycle before it ended. True when the recorder goes steady with this call."""
+        if self.off:
+            return False
+        rec = self.rec
+        ok = self.ok and clean and bool(self.cycle) and rec.ledger.by_hand == self.hand0 and rec.sink.added == self.added0
+        sig = tuple(self.cycle)
+        events = self.events
+        self.cycle, self.events = [], []
+        self.ok = True
+        self.hand0, self.added0 = rec.ledger.by_hand, rec.sink.added
+        if not ok:
+            self.cycles.clear()
+            self.capture = None
+            self.captured = []
+            rec.ledger.capture = None
+            return False
+        self.cycles.append(sig)
+        if len(self.cycles) > 3 * MAX_PERIOD:
+            del self.cycles[: MAX_PERIOD]
+        cap = self.capture
+        if cap is not None:
+            self.captured.append(events)
+            if len(self.captured) < cap["p"]:
+                return False
+            p = cap["p"]
+            if self.cycles[-p:] == self.cycles[-2 * p:-p]:
+                entered = self._enter(cap, self.captured, s)
+            else:
+                entered = False
+            self.capture = None
+            self.captured = []
+            rec.ledger.capture = None
+            if not entered:
+                self.enters += 1
+                if self.enters > 8:
+                    self.off = True  # a loop that keeps changing: not worth the captures
+            return entered
+        for p in range(1, MAX_PERIOD + 1):
+            if len(self.cycles) >= 2 * p and self.cycles[-p:] == self.cycles[-2 * p:-p]:
+                self.capture = {
+                    "p": p, "calls": rec.log.n_calls, "steps": rec.log.n_steps, "iteration": rec.iteration,
+                    "ledger": _ledger_state(rec.ledger),
+                }
+                self.captured = []
+                rec.ledger.capture = []
+                break
+        return False
+
+    def _enter(self, cap: dict[str, Any], cycles: list[list[Event]], s: SiteState) -> bool:
+        rec = self.rec
+        events = [e for c in cycles for e in c]
+        dc = rec.log.n_calls - cap["calls"]
+        ds = rec.log.n_steps - cap["steps"]
+        di = rec.iteration - cap["iteration"]
+        if not events or not isinstance(events[0], CallEvent) or events[0].state is not s or dc <= 0 or ds <= 0:
+            return False
+        base = cap["calls"]
+        for e in events:
+            if isinstance(e, CallEvent):
+                c = e.call
+                if c.prev <= base - dc or c.create_graph or c.within is not None or c.kind != "backward":
+                    return False  # the previous call of its site is not one period back
+            elif isinstance(e, StepEvent):
+                if e.step.repeated or any(cid <= base - dc for prov in e.provenance.values() for cid in prov):
+                    return False
+        before, after = cap["ledger"], _ledger_state(rec.ledger)
+        if before.keys() != after.keys():
+            return False
+        moving: dict[int, tuple[tuple[int, ...], dict[int, tuple[int, ...]], bool]] = {}
+        for pid, (led1, app1, hold1, alive1) in after.items():
+            led0, app0, hold0, alive0 = before[pid]
+            if hold0 != hold1 or alive0 != alive1 or app0.keys() != app1.keys():
+                return False
+            parts = [(led0, led1)] + [(app0[k], app1[k]) for k in app1]
+            kinds = [(_moved(a, b, dc), bool(b)) for a, b in parts]
+            if any(m is None for m, _ in kinds):
+                return False
+            if any(m for m, _ in kinds):
+                if any(m is False and full for m, full in kinds):
+                    return False  # part of it moves with the periods, part of it stays
+                moving[pid] = (led1, app1, hold1)
+        self.t = Template(cycles, dc, ds, di, moving)
+        self.pos = 0
+        self.n = 0
+        self.on = True
+        return True
+
+    # ------------------------------------------------------------------------------------------
+    # steady: one comparison per event
+    # ------------------------------------------------------------------------------------------
+    def _advance(self) -> None:
+        self.pos += 1
+        if self.pos == len(self.t.events):  # type: ignore[union-attr]
+            self.pos = 0
+            self.n += 1
+            self.periods += 1
+
+    def zero(self, obj: Any, set_to_none: bool) -> bool:
+        e = self.t.events[self.pos]  # type: ignore[union-attr]
+        if e.__class__ is ZeroEvent and e.ref() is obj and e.set_to_none == set_to_none:  # type: ignore[union-attr]
+            self._advance()
+            return True
+        return False
+
+    def step(self, opt: Any, args: tuple, kwargs: dict) -> bool:
+        e = self.t.events[self.pos]  # type: ignore[union-attr]
+        if e.__class__ is not StepEvent or e.ref() is not opt or kwargs or len(args) > 1:  # type: ignore[union-attr]
+            return False
+        st = e.opt  # type: ignore[union-attr]
+        groups = opt.param_groups
+        n = len(groups)
+        if n != st.n_groups or st.n_listed != (len(groups[0]["params"]) if n == 1 else sum(len(g["params"]) for g in groups)):
+            return False
+        if call_site() is not e.site:  # type: ignore[union-attr]
+            return False
+        rec = self.rec
+        log = rec.log
+        if log.n_steps != e.step.index + (self.n + 1) * self.t.ds:  # type: ignore[union-attr]
+            return False
+        st.steps += 1
+        rec.iteration += 1
+        log.n_steps += 1
+        self._advance()
+        return True
+
+    def backward(self, run: Any, t_outputs: Any, args: tuple, kwargs: dict, accumulate: bool) -> Any:
+        try:
+            checked = self._check_call(t_outputs, args, kwargs, accumulate)
+        except Exception as exc:  # a failure of the lens: the full path takes the call
+            self.rec._internal(exc)
+            return NOT_STEADY
+        if checked is None:
+            return NOT_STEADY
+        return self._run_call(run, t_outputs, args, kwargs, *checked)
+
+    def _check_call(self, t_outputs: Any, args: tuple, kwargs: dict, accumulate: bool) -> tuple[Any, ...] | None:
+        """Whether the call about to run is the template's next event: its site, flags, roots."""
+        rec = self.rec
+        e = self.t.events[self.pos]  # type: ignore[union-attr]
+        if e.__class__ is not CallEvent or not accumulate:
+            return None
+        n_args = len(args)
+        retain = bool(args[1]) if n_args > 1 else bool(kwargs.get("keep_graph", False))
+        if (retain != e.retain or (args[2] if n_args > 2 else kwargs.get("create_graph", False))  # type: ignore[union-attr]
+                or (args[3] if n_args > 3 else kwargs.get("inputs")) or rec._inflight or getattr(rec._tls, "steps", None)):
+            return None
+        frame = first_user_frame(sys._getframe(3))
+        if frame is None:
+            return None
+        code = frame.f_code
+        s = rec._frame_sites.get((code.co_filename, frame.f_lineno, code.co_name))
+        del frame, code
+        if s is not e.state:  # type: ignore[union-attr]
+            return None
+        roots = t_outputs if isinstance(t_outputs, (tuple, list)) else (t_outputs,)
+        if len(roots) != e.n_roots:  # type: ignore[union-attr]
+            return None
+        root_key = rec.stamp_keys[1]
+        fn = None
+        for t in roots:
+            g = getattr(t, "grad_fn", None)
+            if g is not None:
+                if g.metadata.get(root_key) is not None:
+                    return None  # a root used before: the full path says what it is
+                if fn is None:
+                    fn = g
+        log = rec.log
+        cid = log.n_calls + 1
+        if cid != e.call.id + (self.n + 1) * self.t.dc:  # type: ignore[union-attr,operator]
+            return None
+        return e, s, retain, roots, fn, cid
+
+    def _run_call(self, run: Any, t_outputs: Any, args: tuple, kwargs: dict, e: CallEvent, s: SiteState, retain: bool,
+                  roots: Any, fn: Any, cid: int) -> Any:
+        """Run a call that matched the template's next event; compare what it reached."""
+        rec = self.rec
+        log = rec.log
+        root_key = rec.stamp_keys[1]
+        log.n_calls = cid
+        prev, occurrence = s.last, s.count
+        s.count += 1
+        s.last = cid
+        collector: list[Any] = []
+        running = (collector, None, threading.get_ident())
+        inflight = rec._inflight
+        tls = rec._tls
+        tls.in_backward = True
+        inflight.append(running)
+        try:
+            result = run(t_outputs, *args, **kwargs)
+        except BaseException as exc:
+            inflight.remove(running)
+            tls.in_backward = False
+            self._off_after(e, s, retain, roots, collector, cid, prev, occurrence, exc)  # type: ignore[arg-type]
+            raise
+        inflight.remove(running)
+        tls.in_backward = False
+        try:
+            same = tuple(map(id, collector)) == e.acc_ids or {id(p) for p in collector} == set(e.acc_ids)
+            if same:
+                for ref, training in e.nets:
+                    m = ref()
+                    if m is None or m.training != training:
+                        same = False
+                        break
+            if same:
+                collector.clear()
+                if fn is not None:
+                    if not retain:
+                        fn.metadata[root_key] = cid
+                    if not occurrence & 3:
+                        call = self._call(e.call, self.n + 1)
+                        found = rec._graphs.track(fn, call)
+                        if found is not None:
+                            rec.sink.held(call, *found)
+                self._advance()
+                return result
+        except Exception as exc:
+            rec._internal(exc)
+        self._off_after(e, s, retain, roots, collector, cid, prev, occurrence, None)
+        return result
+
+    def _off_after(self, e: CallEvent, s: SiteState, retain: bool, roots: Any, collector: list[Any], cid: int,
+                   prev: int, occurrence: int, exc: BaseException | None) -> None:
+        """The call ran and differs from the template (or failed): leave steady cycles before it,
+        then record it as the full path would have after it ran."""
+        rec = self.rec
+        try:
+            self.leave()
+            sink = rec.sink
+            if sink.open_run:
+                sink.close_run()
+            call = BackwardCall(cid, s.site, "backward", s.roots, retain, False, occurrence, prev, rec.iteration,
+                                (), False, set(), (), None, None, None, False, s.site_key)
+            rec.log.add_call(call)
+            params = rec.ledger.params
+            for p in collector:
+                ps = params.get(id(p))
+                if ps is not None:
+                    rec.ledger.accumulated(ps, p, call)
+            walk = rec._steady_walk(s)
+            tensors = [t for t in roots if hasattr(t, "grad_fn")]
+            if exc is not None:
+                call.error = exc_text(exc)
+                if isinstance(exc, Exception) and not getattr(exc, "_autograd_lens_explained", False):
+                    rec.guard(sink.explain_error)(exc, s.site, call=call, walk=walk, roots=tensors, names={})
+            else:
+                rec._after_call(call, walk, tensors, s, retain)
+        except Exception as err:
+            rec._internal(err)
+        finally:
+            collector.clear()
+
+    # ------------------------------------------------------------------------------------------
+    # leaving: the state the full path would have made
+    # ------------------------------------------------------------------------------------------
+    def _call(self, c: BackwardCall, m: int) -> BackwardCall:
+        t = self.t
+        assert t is not None
+        d = m * t.dc
+        return BackwardCall(c.id + d, c.site, c.kind, c.roots, c.retain_graph, c.create_graph,
+                            c.occurrence + m * t.occ.get(id(self._state_of(c)), 0), c.prev + d if c.prev else 0,
+                            c.iteration + m * t.di, c.eval_nets, c.all_eval, c.reached, c.networks, None, None,
+                            c.within, False, c.site_key)
+
+    def _state_of(self, c: BackwardCall) -> Any:
+        return self.rec._sites.get((c.site.file, c.site.line))
+
+    def _step(self, e: StepEvent, m: int, settled: bool) -> OptimizerStep:
+        t = self.t
+        assert t is not None
+        d = m * t.dc
+        s = e.step
+        if settled:
+            step = OptimizerStep(s.index + m * t.ds, s.optimizer, s.optimizer_key, s.site, {}, {}, s.n_params,
+                                 False, s.manual, [])
+            step.sources, step.stepped = s.sources, s.stepped
+            return step
+        interned = self.rec.ledger._interned
+        shifted: dict[int, tuple[int, ...]] = {}
+        groups = []
+        for prov, pids in e.groups:
+            new = tuple(c + d for c in prov)
+            new = interned.setdefault(new, new)
+            groups.append((new, list(pids)))
+            for pid in pids:
+                shifted[pid] = new
+        return OptimizerStep(s.index + m * t.ds, s.optimizer, s.optimizer_key, s.site, shifted, {}, s.n_params,
+                             False, s.manual, groups)
+
+    def leave(self) -> None:
+        """Make the state the full path would have made by now, and take the full path again."""
+        if not self.on:
+            return
+        self.on = False
+        self.leaves += 1
+        if self.leaves > 64:
+            self.off = True  # a loop that keeps changing: not worth the captures
+        rec = self.rec
+        t = self.t
+        assert t is not None
+        n, pos = self.n, self.pos
+        log, ledger, sink = rec.log, rec.ledger, rec.sink
+        n_calls, n_steps = log.n_calls, log.n_steps
+        touched: set[int] = set()
+        # the ledgers at the start of this period
+        d = n * t.dc
+        interned = ledger._interned
+        for pid, (led, applied, holding) in t.moving.items():
+            ps = ledger.params.get(pid)
+            if ps is None:
+                continue
+            ps.ledger = [c + d for c in led]
+            new_applied = {}
+            for k, prov in applied.items():
+                shifted = tuple(c + d for c in prov)
+                new_applied[k] = interned.setdefault(shifted, shifted)
+            ps.applied = new_applied
+            if holding:
+                ledger.holding.add(pid)
+            else:
+                ledger.holding.discard(pid)
+            touched.add(pid)
+        # the calls and steps of the last period (the earlier ones in the totals), the open run
+        last = t.last_cycle
+        pending: list[BackwardCall] = []
+        run: list[OptimizerStep] = []
+        # as many periods as the log keeps one by one are made; the earlier ones are counted
+        kept = min(n, max(-(-log.window // t.dc), -(-log.window // t.ds)) + 1)
+        if n > kept:
+            log.repeat_totals([e.call for e in t.events if isinstance(e, CallEvent)],
+                              [e.step for e in t.events if isinstance(e, StepEvent)], n - kept)
+        for m in range(n - kept + 1, n + 1) if n else (0,):
+            for e in t.events:
+                is_last = m == n and id(e) in last
+                if n == 0 and not is_last:
+                    continue
+                if isinstance(e, CallEvent):
+                    call = self._call(e.call, m)
+                    log.add_call(call)
+                    if is_last and call.reached:
+                        pending.append(call)
+                elif isinstance(e, StepEvent):
+                    step = self._step(e, m, settled=not is_last)
+                    log.add_step(step)
+                    if is_last:
+                        run.append(step)
+                    else:
+                        log.settle_step(step)
+        sink.resume(pending, run)
+        # the events of this period so far
+        for e in t.events[:pos]:
+            if isinstance(e, ZeroEvent):
+                ledger.zeroed(e.pids)
+                touched.update(e.pids)
+            elif isinstance(e, CallEvent):
+                if sink.open_run:
+                    sink.close_run()
+                call = self._call(e.call, n + 1)
+                log.add_call(call)
+                for pid, fresh in e.acc:
+                    ps = ledger.params.get(pid)
+                    if ps is None:
+                        continue
+                    if fresh:
+                        ps.ledger = [call.id]
+                    else:
+                        ps.ledger.append(call.id)
+                        if len(ps.ledger) > MAX_LEDGER:
+                            del ps.ledger[: -MAX_LEDGER // 2]
+                    ledger.holding.add(pid)
+                    touched.add(pid)
+                sink.after_backward(call, rec._steady_walk(e.state))
+            else:
+                step = self._step(e, n + 1, settled=False)
+                for pid, prov in step.provenance.items():
+                    ps = ledger.params.get(pid)
+                    if ps is not None:
+                        ps.applied[e.key] = prov
+                log.add_step(step)
+                sink.on_step(step)
+        log.n_calls, log.n_steps = n_calls, n_steps
+        # each `.grad` as the full path last saw it
+        for pid in touched:
+            ps = ledger.params.get(pid)
+            p = ps.ref() if ps is not None else None
+            g = p.grad if p is not None else None
+            if g is not None and pid in ledger.holding:
+                ps.grad_ref = weakref.ref(g)  # type: ignore[union-attr]
+                ps.grad_version = g._version  # type: ignore[union-attr]
+            elif ps is not None:
+                ps.grad_ref = None
+        self.t = None
+        self.ok = False
+        self.cycle, self.events = [], []
+        self.cycles.clear()
