@@ -187,10 +187,29 @@ class Recorder:
             self._probe = torch.zeros(1, requires_grad=True)
         self.reg.first_seq = self._seq_now_always()
         g = self.guard
+        steady = self.steady
+        slow_pre, slow_post, slow_zero = g(self._on_step_pre), g(self._on_step_post), g(self._on_zero_grad)
+
+        # a steady loop's step and zero_grad: one comparison with its period (see :mod:`steady`)
+        def step_pre(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+            if steady.on and steady.step(opt, args, kwargs):
+                return None
+            return slow_pre(opt, args, kwargs)
+
+        def step_post(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+            if steady.on:
+                return None  # no closure ran, and past the detail: nothing to record
+            return slow_post(opt, args, kwargs)
+
+        def zero_grad(obj: Any, set_to_none: bool) -> None:
+            if steady.on and steady.zero(obj, set_to_none):
+                return None
+            return slow_zero(obj, set_to_none)
+
         try:
-            patch_backward(self.hooks, self._on_engine, self._on_api)
-            register_global_optimizer_hooks(self.hooks, g(self._on_step_pre), g(self._on_step_post))
-            patch_zero_grad(self.hooks, g(self._on_zero_grad))
+            patch_backward(self.hooks, self._on_engine, self._on_api, self._on_api_error)
+            register_global_optimizer_hooks(self.hooks, step_pre, step_post)
+            patch_zero_grad(self.hooks, zero_grad)
             patch_optimizer_init(self.hooks, g(self._on_new_optimizer))
             watch_warnings(self.hooks, g(self._on_warning))
             self._modules_on()
@@ -446,6 +465,12 @@ class Recorder:
             if not self.closed and not getattr(exc, "_autograd_lens_explained", False):
                 self.guard(self._explain_api_error)(exc, args, kwargs)
             raise
+
+    def _on_api_error(self, exc: Exception, kind: str, args: tuple, kwargs: dict) -> None:
+        """`torch.autograd.backward`/`grad` failed (before the engine ran, or in it: then it is
+        explained already)."""
+        if not self.closed and not getattr(exc, "_autograd_lens_explained", False) and not self.aside():
+            self.guard(self._explain_api_error)(exc, args, kwargs)
 
     def _explain_api_error(self, exc: Exception, args: tuple, kwargs: dict) -> None:
         """An error raised before the engine ran (e.g. a non-scalar root without `gradient=`)."""
@@ -885,9 +910,7 @@ class Recorder:
             return
         steady = self.steady
         if steady.on:
-            if steady.zero(obj, set_to_none):
-                return
-            self.leave_steady()
+            self.leave_steady()  # (the event did not match: see `install`)
         if self._manual_on:
             self._note_manual_updates(call_site())
         if isinstance(obj, torch.nn.Module):
@@ -907,9 +930,7 @@ class Recorder:
             return
         steady = self.steady
         if steady.on:
-            if steady.step(opt, args, kwargs):
-                return
-            self.leave_steady()
+            self.leave_steady()  # (the event did not match: see `install`)
         st = self.reg.opts.get(id(opt))
         if st is None or st.ref() is not opt:
             st = self.opt_for(opt)

@@ -37,9 +37,11 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from .events import BackwardCall, OptimizerStep
 from .ledger import MAX_LEDGER
-from .sites import call_site, exc_text, first_user_frame
+from .sites import exc_text, machinery_frame
 from .walk import WalkResult
 
 if TYPE_CHECKING:
@@ -65,7 +67,7 @@ class ZeroEvent:
 
 
 class CallEvent:
-    __slots__ = ("state", "retain", "n_roots", "acc", "acc_ids", "call", "nets")
+    __slots__ = ("state", "retain", "n_roots", "acc", "acc_ids", "call", "nets", "depth", "code", "line")
 
     def __init__(self, state: SiteState, retain: bool, n_roots: int, call: BackwardCall) -> None:
         self.state = state
@@ -75,10 +77,13 @@ class CallEvent:
         self.acc: tuple[tuple[int, bool], ...] = ()  # (parameter id, its ledger started anew), in order
         self.acc_ids: tuple[int, ...] = ()
         self.nets: tuple[tuple[weakref.ref, bool], ...] = ()  # networks reached, and their `training`
+        self.depth = 0  # the user's frame: how far up the steady handler's caller, its code and line
+        self.code: Any = None
+        self.line = 0
 
 
 class StepEvent:
-    __slots__ = ("ref", "key", "site", "opt", "step", "provenance", "groups")
+    __slots__ = ("ref", "key", "site", "opt", "step", "provenance", "groups", "depth", "code", "line")
 
     def __init__(self, opt: Any, st: OptInfo, step: OptimizerStep) -> None:
         self.ref = weakref.ref(opt)
@@ -88,9 +93,57 @@ class StepEvent:
         self.step = step  # settled by the judge later: its sources and stepped parameters
         self.provenance = dict(step.provenance)  # as it was before the judge settled it
         self.groups = [(prov, list(pids)) for prov, pids in step.groups]
+        self.depth = 0
+        self.code: Any = None
+        self.line = 0
 
 
 Event = ZeroEvent | CallEvent | StepEvent
+
+
+class _Tagged:
+    """What the graph tracker reads of a call (a steady call has no object of its own)."""
+
+    __slots__ = ("site", "id", "iteration", "retain_graph")
+
+    def __init__(self, site: Any, id: int, iteration: int, retain_graph: bool) -> None:  # noqa: A002
+        self.site, self.id, self.iteration, self.retain_graph = site, id, iteration, retain_graph
+
+
+#: Whether the user's code runs under a JIT trace, a TorchDispatchMode or torch.compile now: then
+#: the full path decides (it steps aside).
+_TRACING = getattr(torch._C, "_get_tracing_state", None)
+_DISPATCH_DEPTH = getattr(torch._C, "_len_torch_dispatch_stack", None)
+_IS_COMPILING = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+
+
+def _busy() -> bool:
+    return bool((_TRACING is not None and _TRACING() is not None) or (_DISPATCH_DEPTH is not None and _DISPATCH_DEPTH())
+                or (_IS_COMPILING is not None and _IS_COMPILING()))
+
+
+def _same_caller(e: CallEvent | StepEvent, skip: int) -> bool:
+    """Whether the user's line that made this event is the template's: the frame as far up as the
+    first time (found then by skipping the lens's, torch's and frameworks' frames)."""
+    if e.depth:
+        try:
+            f = sys._getframe(e.depth + skip)
+        except ValueError:
+            return False
+        return f.f_code is e.code and f.f_lineno == e.line
+    f = sys._getframe(skip + 1)
+    depth = 1
+    while f is not None and machinery_frame(f):
+        f = f.f_back
+        depth += 1
+    if f is None:
+        return False
+    code = f.f_code
+    site = e.site if isinstance(e, StepEvent) else e.state.site
+    if (code.co_filename, f.f_lineno, code.co_name) != (site.file, site.line, site.function):
+        return False
+    e.depth, e.code, e.line = depth, code, f.f_lineno
+    return True
 
 
 def _signature(e: Event) -> tuple[Any, ...]:
@@ -311,86 +364,84 @@ class Steady:
             self.periods += 1
 
     def zero(self, obj: Any, set_to_none: bool) -> bool:
-        e = self.t.events[self.pos]  # type: ignore[union-attr]
-        if e.__class__ is ZeroEvent and e.ref() is obj and e.set_to_none == set_to_none:  # type: ignore[union-attr]
+        """``zero_grad()`` of ``obj``: True when it is the template's next event (and so counted)."""
+        try:
+            e = self.t.events[self.pos]  # type: ignore[union-attr]
+            if (e.__class__ is not ZeroEvent or e.ref() is not obj or e.set_to_none != set_to_none  # type: ignore[union-attr]
+                    or _busy()):
+                return False
             self._advance()
             return True
-        return False
+        except Exception as exc:
+            self.rec._internal(exc)
+            return False
 
     def step(self, opt: Any, args: tuple, kwargs: dict) -> bool:
-        e = self.t.events[self.pos]  # type: ignore[union-attr]
-        if e.__class__ is not StepEvent or e.ref() is not opt or kwargs or len(args) > 1:  # type: ignore[union-attr]
+        """``opt.step()`` about to run: True when it is the template's next event (and so counted)."""
+        try:
+            e = self.t.events[self.pos]  # type: ignore[union-attr]
+            if e.__class__ is not StepEvent or e.ref() is not opt or kwargs or len(args) > 1 or _busy():  # type: ignore[union-attr]
+                return False
+            st = e.opt  # type: ignore[union-attr]
+            groups = opt.param_groups
+            n = len(groups)
+            if n != st.n_groups or st.n_listed != (len(groups[0]["params"]) if n == 1 else sum(len(g["params"]) for g in groups)):
+                return False
+            if not _same_caller(e, 1):
+                return False
+            rec = self.rec
+            log = rec.log
+            t = self.t
+            if log.n_steps != e.step.index + (self.n + 1) * t.ds:  # type: ignore[union-attr]
+                return False
+            st.steps += 1
+            rec.iteration += 1
+            log.n_steps += 1
+            self.pos += 1
+            if self.pos == len(t.events):  # type: ignore[union-attr]
+                self.pos = 0
+                self.n += 1
+                self.periods += 1
+            return True
+        except Exception as exc:
+            self.rec._internal(exc)
             return False
-        st = e.opt  # type: ignore[union-attr]
-        groups = opt.param_groups
-        n = len(groups)
-        if n != st.n_groups or st.n_listed != (len(groups[0]["params"]) if n == 1 else sum(len(g["params"]) for g in groups)):
-            return False
-        if call_site() is not e.site:  # type: ignore[union-attr]
-            return False
-        rec = self.rec
-        log = rec.log
-        if log.n_steps != e.step.index + (self.n + 1) * self.t.ds:  # type: ignore[union-attr]
-            return False
-        st.steps += 1
-        rec.iteration += 1
-        log.n_steps += 1
-        self._advance()
-        return True
 
     def backward(self, run: Any, t_outputs: Any, args: tuple, kwargs: dict, accumulate: bool) -> Any:
+        """A backward call about to run: when it is the template's next event, run it, compare what
+        it reached with the template and count it; else :data:`NOT_STEADY` (it has not run)."""
+        rec = self.rec
         try:
-            checked = self._check_call(t_outputs, args, kwargs, accumulate)
+            e = self.t.events[self.pos]  # type: ignore[union-attr]
+            if e.__class__ is not CallEvent or not accumulate:
+                return NOT_STEADY
+            n_args = len(args)
+            retain = bool(args[1]) if n_args > 1 else bool(kwargs.get("keep_graph", False))
+            if (retain != e.retain or (args[2] if n_args > 2 else kwargs.get("create_graph", False))  # type: ignore[union-attr]
+                    or (args[3] if n_args > 3 else kwargs.get("inputs")) or rec._inflight or getattr(rec._tls, "steps", None)):
+                return NOT_STEADY
+            if not _same_caller(e, 1):
+                return NOT_STEADY
+            s = e.state  # type: ignore[union-attr]
+            roots = t_outputs if isinstance(t_outputs, (tuple, list)) else (t_outputs,)
+            if len(roots) != e.n_roots:  # type: ignore[union-attr]
+                return NOT_STEADY
+            root_key = rec.stamp_keys[1]
+            fn = None
+            for t in roots:
+                g = t.grad_fn
+                if g is not None:
+                    if g.metadata.get(root_key) is not None:
+                        return NOT_STEADY  # a root used before: the full path says what it is
+                    if fn is None:
+                        fn = g
+            log = rec.log
+            cid = log.n_calls + 1
+            if cid != e.call.id + (self.n + 1) * self.t.dc:  # type: ignore[union-attr,operator]
+                return NOT_STEADY
         except Exception as exc:  # a failure of the lens: the full path takes the call
-            self.rec._internal(exc)
+            rec._internal(exc)
             return NOT_STEADY
-        if checked is None:
-            return NOT_STEADY
-        return self._run_call(run, t_outputs, args, kwargs, *checked)
-
-    def _check_call(self, t_outputs: Any, args: tuple, kwargs: dict, accumulate: bool) -> tuple[Any, ...] | None:
-        """Whether the call about to run is the template's next event: its site, flags, roots."""
-        rec = self.rec
-        e = self.t.events[self.pos]  # type: ignore[union-attr]
-        if e.__class__ is not CallEvent or not accumulate:
-            return None
-        n_args = len(args)
-        retain = bool(args[1]) if n_args > 1 else bool(kwargs.get("keep_graph", False))
-        if (retain != e.retain or (args[2] if n_args > 2 else kwargs.get("create_graph", False))  # type: ignore[union-attr]
-                or (args[3] if n_args > 3 else kwargs.get("inputs")) or rec._inflight or getattr(rec._tls, "steps", None)):
-            return None
-        frame = first_user_frame(sys._getframe(3))
-        if frame is None:
-            return None
-        code = frame.f_code
-        s = rec._frame_sites.get((code.co_filename, frame.f_lineno, code.co_name))
-        del frame, code
-        if s is not e.state:  # type: ignore[union-attr]
-            return None
-        roots = t_outputs if isinstance(t_outputs, (tuple, list)) else (t_outputs,)
-        if len(roots) != e.n_roots:  # type: ignore[union-attr]
-            return None
-        root_key = rec.stamp_keys[1]
-        fn = None
-        for t in roots:
-            g = getattr(t, "grad_fn", None)
-            if g is not None:
-                if g.metadata.get(root_key) is not None:
-                    return None  # a root used before: the full path says what it is
-                if fn is None:
-                    fn = g
-        log = rec.log
-        cid = log.n_calls + 1
-        if cid != e.call.id + (self.n + 1) * self.t.dc:  # type: ignore[union-attr,operator]
-            return None
-        return e, s, retain, roots, fn, cid
-
-    def _run_call(self, run: Any, t_outputs: Any, args: tuple, kwargs: dict, e: CallEvent, s: SiteState, retain: bool,
-                  roots: Any, fn: Any, cid: int) -> Any:
-        """Run a call that matched the template's next event; compare what it reached."""
-        rec = self.rec
-        log = rec.log
-        root_key = rec.stamp_keys[1]
         log.n_calls = cid
         prev, occurrence = s.last, s.count
         s.count += 1
@@ -411,9 +462,9 @@ class Steady:
         inflight.remove(running)
         tls.in_backward = False
         try:
-            same = tuple(map(id, collector)) == e.acc_ids or {id(p) for p in collector} == set(e.acc_ids)
+            same = tuple(map(id, collector)) == e.acc_ids or {id(p) for p in collector} == set(e.acc_ids)  # type: ignore[union-attr]
             if same:
-                for ref, training in e.nets:
+                for ref, training in e.nets:  # type: ignore[union-attr]
                     m = ref()
                     if m is None or m.training != training:
                         same = False
@@ -424,16 +475,23 @@ class Steady:
                     if not retain:
                         fn.metadata[root_key] = cid
                     if not occurrence & 3:
-                        call = self._call(e.call, self.n + 1)
-                        found = rec._graphs.track(fn, call)
-                        if found is not None:
-                            rec.sink.held(call, *found)
+                        self._track(fn, e, cid)  # type: ignore[arg-type]
                 self._advance()
                 return result
         except Exception as exc:
             rec._internal(exc)
-        self._off_after(e, s, retain, roots, collector, cid, prev, occurrence, None)
+        self._off_after(e, s, retain, roots, collector, cid, prev, occurrence, None)  # type: ignore[arg-type]
         return result
+
+    def _track(self, fn: Any, e: CallEvent, cid: int) -> None:
+        """Tag the graph, as the full path does for one call in four (graphs kept alive)."""
+        m = self.n + 1
+        t = self.t
+        c = e.call
+        tag = _Tagged(c.site, cid, c.iteration + m * t.di, c.retain_graph)  # type: ignore[union-attr]
+        found = self.rec._graphs.track(fn, tag)  # type: ignore[arg-type]
+        if found is not None:
+            self.rec.sink.held(self._call(c, m), *found)
 
     def _off_after(self, e: CallEvent, s: SiteState, retain: bool, roots: Any, collector: list[Any], cid: int,
                    prev: int, occurrence: int, exc: BaseException | None) -> None:

@@ -24,11 +24,16 @@ BACKWARD_ENGINE_AVAILABLE = callable(getattr(torch.autograd.graph, "_engine_run_
 
 # on_engine(run, t_outputs, args, kwargs, accumulate_grad) -> result
 EngineHandler = Callable[[Callable[..., Any], Any, tuple, dict, bool], Any]
-# on_api(run, kind, args, kwargs) -> result
+# on_api(run, kind, args, kwargs) -> result (without the engine entry point: the whole call)
 ApiHandler = Callable[[Callable[..., Any], str, tuple, dict], Any]
+# on_api_error(exc, kind, args, kwargs) (with it: an error raised before the engine ran)
+ApiErrorHandler = Callable[[Exception, str, tuple, dict], None]
 
 
-def patch_backward(hooks: HookSet, on_engine: EngineHandler, on_api: ApiHandler) -> None:
+def patch_backward(hooks: HookSet, on_engine: EngineHandler, on_api: ApiHandler, on_api_error: ApiErrorHandler) -> None:
+    orig_backward = torch.autograd.backward
+    orig_grad = torch.autograd.grad
+
     if BACKWARD_ENGINE_AVAILABLE:
         orig = torch.autograd.graph._engine_run_backward
 
@@ -40,16 +45,31 @@ def patch_backward(hooks: HookSet, on_engine: EngineHandler, on_api: ApiHandler)
         if getattr(torch.autograd, "_engine_run_backward", None) is orig:
             hooks.patch(torch.autograd, "_engine_run_backward", engine)
 
-    orig_backward = torch.autograd.backward
-    orig_grad = torch.autograd.grad
+        # the engine sees the calls: the public functions only report what fails before it runs
+        @functools.wraps(orig_backward)
+        def backward(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return orig_backward(*args, **kwargs)
+            except Exception as exc:
+                on_api_error(exc, "backward", args, kwargs)
+                raise
 
-    @functools.wraps(orig_backward)
-    def backward(*args: Any, **kwargs: Any) -> Any:
-        return on_api(orig_backward, "backward", args, kwargs)
+        @functools.wraps(orig_grad)
+        def grad(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return orig_grad(*args, **kwargs)
+            except Exception as exc:
+                on_api_error(exc, "grad", args, kwargs)
+                raise
+    else:
 
-    @functools.wraps(orig_grad)
-    def grad(*args: Any, **kwargs: Any) -> Any:
-        return on_api(orig_grad, "grad", args, kwargs)
+        @functools.wraps(orig_backward)
+        def backward(*args: Any, **kwargs: Any) -> Any:
+            return on_api(orig_backward, "backward", args, kwargs)
+
+        @functools.wraps(orig_grad)
+        def grad(*args: Any, **kwargs: Any) -> Any:
+            return on_api(orig_grad, "grad", args, kwargs)
 
     hooks.patch(torch.autograd, "backward", backward)
     hooks.patch(torch.autograd, "grad", grad)
