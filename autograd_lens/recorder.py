@@ -483,15 +483,16 @@ class Recorder:
         self.sink.explain_error(exc, site, roots=roots, names=names)
 
     def _on_engine(self, run: Callable[..., Any], t_outputs: Any, args: tuple, kwargs: dict, accumulate: bool) -> Any:
+        steady = self.steady
+        if steady.on:  # a steady loop: one comparison with its period (it checks what follows)
+            result = steady.backward(run, t_outputs, args, kwargs, accumulate)
+            if result is not NOT_STEADY:
+                return result
         if getattr(self._tls, "in_backward", False) or self.closed or _inside_backward() or self.aside():
             # a backward started from inside another one (reentrant checkpointing, hooks):
             # part of the outer call
             return run(t_outputs, *args, **kwargs)
-        steady = self.steady
         if steady.on:
-            result = steady.backward(run, t_outputs, args, kwargs, accumulate)
-            if result is not NOT_STEADY:
-                return result
             self.leave_steady()
         n = len(args)
         retain = bool(args[1]) if n > 1 else bool(kwargs.get("keep_graph", False))

@@ -115,6 +115,7 @@ class _Tagged:
 _TRACING = getattr(torch._C, "_get_tracing_state", None)
 _DISPATCH_DEPTH = getattr(torch._C, "_len_torch_dispatch_stack", None)
 _IS_COMPILING = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+_GRAPH_TASK = getattr(torch._C, "_current_graph_task_id", None) or (lambda: -1)
 
 
 def _busy() -> bool:
@@ -413,16 +414,17 @@ class Steady:
         rec = self.rec
         try:
             e = self.t.events[self.pos]  # type: ignore[union-attr]
-            if e.__class__ is not CallEvent or not accumulate:
+            if e.__class__ is not CallEvent or not accumulate or rec._inflight or _GRAPH_TASK() != -1 or _busy():
+                return NOT_STEADY  # not the next event, or a call inside another one, or not watched
+            if len(args) == 4:  # (grad_tensors, retain_graph, create_graph, inputs), as torch passes them
+                retain, create_graph, inputs = bool(args[1]), args[2], args[3]
+            else:
+                n_args = len(args)
+                retain = bool(args[1]) if n_args > 1 else bool(kwargs.get("keep_graph", False))
+                create_graph = args[2] if n_args > 2 else kwargs.get("create_graph", False)
+                inputs = args[3] if n_args > 3 else kwargs.get("inputs")
+            if retain != e.retain or create_graph or inputs or not _same_caller(e, 1):  # type: ignore[union-attr]
                 return NOT_STEADY
-            n_args = len(args)
-            retain = bool(args[1]) if n_args > 1 else bool(kwargs.get("keep_graph", False))
-            if (retain != e.retain or (args[2] if n_args > 2 else kwargs.get("create_graph", False))  # type: ignore[union-attr]
-                    or (args[3] if n_args > 3 else kwargs.get("inputs")) or rec._inflight or getattr(rec._tls, "steps", None)):
-                return NOT_STEADY
-            if not _same_caller(e, 1):
-                return NOT_STEADY
-            s = e.state  # type: ignore[union-attr]
             roots = t_outputs if isinstance(t_outputs, (tuple, list)) else (t_outputs,)
             if len(roots) != e.n_roots:  # type: ignore[union-attr]
                 return NOT_STEADY
@@ -436,12 +438,14 @@ class Steady:
                     if fn is None:
                         fn = g
             log = rec.log
+            tmpl = self.t
             cid = log.n_calls + 1
-            if cid != e.call.id + (self.n + 1) * self.t.dc:  # type: ignore[union-attr,operator]
+            if cid != e.call.id + (self.n + 1) * tmpl.dc:  # type: ignore[union-attr,operator]
                 return NOT_STEADY
         except Exception as exc:  # a failure of the lens: the full path takes the call
             rec._internal(exc)
             return NOT_STEADY
+        s = e.state  # type: ignore[union-attr]
         log.n_calls = cid
         prev, occurrence = s.last, s.count
         s.count += 1
@@ -462,7 +466,8 @@ class Steady:
         inflight.remove(running)
         tls.in_backward = False
         try:
-            same = tuple(map(id, collector)) == e.acc_ids or {id(p) for p in collector} == set(e.acc_ids)  # type: ignore[union-attr]
+            same = self.on and (tuple(map(id, collector)) == e.acc_ids  # type: ignore[union-attr]
+                                or {id(p) for p in collector} == set(e.acc_ids))  # type: ignore[union-attr]
             if same:
                 for ref, training in e.nets:  # type: ignore[union-attr]
                     m = ref()
@@ -476,7 +481,11 @@ class Steady:
                         fn.metadata[root_key] = cid
                     if not occurrence & 3:
                         self._track(fn, e, cid)  # type: ignore[arg-type]
-                self._advance()
+                self.pos += 1
+                if self.pos == len(tmpl.events):
+                    self.pos = 0
+                    self.n += 1
+                    self.periods += 1
                 return result
         except Exception as exc:
             rec._internal(exc)
