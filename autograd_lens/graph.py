@@ -609,7 +609,7 @@ def _capture(
             mine = edges[first_edge:]
             if len(set(mine)) != len(mine):  # the same input twice (x * x): one edge
                 edges[first_edge:] = list(dict.fromkeys(mine))
-    del fn, nexts, pending, roots
+    fn = nexts = pending = roots = None  # no node object outlives the capture
     outputs: list[Output] = []
     it = iter(root_ids)
     for i, t in enumerate(tensors):
