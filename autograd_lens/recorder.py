@@ -207,7 +207,7 @@ class Recorder:
             return slow_zero(obj, set_to_none)
 
         try:
-            patch_backward(self.hooks, self._on_engine, self._on_api, self._on_api_error)
+            patch_backward(self.hooks, steady.engine, self._on_api, self._on_api_error)
             register_global_optimizer_hooks(self.hooks, step_pre, step_post)
             patch_zero_grad(self.hooks, zero_grad)
             patch_optimizer_init(self.hooks, g(self._on_new_optimizer))
@@ -483,11 +483,9 @@ class Recorder:
         self.sink.explain_error(exc, site, roots=roots, names=names)
 
     def _on_engine(self, run: Callable[..., Any], t_outputs: Any, args: tuple, kwargs: dict, accumulate: bool) -> Any:
+        """Every backward call, once :meth:`steady.Steady.engine` found it is not a steady loop's next
+        event."""
         steady = self.steady
-        if steady.on:  # a steady loop: one comparison with its period (it checks what follows)
-            result = steady.backward(run, t_outputs, args, kwargs, accumulate)
-            if result is not NOT_STEADY:
-                return result
         if getattr(self._tls, "in_backward", False) or self.closed or _inside_backward() or self.aside():
             # a backward started from inside another one (reentrant checkpointing, hooks):
             # part of the outer call
@@ -506,12 +504,8 @@ class Recorder:
                 self._internal(exc)
                 return go()
             if prepared is NOT_STEADY:  # the loop went steady with this call
-                result = steady.backward(run, t_outputs, args, kwargs, accumulate)
-                if result is not NOT_STEADY:
-                    return result
-                self.leave_steady()
-                prepared = self._before_steady_backward(t_outputs, retain, create_graph)
-            if prepared is not None and prepared is not NOT_STEADY:
+                return steady.engine(run, t_outputs, args, kwargs, accumulate, entry=True)
+            if prepared is not None:
                 return self._run_backward(go, *prepared, steady=True)
         steady.broken()
         return self._backward(go, t_outputs, retain, accumulate, create_graph=create_graph, inputs=inputs)

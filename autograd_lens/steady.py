@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 #: Longest period looked for, in cycles.
 MAX_PERIOD = 8
 
-#: What a steady handler returns when the event did not match (the full path takes it).
+#: What the recorder's check of a backward call returns when the loop goes steady with that call.
 NOT_STEADY = object()
 
 
@@ -408,14 +408,19 @@ class Steady:
             self.rec._internal(exc)
             return False
 
-    def backward(self, run: Any, t_outputs: Any, args: tuple, kwargs: dict, accumulate: bool) -> Any:
-        """A backward call about to run: when it is the template's next event, run it, compare what
-        it reached with the template and count it; else :data:`NOT_STEADY` (it has not run)."""
+    def engine(self, run: Any, t_outputs: Any, args: tuple, kwargs: dict, accumulate: bool, entry: bool = False) -> Any:
+        """The backward hook (every call goes through it): when the call is the template's next
+        event, run it, compare what it reached with the template and count it; else the recorder's
+        full path takes it (``Recorder._on_engine``). ``entry``: the call the loop goes steady with
+        (its site was just found by the full path)."""
         rec = self.rec
+        if not self.on:
+            return rec._on_engine(run, t_outputs, args, kwargs, accumulate)
         try:
             e = self.t.events[self.pos]  # type: ignore[union-attr]
             if e.__class__ is not CallEvent or not accumulate or rec._inflight or _GRAPH_TASK() != -1 or _busy():
-                return NOT_STEADY  # not the next event, or a call inside another one, or not watched
+                return rec._on_engine(run, t_outputs, args, kwargs, accumulate)  # not the next event, or
+                # a call inside another one, or not watched
             if len(args) == 4:  # (grad_tensors, retain_graph, create_graph, inputs), as torch passes them
                 retain, create_graph, inputs = bool(args[1]), args[2], args[3]
             else:
@@ -423,28 +428,29 @@ class Steady:
                 retain = bool(args[1]) if n_args > 1 else bool(kwargs.get("keep_graph", False))
                 create_graph = args[2] if n_args > 2 else kwargs.get("create_graph", False)
                 inputs = args[3] if n_args > 3 else kwargs.get("inputs")
-            if retain != e.retain or create_graph or inputs or not _same_caller(e, 1):  # type: ignore[union-attr]
-                return NOT_STEADY
+            matched = retain == e.retain and not create_graph and not inputs and (entry or _same_caller(e, 1))  # type: ignore[union-attr]
             roots = t_outputs if isinstance(t_outputs, (tuple, list)) else (t_outputs,)
-            if len(roots) != e.n_roots:  # type: ignore[union-attr]
-                return NOT_STEADY
+            matched = matched and len(roots) == e.n_roots  # type: ignore[union-attr]
             root_key = rec.stamp_keys[1]
             fn = None
-            for t in roots:
-                g = t.grad_fn
-                if g is not None:
-                    if g.metadata.get(root_key) is not None:
-                        return NOT_STEADY  # a root used before: the full path says what it is
-                    if fn is None:
-                        fn = g
+            if matched:
+                for t in roots:
+                    g = t.grad_fn
+                    if g is not None:
+                        if g.metadata.get(root_key) is not None:
+                            matched = False  # a root used before: the full path says what it is
+                            break
+                        if fn is None:
+                            fn = g
             log = rec.log
             tmpl = self.t
             cid = log.n_calls + 1
-            if cid != e.call.id + (self.n + 1) * tmpl.dc:  # type: ignore[union-attr,operator]
-                return NOT_STEADY
+            matched = matched and cid == e.call.id + (self.n + 1) * tmpl.dc  # type: ignore[union-attr,operator]
         except Exception as exc:  # a failure of the lens: the full path takes the call
             rec._internal(exc)
-            return NOT_STEADY
+            matched = False
+        if not matched:
+            return rec._on_engine(run, t_outputs, args, kwargs, accumulate)
         s = e.state  # type: ignore[union-attr]
         log.n_calls = cid
         prev, occurrence = s.last, s.count
