@@ -177,6 +177,7 @@ class Recorder:
         self._graphs = GraphTracker(f"autograd_lens.{serial}.alive")
         # a loop that repeats its events is compared with its period instead of recorded in full
         self.steady = Steady(self)
+        self._acc_hooks: dict[int, tuple[Any, Callable[[torch.Tensor], None]]] = {}  # param id -> (handle, hook)
 
     # ------------------------------------------------------------------------------------------
     # installing and removing
@@ -859,9 +860,22 @@ class Recorder:
         st = self.ledger.add(p)
         if st is not None and p.requires_grad and p.is_leaf:
             try:
-                self.hooks.add(p.register_post_accumulate_grad_hook(self._accumulation_hook(st)))
+                hook = self._accumulation_hook(st)
+                handle = self.hooks.add(p.register_post_accumulate_grad_hook(hook))
             except RuntimeError:
-                pass
+                return
+            if len(self._acc_hooks) > 4 * len(self.ledger.params) + 64:  # those of dead parameters
+                self._acc_hooks = {k: v for k, v in self._acc_hooks.items() if v[0].hooks_dict_ref() is not None}
+            self._acc_hooks[id(p)] = (handle, hook)
+
+    def accumulations_to(self, target: Callable[[torch.Tensor], Any] | None) -> None:
+        """Each parameter's hook calls ``target`` instead (the steady cycles' ``list.append``: no
+        Python frame per accumulation), or its own function again (None). The hook keeps its place
+        among the parameter's hooks, also on a parameter frozen meanwhile."""
+        for handle, hook in self._acc_hooks.values():
+            hooks = handle.hooks_dict_ref()
+            if hooks is not None and handle.id in hooks:
+                hooks[handle.id] = hook if target is None else target
 
     def _accumulation_hook(self, st: ParamState) -> Callable[[torch.Tensor], None]:
         """The hook of one parameter: a backward added its gradient to ``p.grad``, one more call in

@@ -214,6 +214,8 @@ class Steady:
         self.pos = 0  # next event of the template
         self.n = 0  # periods completed while steady
         self.enters = 0
+        # the parameters each steady call accumulated into (their hooks append to it while steady)
+        self.acc: list[Any] = []
         self.leaves = 0
         self.periods = 0  # periods run steady in this watch, all told
 
@@ -352,6 +354,7 @@ class Steady:
         self.pos = 0
         self.n = 0
         self.on = True
+        rec.accumulations_to(self.acc.append)
         return True
 
     # ------------------------------------------------------------------------------------------
@@ -456,7 +459,8 @@ class Steady:
         prev, occurrence = s.last, s.count
         s.count += 1
         s.last = cid
-        collector: list[Any] = []
+        collector = self.acc
+        collector.clear()  # (what backward calls the lens does not watch accumulated)
         running = (collector, None, threading.get_ident())
         inflight = rec._inflight
         tls = rec._tls
@@ -513,6 +517,7 @@ class Steady:
         """The call ran and differs from the template (or failed): leave steady cycles before it,
         then record it as the full path would have after it ran."""
         rec = self.rec
+        accumulated = list(collector)
         try:
             self.leave()
             sink = rec.sink
@@ -522,7 +527,7 @@ class Steady:
                                 (), False, set(), (), None, None, None, False, s.site_key)
             rec.log.add_call(call)
             params = rec.ledger.params
-            for p in collector:
+            for p in accumulated:
                 ps = params.get(id(p))
                 if ps is not None:
                     rec.ledger.accumulated(ps, p, call)
@@ -581,6 +586,9 @@ class Steady:
         if not self.on:
             return
         self.on = False
+        self.rec.accumulations_to(None)
+        if not self.rec._inflight:
+            self.acc.clear()  # (what backward calls the lens does not watch accumulated)
         self.leaves += 1
         if self.leaves > 64:
             self.off = True  # a loop that keeps changing: not worth the captures
