@@ -114,24 +114,18 @@ class _Tagged:
 #: the full path decides (it steps aside).
 _TRACING = getattr(torch._C, "_get_tracing_state", None)
 _DISPATCH_DEPTH = getattr(torch._C, "_len_torch_dispatch_stack", None)
-_IS_COMPILING = getattr(getattr(torch, "compiler", None), "is_compiling", None)
 _GRAPH_TASK = getattr(torch._C, "_current_graph_task_id", None) or (lambda: -1)
+if _TRACING is None or _DISPATCH_DEPTH is None or not hasattr(torch.compiler, "_is_compiling_flag"):  # older PyTorch
+    _TRACING = lambda: object()  # noqa: E731  (never steady)
+    _DISPATCH_DEPTH = lambda: 0  # noqa: E731
+_COMPILER = torch.compiler  # `_is_compiling_flag`: what `torch.compiler.is_compiling()` answers (held while dynamo compiles)
 
 
-def _busy() -> bool:
-    return bool((_TRACING is not None and _TRACING() is not None) or (_DISPATCH_DEPTH is not None and _DISPATCH_DEPTH())
-                or (_IS_COMPILING is not None and _IS_COMPILING()))
-
-
-def _same_caller(e: CallEvent | StepEvent, skip: int) -> bool:
-    """Whether the user's line that made this event is the template's: the frame as far up as the
-    first time (found then by skipping the lens's, torch's and frameworks' frames)."""
-    if e.depth:
-        try:
-            f = sys._getframe(e.depth + skip)
-        except ValueError:
-            return False
-        return f.f_code is e.code and f.f_lineno == e.line
+def _find_caller(e: CallEvent | StepEvent, skip: int) -> bool:
+    """Whether the user's line that made this event (the first frame that is not the lens's, torch's
+    or a framework's) is the template's; if so, remember how far up the handler it is, so that the
+    next events of the same kind check the frame there (``sys._getframe(depth)``: same code, same
+    line) instead of walking."""
     f = sys._getframe(skip + 1)
     depth = 1
     while f is not None and machinery_frame(f):
@@ -372,9 +366,13 @@ class Steady:
         try:
             e = self.t.events[self.pos]  # type: ignore[union-attr]
             if (e.__class__ is not ZeroEvent or e.ref() is not obj or e.set_to_none != set_to_none  # type: ignore[union-attr]
-                    or _busy()):
+                    or _TRACING() is not None or _DISPATCH_DEPTH() or _COMPILER._is_compiling_flag):
                 return False
-            self._advance()
+            self.pos += 1
+            if self.pos == len(self.t.events):  # type: ignore[union-attr]
+                self.pos = 0
+                self.n += 1
+                self.periods += 1
             return True
         except Exception as exc:
             self.rec._internal(exc)
@@ -384,14 +382,20 @@ class Steady:
         """``opt.step()`` about to run: True when it is the template's next event (and so counted)."""
         try:
             e = self.t.events[self.pos]  # type: ignore[union-attr]
-            if e.__class__ is not StepEvent or e.ref() is not opt or kwargs or len(args) > 1 or _busy():  # type: ignore[union-attr]
+            if (e.__class__ is not StepEvent or e.ref() is not opt or kwargs or len(args) > 1  # type: ignore[union-attr]
+                    or _TRACING() is not None or _DISPATCH_DEPTH() or _COMPILER._is_compiling_flag):
                 return False
             st = e.opt  # type: ignore[union-attr]
             groups = opt.param_groups
             n = len(groups)
             if n != st.n_groups or st.n_listed != (len(groups[0]["params"]) if n == 1 else sum(len(g["params"]) for g in groups)):
                 return False
-            if not _same_caller(e, 1):
+            depth = e.depth  # type: ignore[union-attr]
+            if depth:
+                f = sys._getframe(depth)
+                if f.f_code is not e.code or f.f_lineno != e.line:  # type: ignore[union-attr]
+                    return False
+            elif not _find_caller(e, 1):
                 return False
             rec = self.rec
             log = rec.log
@@ -421,7 +425,8 @@ class Steady:
             return rec._on_engine(run, t_outputs, args, kwargs, accumulate)
         try:
             e = self.t.events[self.pos]  # type: ignore[union-attr]
-            if e.__class__ is not CallEvent or not accumulate or rec._inflight or _GRAPH_TASK() != -1 or _busy():
+            if (e.__class__ is not CallEvent or not accumulate or rec._inflight or _GRAPH_TASK() != -1
+                    or _TRACING() is not None or _DISPATCH_DEPTH() or _COMPILER._is_compiling_flag):
                 return rec._on_engine(run, t_outputs, args, kwargs, accumulate)  # not the next event, or
                 # a call inside another one, or not watched
             if len(args) == 4:  # (grad_tensors, retain_graph, create_graph, inputs), as torch passes them
@@ -431,7 +436,14 @@ class Steady:
                 retain = bool(args[1]) if n_args > 1 else bool(kwargs.get("keep_graph", False))
                 create_graph = args[2] if n_args > 2 else kwargs.get("create_graph", False)
                 inputs = args[3] if n_args > 3 else kwargs.get("inputs")
-            matched = retain == e.retain and not create_graph and not inputs and (entry or _same_caller(e, 1))  # type: ignore[union-attr]
+            matched = retain == e.retain and not create_graph and not inputs  # type: ignore[union-attr]
+            if matched and not entry:
+                depth = e.depth  # type: ignore[union-attr]
+                if depth:
+                    f = sys._getframe(depth)
+                    matched = f.f_code is e.code and f.f_lineno == e.line  # type: ignore[union-attr]
+                else:
+                    matched = _find_caller(e, 1)
             roots = t_outputs if isinstance(t_outputs, (tuple, list)) else (t_outputs,)
             matched = matched and len(roots) == e.n_roots  # type: ignore[union-attr]
             root_key = rec.stamp_keys[1]
