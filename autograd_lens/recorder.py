@@ -189,28 +189,19 @@ class Recorder:
         self.reg.first_seq = self._seq_now_always()
         g = self.guard
         steady = self.steady
-        slow_pre, slow_post, slow_zero = g(self._on_step_pre), g(self._on_step_post), g(self._on_zero_grad)
-
+        slow_post = g(self._on_step_post)
         # a steady loop's step and zero_grad: one comparison with its period (see :mod:`steady`)
-        def step_pre(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-            if steady.on and steady.step(opt, args, kwargs):
-                return None
-            return slow_pre(opt, args, kwargs)
+        steady.slow_step, steady.slow_zero = g(self._on_step_pre), g(self._on_zero_grad)
 
         def step_post(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
             if steady.on:
                 return None  # no closure ran, and past the detail: nothing to record
             return slow_post(opt, args, kwargs)
 
-        def zero_grad(obj: Any, set_to_none: bool) -> None:
-            if steady.on and steady.zero(obj, set_to_none):
-                return None
-            return slow_zero(obj, set_to_none)
-
         try:
             patch_backward(self.hooks, steady.engine, self._on_api, self._on_api_error)
-            register_global_optimizer_hooks(self.hooks, step_pre, step_post)
-            patch_zero_grad(self.hooks, zero_grad)
+            register_global_optimizer_hooks(self.hooks, steady.step, step_post)
+            patch_zero_grad(self.hooks, steady.zero)
             patch_optimizer_init(self.hooks, g(self._on_new_optimizer))
             watch_warnings(self.hooks, g(self._on_warning))
             self._modules_on()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import sys
 import threading
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -212,6 +213,9 @@ class Steady:
         self.acc: list[Any] = []
         self.leaves = 0
         self.periods = 0  # periods run steady in this watch, all told
+        # the recorder's full path for a step (pre-hook) and a zero_grad, when not the next event
+        self.slow_step: Callable[[Any, tuple, dict], None] = lambda opt, args, kwargs: None
+        self.slow_zero: Callable[[Any, bool], None] = lambda obj, set_to_none: None
 
     # ------------------------------------------------------------------------------------------
     # learning, on the full path
@@ -361,25 +365,34 @@ class Steady:
             self.n += 1
             self.periods += 1
 
-    def zero(self, obj: Any, set_to_none: bool) -> bool:
-        """``zero_grad()`` of ``obj``: True when it is the template's next event (and so counted)."""
+    def zero(self, obj: Any, set_to_none: bool) -> None:
+        """The ``zero_grad()`` hook: counted when it is the template's next event, else the
+        recorder's full path takes it (``slow_zero``)."""
+        if not self.on:
+            return self.slow_zero(obj, set_to_none)
         try:
             e = self.t.events[self.pos]  # type: ignore[union-attr]
             if (e.__class__ is not ZeroEvent or e.ref() is not obj or e.set_to_none != set_to_none  # type: ignore[union-attr]
                     or _TRACING() is not None or _DISPATCH_DEPTH() or _COMPILER._is_compiling_flag):
-                return False
+                return self.slow_zero(obj, set_to_none)
             self.pos += 1
             if self.pos == len(self.t.events):  # type: ignore[union-attr]
                 self.pos = 0
                 self.n += 1
                 self.periods += 1
-            return True
+            return None
         except Exception as exc:
             self.rec._internal(exc)
-            return False
+            return self.slow_zero(obj, set_to_none)
 
-    def step(self, opt: Any, args: tuple, kwargs: dict) -> bool:
-        """``opt.step()`` about to run: True when it is the template's next event (and so counted)."""
+    def step(self, opt: Any, args: tuple, kwargs: dict) -> None:
+        """The optimizers' step pre-hook: counted when it is the template's next event, else the
+        recorder's full path takes it (``slow_step``)."""
+        if not self.on or not self._match_step(opt, args, kwargs):
+            return self.slow_step(opt, args, kwargs)
+        return None
+
+    def _match_step(self, opt: Any, args: tuple, kwargs: dict) -> bool:
         try:
             e = self.t.events[self.pos]  # type: ignore[union-attr]
             if (e.__class__ is not StepEvent or e.ref() is not opt or kwargs or len(args) > 1  # type: ignore[union-attr]
@@ -392,10 +405,10 @@ class Steady:
                 return False
             depth = e.depth  # type: ignore[union-attr]
             if depth:
-                f = sys._getframe(depth)
+                f = sys._getframe(depth + 1)  # (counted from `step`, the hook)
                 if f.f_code is not e.code or f.f_lineno != e.line:  # type: ignore[union-attr]
                     return False
-            elif not _find_caller(e, 1):
+            elif not _find_caller(e, 2):
                 return False
             rec = self.rec
             log = rec.log
