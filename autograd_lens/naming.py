@@ -106,12 +106,12 @@ def local_items(frame: types.FrameType) -> list[tuple[str, Any]]:
     return items
 
 
-def _candidates(frame: types.FrameType | None) -> Iterable[tuple[str, Any]]:
+def _candidates(frame: types.FrameType | None, with_globals: bool = True) -> Iterable[tuple[str, Any]]:
     """(variable name, value) pairs visible from ``frame``: locals first, then globals."""
     if frame is None:
         return
     seen: set[str] = set()
-    for scope in (local_items(frame), list(frame.f_globals.items())):
+    for scope in (local_items(frame), list(frame.f_globals.items()) if with_globals else ()):
         for name, value in scope:
             if name.startswith("__") or name in seen:
                 continue
@@ -139,19 +139,29 @@ def find_in_frame(
     return find_all_in_frame(frame, (kind,), (unwrap,))[0]
 
 
+#: Values that are never a module, an optimizer or a wrapper of one, nor hold one as an attribute
+#: (a program's globals are mostly these: imported modules, functions, classes, constants).
+_NEVER_HOLDS = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType, type, int, float,
+                str, bytes, bool, type(None))
+
+
 def find_all_in_frame(
     frame: types.FrameType | None,
     kinds: tuple[type, ...],
     unwraps: tuple[Callable[[Any, type], Any] | None, ...],
+    seen_globals: set[int] | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`find_in_frame` for several kinds in one pass over the frame's variables: for each
-    kind (with its ``unwrap``), the objects of that kind by name."""
+    kind (with its ``unwrap``), the objects of that kind by name. ``seen_globals``: ids of global
+    namespaces read already (a caller's frame in the same module): only the locals are read then."""
     found: list[dict[str, Any]] = [{} for _ in kinds]
     ids: set[int] = set()
     nested: list[tuple[str, Any]] = []
     pairs = list(zip(kinds, unwraps, found))
 
     def take(name: str, value: Any) -> bool:
+        if isinstance(value, _NEVER_HOLDS):
+            return False
         for kind, unwrap, out in pairs:
             if unwrap is not None:
                 inner = unwrap(value, kind)
@@ -164,7 +174,11 @@ def find_all_in_frame(
                 return True
         return False
 
-    for name, value in _candidates(frame):
+    with_globals = True
+    if seen_globals is not None and frame is not None:
+        with_globals = id(frame.f_globals) not in seen_globals
+        seen_globals.add(id(frame.f_globals))
+    for name, value in _candidates(frame, with_globals):
         if take(name, value):
             continue
         if isinstance(value, (list, tuple)) and len(value) <= 64:

@@ -67,7 +67,7 @@ from .walk import WalkResult, walk_graph
 DETAIL_PER_SITE = 2
 
 #: Backward calls in a row with every site past its detail before the module hooks come off.
-QUIET_CALLS = 2
+QUIET_CALLS = 1
 
 _serial = iter(range(1, 1 << 62))
 

@@ -294,10 +294,12 @@ class Registry:
         found_mods: dict[int, tuple[str, torch.nn.Module]] = {}
         found_opts: dict[int, tuple[str, torch.optim.Optimizer]] = {}
         tensors: list[tuple[str, torch.Tensor]] = []
+        seen_globals: set[int] = set()  # a module's globals are read once, with its first frame
         for f in frames:
             code = f.f_code
             me = code.co_varnames[0] if code.co_argcount and code.co_varnames else None
-            mods, opts = find_all_in_frame(f, (torch.nn.Module, torch.optim.Optimizer), (None, frameworks.unwrap_optimizer))
+            mods, opts = find_all_in_frame(f, (torch.nn.Module, torch.optim.Optimizer), (None, frameworks.unwrap_optimizer),
+                                           seen_globals)
             for name, mod in mods.items():
                 if me is not None and me != _SELF and (name == me or name.startswith(me + ".")):
                     name = _SELF + name[len(me):]  # the method's instance, whatever it is called
