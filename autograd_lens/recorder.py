@@ -11,15 +11,17 @@ Cost. The first occurrences of each backward site get *detail*: the global modul
 forward ranges, the graph is walked (stamps, leaves, stale saved tensors) and snapshotted. Once every
 known site has had its detail, the module hooks come off and a backward costs its site lookup, the
 per-parameter accumulation hooks and a few dictionary operations; a step, its parameters'
-provenance. A new backward site, network or optimizer turns detail on again.
+provenance. A new backward site, network or optimizer turns detail on again. A loop that repeats its
+period of events then goes *steady* (:mod:`steady`): each event is compared with the period and
+counted, and the full path's state is made when something differs.
 
 Nothing here keeps a tensor, a module or an autograd node alive: parameters and optimizers are
 held by weak reference, graph nodes only while a backward call is being set up, and stamps and
 tags live in ``node.metadata``, which dies with the node.
 
 Imports: :mod:`hooks`, :mod:`registry`, :mod:`events`, :mod:`walk`, :mod:`graph`, :mod:`naming`,
-:mod:`frameworks`, :mod:`source`, :mod:`findings`, :mod:`sites` (where the user's code is) and
-:mod:`held` (graphs kept alive across iterations). Not the checks, not the judge (it calls the
+:mod:`frameworks`, :mod:`source`, :mod:`findings`, :mod:`sites` (where the user's code is),
+:mod:`held` (graphs kept alive across iterations) and :mod:`steady` (the steady cycles). Not the checks, not the judge (it calls the
 ``sink`` it is given), not the watch.
 """
 

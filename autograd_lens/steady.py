@@ -25,9 +25,13 @@ in place by hand, in a period whose template did not do it. A loop whose templat
 goes steady (the ledger counts such changes: ``Ledger.by_hand``), nor does one whose ledgers do not
 repeat from period to period (gradient kept across periods).
 
-Imports :mod:`events`, :mod:`ledger`, :mod:`walk` (``WalkResult``) and :mod:`sites`; it is part of
-the recorder, reaches the judge only through the recorder's sink, and keeps no tensor, module or
-node alive (optimizers and modules by weak reference, parameters by id).
+While steady, the parameters' accumulation hooks call ``list.append`` of the steady cycles (no
+Python frame per accumulation); the list is emptied after each call.
+
+Imports :mod:`events`, :mod:`ledger`, :mod:`walk` (``WalkResult``), :mod:`sites` and torch; it is part
+of the recorder, reaches the judge only through the recorder's sink, and keeps no tensor, module or
+node alive (optimizers and modules by weak reference, parameters by id; the parameters a backward
+call accumulated into are held until the next call or leaving).
 """
 
 from __future__ import annotations
