@@ -147,7 +147,8 @@ class EventLog:
         return self.n_calls + 1
 
     def add_call(self, call: BackwardCall) -> None:
-        self.n_calls = call.id
+        if call.id > self.n_calls:
+            self.n_calls = call.id
         self._calls[call.id] = call
         while len(self._calls) > self.window:
             old = self._calls.pop(next(iter(self._calls)))

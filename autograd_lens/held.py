@@ -48,15 +48,19 @@ class GraphTracker:
     def track(self, root: Any, call: BackwardCall) -> tuple[HeldGraphs, int, bool] | None:
         """Tag the graph of ``root`` (a node) for ``call``. When graphs of earlier iterations of
         its site are alive: what holds them, how many, and whether any was retained."""
+        return self.tag(root, (call.site.file, call.site.line), call.id, call.iteration, call.retain_graph)
+
+    def tag(self, root: Any, key: tuple[str, int], call_id: int, iteration: int,
+            retained: bool) -> tuple[HeldGraphs, int, bool] | None:
+        """:meth:`track` for the call ``call_id`` of site ``key`` (a steady call has no object)."""
         found = None
-        key = (call.site.file, call.site.line)
         alive = self._alive.get(key)
         if alive is None:
             alive = self._alive[key] = deque(maxlen=64)
         while alive and alive[0][3]() is None:
             alive.popleft()
         if len(alive) >= HELD_ITERATIONS:
-            older = [e for e in alive if e[3]() is not None and e[1] < call.iteration]
+            older = [e for e in alive if e[3]() is not None and e[1] < iteration]
             if len({e[1] for e in older}) >= HELD_ITERATIONS:
                 held = self._holders.get(key, _UNSEEN)
                 if held is _UNSEEN:
@@ -65,7 +69,7 @@ class GraphTracker:
                     found = (held, len(older), any(e[2] for e in older))
         tag = _GraphTag()
         root.metadata[self.tag_key] = tag
-        alive.append((call.id, call.iteration, call.retain_graph, weakref.ref(tag)))
+        alive.append((call_id, iteration, retained, weakref.ref(tag)))
         return found
 
 

@@ -49,6 +49,7 @@ from .hooks import (
     patch_zero_grad,
     register_global_module_hooks,
     register_global_optimizer_hooks,
+    register_step_post_hook,
     watch_warnings,
 )
 from .hooks.patches import BACKWARD_ENGINE_AVAILABLE, patch_backward
@@ -70,6 +71,9 @@ DETAIL_PER_SITE = 2
 
 #: Backward calls in a row with every site past its detail before the module hooks come off.
 QUIET_CALLS = 1
+
+#: Backward calls after which a site not called again no longer keeps detail on for the others.
+STALE_SITE = 16
 
 _serial = iter(range(1, 1 << 62))
 
@@ -180,6 +184,8 @@ class Recorder:
         # a loop that repeats its events is compared with its period instead of recorded in full
         self.steady = Steady(self)
         self._acc_hooks: dict[int, tuple[Any, Callable[[torch.Tensor], None]]] = {}  # param id -> (handle, hook)
+        self._step_post: Callable[..., Any] = lambda opt, args, kwargs: None
+        self._step_post_handle: Any = None
 
     # ------------------------------------------------------------------------------------------
     # installing and removing
@@ -191,18 +197,13 @@ class Recorder:
         self.reg.first_seq = self._seq_now_always()
         g = self.guard
         steady = self.steady
-        slow_post = g(self._on_step_post)
+        self._step_post = g(self._on_step_post)
         # a steady loop's step and zero_grad: one comparison with its period (see :mod:`steady`)
         steady.slow_step, steady.slow_zero = g(self._on_step_pre), g(self._on_zero_grad)
 
-        def step_post(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-            if steady.on:
-                return None  # no closure ran, and past the detail: nothing to record
-            return slow_post(opt, args, kwargs)
-
         try:
             patch_backward(self.hooks, steady.engine, self._on_api, self._on_api_error)
-            register_global_optimizer_hooks(self.hooks, steady.step, step_post)
+            self._step_post_handle = register_global_optimizer_hooks(self.hooks, steady.step, self._step_post)
             patch_zero_grad(self.hooks, steady.zero)
             patch_optimizer_init(self.hooks, g(self._on_new_optimizer))
             watch_warnings(self.hooks, g(self._on_warning))
@@ -483,7 +484,11 @@ class Recorder:
         if getattr(self._tls, "in_backward", False) or self.closed or _inside_backward() or self.aside():
             # a backward started from inside another one (reentrant checkpointing, hooks):
             # part of the outer call
-            return run(t_outputs, *args, **kwargs)
+            try:
+                return run(t_outputs, *args, **kwargs)
+            finally:
+                if steady.on and not self._inflight:
+                    steady.acc.clear()  # (an unwatched call, while the hooks append there)
         if steady.on:
             self.leave_steady()
         n = len(args)
@@ -733,11 +738,14 @@ class Recorder:
         self.registry_changed()
 
     def _settle_detail(self) -> None:
-        """Once every known site has had its detail for a few calls in a row, the module hooks come
-        off (forward ranges are needed only for the graphs of detailed calls)."""
+        """Once every site called lately has had its detail, for a few calls in a row, the module
+        hooks come off (forward ranges are needed only for the graphs of detailed calls). A site
+        not called in the last :data:`STALE_SITE` calls (a check run once before the loop) does not
+        keep them on: if it comes back, its call turns detail on again."""
         if not self._module_hooks:
             return
-        if all(s.detailed >= self.detail for s in self._sites.values()):
+        recent = self.log.n_calls - STALE_SITE
+        if all(s.detailed >= self.detail or s.last < recent for s in self._sites.values()):
             self._quiet += 1
             if self._quiet >= QUIET_CALLS:
                 self._modules_off()
@@ -861,10 +869,18 @@ class Recorder:
                 self._acc_hooks = {k: v for k, v in self._acc_hooks.items() if v[0].hooks_dict_ref() is not None}
             self._acc_hooks[id(p)] = (handle, hook)
 
-    def accumulations_to(self, target: Callable[[torch.Tensor], Any] | None) -> None:
-        """Each parameter's hook calls ``target`` instead (the steady cycles' ``list.append``: no
-        Python frame per accumulation), or its own function again (None). The hook keeps its place
-        among the parameter's hooks, also on a parameter frozen meanwhile."""
+    def steady_hooks(self, accumulated: Callable[[torch.Tensor], Any] | None) -> None:
+        """While a loop runs steady: each parameter's accumulation hook calls ``accumulated`` instead
+        (the steady cycles' ``list.append``: no Python frame per accumulation), and the steps' post-hook
+        is off (no closure runs, no detail is taken). ``None``: the hooks of the full path again. A
+        parameter's hook keeps its place among its hooks, also on a parameter frozen meanwhile."""
+        if accumulated is not None:
+            if self._step_post_handle is not None:
+                self._step_post_handle.remove()
+                self._step_post_handle = None
+        elif self._step_post_handle is None and not self.hooks.removed:
+            self._step_post_handle = register_step_post_hook(self.hooks, self._step_post)
+        target = accumulated
         for handle, hook in self._acc_hooks.values():
             hooks = handle.hooks_dict_ref()
             if hooks is not None and handle.id in hooks:
@@ -953,8 +969,9 @@ class Recorder:
                 running.append((st, site, self.log.next_call_id()))
                 steady.broken()
                 return
-        step = self._record_step(st, groups[0]["params"] if len(groups) == 1 else _params_of(opt), site)
-        steady.noted_step(opt, st, step)
+        params = groups[0]["params"] if len(groups) == 1 else _params_of(opt)
+        step = self._record_step(st, params, site)
+        steady.noted_step(opt, st, step, params)
 
     def _record_step(
         self, st: OptInfo, params: list[torch.Tensor], site: Site, *, closure_from: int | None = None

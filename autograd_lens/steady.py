@@ -88,9 +88,10 @@ class CallEvent:
 
 
 class StepEvent:
-    __slots__ = ("ref", "key", "site", "opt", "step", "provenance", "groups", "depth", "code", "line")
+    __slots__ = ("ref", "key", "site", "opt", "step", "provenance", "groups", "depth", "code", "line", "param_ids",
+                 "probes")
 
-    def __init__(self, opt: Any, st: OptInfo, step: OptimizerStep) -> None:
+    def __init__(self, opt: Any, st: OptInfo, step: OptimizerStep, params: list[Any]) -> None:
         self.ref = weakref.ref(opt)
         self.key = id(opt)
         self.site = step.site
@@ -98,21 +99,17 @@ class StepEvent:
         self.step = step  # settled by the judge later: its sources and stepped parameters
         self.provenance = dict(step.provenance)  # as it was before the judge settled it
         self.groups = [(prov, list(pids)) for prov, pids in step.groups]
+        self.param_ids = tuple(map(id, params))  # the optimizer's parameters, in its groups' order
+        # a parameter of each group that held gradient: its `.grad` must not be gone (set to None
+        # by hand) when the step comes
+        by_id = {id(p): p for p in params}
+        self.probes = tuple(weakref.ref(by_id[pids[0]]) for prov, pids in step.groups if prov and pids[0] in by_id)
         self.depth = 0
         self.code: Any = None
         self.line = 0
 
 
 Event = ZeroEvent | CallEvent | StepEvent
-
-
-class _Tagged:
-    """What the graph tracker reads of a call (a steady call has no object of its own)."""
-
-    __slots__ = ("site", "id", "iteration", "retain_graph")
-
-    def __init__(self, site: Any, id: int, iteration: int, retain_graph: bool) -> None:  # noqa: A002
-        self.site, self.id, self.iteration, self.retain_graph = site, id, iteration, retain_graph
 
 
 #: Whether the user's code runs under a JIT trace, a TorchDispatchMode or torch.compile now: then
@@ -213,6 +210,7 @@ class Steady:
         self.pos = 0  # next event of the template
         self.n = 0  # periods completed while steady
         self.enters = 0
+        self.running: list[Any] | None = None  # the steady call running now (see `engine`)
         # the parameters each steady call accumulated into (their hooks append to it while steady)
         self.acc: list[Any] = []
         self.leaves = 0
@@ -263,8 +261,8 @@ class Steady:
         if self.capture is not None:
             self.events.append(e)
 
-    def noted_step(self, opt: Any, st: OptInfo, step: OptimizerStep) -> None:
-        e = StepEvent(opt, st, step)
+    def noted_step(self, opt: Any, st: OptInfo, step: OptimizerStep, params: list[Any]) -> None:
+        e = StepEvent(opt, st, step, params)
         self.cycle.append(_signature(e))
         if self.capture is not None:
             self.events.append(e)
@@ -325,8 +323,9 @@ class Steady:
         dc = rec.log.n_calls - cap["calls"]
         ds = rec.log.n_steps - cap["steps"]
         di = rec.iteration - cap["iteration"]
-        if not events or not isinstance(events[0], CallEvent) or events[0].state is not s or dc <= 0 or ds <= 0:
-            return False
+        if (not events or not isinstance(events[0], CallEvent) or events[0].state is not s or dc <= 0 or ds <= 0
+                or rec._module_hooks):
+            return False  # (with the module hooks on, forwards and steps are recorded for detail)
         base = cap["calls"]
         for e in events:
             if isinstance(e, CallEvent):
@@ -356,7 +355,7 @@ class Steady:
         self.pos = 0
         self.n = 0
         self.on = True
-        rec.accumulations_to(self.acc.append)
+        rec.steady_hooks(self.acc.append)
         return True
 
     # ------------------------------------------------------------------------------------------
@@ -392,33 +391,34 @@ class Steady:
     def step(self, opt: Any, args: tuple, kwargs: dict) -> None:
         """The optimizers' step pre-hook: counted when it is the template's next event, else the
         recorder's full path takes it (``slow_step``)."""
-        if not self.on or not self._match_step(opt, args, kwargs):
+        if not self.on:
             return self.slow_step(opt, args, kwargs)
-        return None
-
-    def _match_step(self, opt: Any, args: tuple, kwargs: dict) -> bool:
         try:
             e = self.t.events[self.pos]  # type: ignore[union-attr]
             if (e.__class__ is not StepEvent or e.ref() is not opt or kwargs or len(args) > 1  # type: ignore[union-attr]
                     or _TRACING() is not None or _DISPATCH_DEPTH() or _COMPILER._is_compiling_flag):
-                return False
+                return self.slow_step(opt, args, kwargs)
             st = e.opt  # type: ignore[union-attr]
             groups = opt.param_groups
-            n = len(groups)
-            if n != st.n_groups or st.n_listed != (len(groups[0]["params"]) if n == 1 else sum(len(g["params"]) for g in groups)):
-                return False
+            ids = tuple(map(id, groups[0]["params"])) if len(groups) == 1 else tuple(id(p) for g in groups for p in g["params"])
+            if ids != e.param_ids:  # type: ignore[union-attr]
+                return self.slow_step(opt, args, kwargs)
+            for ref in e.probes:  # type: ignore[union-attr]
+                p = ref()
+                if p is None or p.grad is None:
+                    return self.slow_step(opt, args, kwargs)
             depth = e.depth  # type: ignore[union-attr]
             if depth:
-                f = sys._getframe(depth + 1)  # (counted from `step`, the hook)
+                f = sys._getframe(depth)
                 if f.f_code is not e.code or f.f_lineno != e.line:  # type: ignore[union-attr]
-                    return False
-            elif not _find_caller(e, 2):
-                return False
+                    return self.slow_step(opt, args, kwargs)
+            elif not _find_caller(e, 1):
+                return self.slow_step(opt, args, kwargs)
             rec = self.rec
             log = rec.log
             t = self.t
             if log.n_steps != e.step.index + (self.n + 1) * t.ds:  # type: ignore[union-attr]
-                return False
+                return self.slow_step(opt, args, kwargs)
             st.steps += 1
             rec.iteration += 1
             log.n_steps += 1
@@ -427,10 +427,10 @@ class Steady:
                 self.pos = 0
                 self.n += 1
                 self.periods += 1
-            return True
+            return None
         except Exception as exc:
             self.rec._internal(exc)
-            return False
+            return self.slow_step(opt, args, kwargs)
 
     def engine(self, run: Any, t_outputs: Any, args: tuple, kwargs: dict, accumulate: bool, entry: bool = False) -> Any:
         """The backward hook (every call goes through it): when the call is the template's next
@@ -440,48 +440,49 @@ class Steady:
         rec = self.rec
         if not self.on:
             return rec._on_engine(run, t_outputs, args, kwargs, accumulate)
+        matched = False
         try:
             e = self.t.events[self.pos]  # type: ignore[union-attr]
-            if (e.__class__ is not CallEvent or not accumulate or rec._inflight or _GRAPH_TASK() != -1
-                    or _TRACING() is not None or _DISPATCH_DEPTH() or _COMPILER._is_compiling_flag):
-                return rec._on_engine(run, t_outputs, args, kwargs, accumulate)  # not the next event, or
-                # a call inside another one, or not watched
-            if len(args) == 4:  # (grad_tensors, retain_graph, create_graph, inputs), as torch passes them
-                retain, create_graph, inputs = bool(args[1]), args[2], args[3]
-            else:
-                n_args = len(args)
-                retain = bool(args[1]) if n_args > 1 else bool(kwargs.get("keep_graph", False))
-                create_graph = args[2] if n_args > 2 else kwargs.get("create_graph", False)
-                inputs = args[3] if n_args > 3 else kwargs.get("inputs")
-            matched = retain == e.retain and not create_graph and not inputs  # type: ignore[union-attr]
-            if matched and not entry:
-                depth = e.depth  # type: ignore[union-attr]
-                if depth:
-                    f = sys._getframe(depth)
-                    matched = f.f_code is e.code and f.f_lineno == e.line  # type: ignore[union-attr]
+            if (e.__class__ is CallEvent and accumulate and not rec._inflight and _GRAPH_TASK() == -1
+                    and _TRACING() is None and not _DISPATCH_DEPTH() and not _COMPILER._is_compiling_flag):
+                if len(args) == 4:  # (grad_tensors, retain_graph, create_graph, inputs), as torch passes them
+                    retain, create_graph, inputs = bool(args[1]), args[2], args[3]
                 else:
-                    matched = _find_caller(e, 1)
-            roots = t_outputs if isinstance(t_outputs, (tuple, list)) else (t_outputs,)
-            matched = matched and len(roots) == e.n_roots  # type: ignore[union-attr]
-            root_key = rec.stamp_keys[1]
-            fn = None
-            if matched:
-                for t in roots:
-                    g = t.grad_fn
-                    if g is not None:
-                        if g.metadata.get(root_key) is not None:
-                            matched = False  # a root used before: the full path says what it is
-                            break
-                        if fn is None:
-                            fn = g
-            log = rec.log
-            tmpl = self.t
-            cid = log.n_calls + 1
-            matched = matched and cid == e.call.id + (self.n + 1) * tmpl.dc  # type: ignore[union-attr,operator]
+                    n_args = len(args)
+                    retain = bool(args[1]) if n_args > 1 else bool(kwargs.get("keep_graph", False))
+                    create_graph = args[2] if n_args > 2 else kwargs.get("create_graph", False)
+                    inputs = args[3] if n_args > 3 else kwargs.get("inputs")
+                matched = retain == e.retain and not create_graph and not inputs  # type: ignore[union-attr]
+                if matched and not entry:
+                    depth = e.depth  # type: ignore[union-attr]
+                    if depth:
+                        f = sys._getframe(depth)
+                        matched = f.f_code is e.code and f.f_lineno == e.line  # type: ignore[union-attr]
+                    else:
+                        matched = _find_caller(e, 1)
+                roots = t_outputs if isinstance(t_outputs, (tuple, list)) else (t_outputs,)
+                matched = matched and len(roots) == e.n_roots  # type: ignore[union-attr]
+                root_key = rec.stamp_keys[1]
+                fn = None
+                if matched:
+                    for t in roots:
+                        g = t.grad_fn
+                        if g is not None:
+                            if g.metadata.get(root_key) is not None:
+                                matched = False  # a root used before: the full path says what it is
+                                break
+                            if fn is None:
+                                fn = g
+                log = rec.log
+                tmpl = self.t
+                cid = log.n_calls + 1
+                matched = (matched and cid == e.call.id + (self.n + 1) * tmpl.dc  # type: ignore[union-attr,operator]
+                           and rec.iteration == e.call.iteration + (self.n + 1) * tmpl.di)  # type: ignore[union-attr,operator]
         except Exception as exc:  # a failure of the lens: the full path takes the call
             rec._internal(exc)
             matched = False
         if not matched:
+            # not the next event, a call inside another one, or one the lens does not watch
             return rec._on_engine(run, t_outputs, args, kwargs, accumulate)
         s = e.state  # type: ignore[union-attr]
         log.n_calls = cid
@@ -493,17 +494,22 @@ class Steady:
         running = (collector, None, threading.get_ident())
         inflight = rec._inflight
         tls = rec._tls
+        # what leaving while it runs makes into a call of the full path (`leave`)
+        self.running = [e, s, retain, roots, cid, prev, occurrence, running, None]
         tls.in_backward = True
         inflight.append(running)
         try:
             result = run(t_outputs, *args, **kwargs)
         except BaseException as exc:
+            self._ran(inflight, tls)
+            self._off_after(exc)
+            raise
+        now = self.running
+        if now is not None and now[7] is running:
             inflight.remove(running)
             tls.in_backward = False
-            self._off_after(e, s, retain, roots, collector, cid, prev, occurrence, exc)  # type: ignore[arg-type]
-            raise
-        inflight.remove(running)
-        tls.in_backward = False
+        else:  # steady cycles were left while it ran
+            self._ran(inflight, tls)
         try:
             same = self.on and (tuple(map(id, collector)) == e.acc_ids  # type: ignore[union-attr]
                                 or {id(p) for p in collector} == set(e.acc_ids))  # type: ignore[union-attr]
@@ -515,6 +521,7 @@ class Steady:
                         break
             if same:
                 collector.clear()
+                self.running = None
                 if fn is not None:
                     if not retain:
                         fn.metadata[root_key] = cid
@@ -528,50 +535,78 @@ class Steady:
                 return result
         except Exception as exc:
             rec._internal(exc)
-        self._off_after(e, s, retain, roots, collector, cid, prev, occurrence, None)  # type: ignore[arg-type]
+        self._off_after(None)
         return result
+
+    def _ran(self, inflight: list[Any], tls: Any) -> None:
+        """The steady call's backward returned (or raised): it is no longer running."""
+        running = self.running
+        entry = running[7] if running is not None else None
+        if entry is not None and entry in inflight:
+            inflight.remove(entry)
+        tls.in_backward = False
 
     def _track(self, fn: Any, e: CallEvent, cid: int) -> None:
         """Tag the graph, as the full path does for one call in four (graphs kept alive)."""
-        m = self.n + 1
-        t = self.t
         c = e.call
-        tag = _Tagged(c.site, cid, c.iteration + m * t.di, c.retain_graph)  # type: ignore[union-attr]
-        found = self.rec._graphs.track(fn, tag)  # type: ignore[arg-type]
+        m = self.n + 1
+        found = self.rec._graphs.tag(fn, (c.site.file, c.site.line), cid, c.iteration + m * self.t.di,  # type: ignore[union-attr]
+                                     c.retain_graph)
         if found is not None:
             self.rec.sink.held(self._call(c, m), *found)
 
-    def _off_after(self, e: CallEvent, s: SiteState, retain: bool, roots: Any, collector: list[Any], cid: int,
-                   prev: int, occurrence: int, exc: BaseException | None) -> None:
-        """The call ran and differs from the template (or failed): leave steady cycles before it,
-        then record it as the full path would have after it ran."""
+    def _off_after(self, exc: BaseException | None) -> None:
+        """The steady call ran and differs from the template (or failed), or steady cycles were left
+        while it ran: it becomes a call of the full path (``leave`` makes it), and what follows it
+        there is done now."""
         rec = self.rec
-        accumulated = list(collector)
+        running = self.running
         try:
-            self.leave()
-            sink = rec.sink
-            if sink.open_run:
-                sink.close_run()
-            call = BackwardCall(cid, s.site, "backward", s.roots, retain, False, occurrence, prev, rec.iteration,
-                                (), False, set(), (), None, None, None, False, s.site_key)
-            rec.log.add_call(call)
-            params = rec.ledger.params
-            for p in accumulated:
-                ps = params.get(id(p))
-                if ps is not None:
-                    rec.ledger.accumulated(ps, p, call)
+            self.leave()  # (makes the running call, when still steady)
+            if running is None or running[8] is None:
+                return
+            e, s, retain, roots, call = running[0], running[1], running[2], running[3], running[8]
             walk = rec._steady_walk(s)
             tensors = [t for t in roots if hasattr(t, "grad_fn")]
             if exc is not None:
                 call.error = exc_text(exc)
                 if isinstance(exc, Exception) and not getattr(exc, "_autograd_lens_explained", False):
-                    rec.guard(sink.explain_error)(exc, s.site, call=call, walk=walk, roots=tensors, names={})
+                    rec.guard(rec.sink.explain_error)(exc, s.site, call=call, walk=walk, roots=tensors, names={})
             else:
                 rec._after_call(call, walk, tensors, s, retain)
         except Exception as err:
             rec._internal(err)
         finally:
-            collector.clear()
+            self.running = None
+            self.acc.clear()
+
+    def _make_running(self) -> None:
+        """Leaving while a steady call runs (or right after it ran): it becomes a call of the full
+        path, in the log after the calls before it, holding what it accumulated so far; its hooks'
+        later accumulations go to it (its entry among the running calls points at it)."""
+        rec = self.rec
+        running = self.running
+        assert running is not None
+        e, s, retain, roots, cid, prev, occurrence, entry, _ = running
+        log, sink = rec.log, rec.sink
+        log.n_calls = cid - 1  # the run before it closes as the full path closes it: before it
+        if sink.open_run:
+            sink.close_run()
+        call = BackwardCall(cid, s.site, "backward", s.roots, retain, False, occurrence, prev, rec.iteration,
+                            (), False, set(), (), None, None, None, False, s.site_key)
+        log.add_call(call)
+        params = rec.ledger.params
+        for p in list(self.acc):
+            ps = params.get(id(p))
+            if ps is not None:
+                rec.ledger.accumulated(ps, p, call)
+        self.acc.clear()
+        inflight = rec._inflight
+        for i, x in enumerate(inflight):
+            if x is entry:
+                inflight[i] = running[7] = (call, None, entry[2])
+                break
+        running[8] = call
 
     # ------------------------------------------------------------------------------------------
     # leaving: the state the full path would have made
@@ -615,8 +650,8 @@ class Steady:
         if not self.on:
             return
         self.on = False
-        self.rec.accumulations_to(None)
-        if not self.rec._inflight:
+        self.rec.steady_hooks(None)
+        if self.running is None:
             self.acc.clear()  # (what backward calls the lens does not watch accumulated)
         self.leaves += 1
         if self.leaves > 64:
@@ -705,6 +740,8 @@ class Steady:
                 log.add_step(step)
                 sink.on_step(step)
         log.n_calls, log.n_steps = n_calls, n_steps
+        if self.running is not None and self.running[8] is None:
+            self._make_running()
         # each `.grad` as the full path last saw it
         for pid in touched:
             ps = ledger.params.get(pid)

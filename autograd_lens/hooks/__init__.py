@@ -121,11 +121,19 @@ def register_global_module_hooks(hooks: HookSet, pre: Callable, post: Callable) 
     hooks.add(_m.register_module_forward_hook(post, always_call=True))
 
 
-def register_global_optimizer_hooks(hooks: HookSet, pre: Callable, post: Callable) -> None:
+def register_global_optimizer_hooks(hooks: HookSet, pre: Callable, post: Callable | None) -> Any:
+    """Step pre- and post-hooks of every optimizer; returns the post-hook's handle (None without one)."""
     from torch.optim import optimizer as _o
 
     hooks.add(_o.register_optimizer_step_pre_hook(pre))
-    hooks.add(_o.register_optimizer_step_post_hook(post))
+    return register_step_post_hook(hooks, post) if post is not None else None
+
+
+def register_step_post_hook(hooks: HookSet, post: Callable) -> Any:
+    """A step post-hook of every optimizer (taken off and put back while a loop runs steady)."""
+    from torch.optim import optimizer as _o
+
+    return hooks.add(_o.register_optimizer_step_post_hook(post))
 
 
 def patch_zero_grad(hooks: HookSet, on_zero: Callable[[Any, bool], None]) -> None:
