@@ -525,7 +525,7 @@ class Steady:
                 if fn is not None:
                     if not retain:
                         fn.metadata[root_key] = cid
-                    if not occurrence & 3:
+                    if not occurrence & (3 if occurrence < 64 else 15):  # as `Recorder._track_graphs`
                         self._track(fn, e, cid)  # type: ignore[arg-type]
                 self.pos += 1
                 if self.pos == len(tmpl.events):
@@ -547,7 +547,7 @@ class Steady:
         tls.in_backward = False
 
     def _track(self, fn: Any, e: CallEvent, cid: int) -> None:
-        """Tag the graph, as the full path does for one call in four (graphs kept alive)."""
+        """Tag the graph, as the full path does for some calls (graphs kept alive)."""
         c = e.call
         m = self.n + 1
         found = self.rec._graphs.tag(fn, (c.site.file, c.site.line), cid, c.iteration + m * self.t.di,  # type: ignore[union-attr]
