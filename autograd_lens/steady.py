@@ -28,7 +28,7 @@ repeat from period to period (gradient kept across periods).
 While steady, the parameters' accumulation hooks call ``list.append`` of the steady cycles (no
 Python frame per accumulation); the list is emptied after each call.
 
-Imports :mod:`events`, :mod:`ledger`, :mod:`walk` (``WalkResult``), :mod:`sites` and torch; it is part
+Imports :mod:`events`, :mod:`ledger`, :mod:`sites` and torch; it is part
 of the recorder, reaches the judge only through the recorder's sink, and keeps no tensor, module or
 node alive (optimizers and modules by weak reference, parameters by id; the parameters a backward
 call accumulated into are held until the next call or leaving).
@@ -47,10 +47,9 @@ import torch
 from .events import BackwardCall, OptimizerStep
 from .ledger import MAX_LEDGER
 from .sites import exc_text, machinery_frame
-from .walk import WalkResult
 
 if TYPE_CHECKING:
-    from .ledger import Ledger, ParamState
+    from .ledger import Ledger
     from .recorder import Recorder, SiteState
     from .registry import OptInfo
 
@@ -565,7 +564,7 @@ class Steady:
             self.leave()  # (makes the running call, when still steady)
             if running is None or running[8] is None:
                 return
-            e, s, retain, roots, call = running[0], running[1], running[2], running[3], running[8]
+            s, retain, roots, call = running[1], running[2], running[3], running[8]
             walk = rec._steady_walk(s)
             tensors = [t for t in roots if hasattr(t, "grad_fn")]
             if exc is not None:
