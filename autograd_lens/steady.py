@@ -302,7 +302,7 @@ class Steady:
             rec.ledger.capture = None
             if not entered:
                 self.enters += 1
-                if self.enters > 8:
+                if self.enters > 8 and self.periods < 4 * (self.enters + self.leaves):
                     self.off = True  # a loop that keeps changing: not worth the captures
             return entered
         for p in range(1, MAX_PERIOD + 1):
@@ -653,8 +653,10 @@ class Steady:
         if self.running is None:
             self.acc.clear()  # (what backward calls the lens does not watch accumulated)
         self.leaves += 1
-        if self.leaves > 64:
-            self.off = True  # a loop that keeps changing: not worth the captures
+        if self.leaves > 16 and self.periods < 4 * (self.enters + self.leaves):
+            # a loop that keeps changing (fewer than four steady periods per capture): not worth
+            # the captures; one that changes now and then (an epoch's end) stays worth them
+            self.off = True
         rec = self.rec
         t = self.t
         assert t is not None
