@@ -196,3 +196,20 @@ def test_a_missing_zero_grad_after_the_loop_went_steady_is_found() -> None:
     assert w.recorder.steady.periods > 0
     (f,) = w.report.findings
     assert f.rule == "missing-zero-grad" and f.optimizer == "opt"
+
+
+def test_a_loop_that_changes_at_each_epochs_end_keeps_going_steady() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    with lens.watch() as w:
+        for _ in range(24):
+            for _ in range(12):
+                opt.zero_grad()
+                F.mse_loss(model(x), y).backward()
+                opt.step()
+            torch.autograd.grad(F.mse_loss(model(x), y), list(model.parameters()))  # a probe at the epoch's end
+    steady = w.recorder.steady
+    assert steady.leaves >= 20 and not steady.off and steady.periods > 150
+    assert w.report.findings == () and w.internal_errors == []
