@@ -45,19 +45,26 @@ def set_skipped(packages: Iterable[str]) -> list[str]:
     global _extra
     before = _extra
     _extra = list(dict.fromkeys([*_extra, *(p.strip() for p in packages if p and p.strip())]))
+    _SKIPPED.clear()
     return before
 
 
 def restore_skipped(before: list[str]) -> None:
     global _extra
     _extra = before
+    _SKIPPED.clear()
+
+
+_SKIPPED: dict[str, bool] = {}  # module name -> is_skipped (for the packages skipped now)
 
 
 def is_skipped(module_name: str) -> bool:
-    for pkg in skipped():
-        if module_name == pkg or module_name.startswith(pkg + "."):
-            return True
-    return False
+    hit = _SKIPPED.get(module_name)
+    if hit is None:
+        hit = any(module_name == pkg or module_name.startswith(pkg + ".") for pkg in skipped())
+        if len(_SKIPPED) < 8192:
+            _SKIPPED[module_name] = hit
+    return hit
 
 
 def config_skip_packages(start: str | os.PathLike[str] | None = None) -> list[str]:

@@ -46,11 +46,11 @@ class NetInfo:
 
     __slots__ = ("key", "ref", "name", "pids", "paths", "children")
 
-    def __init__(self, module: torch.nn.Module, name: str) -> None:
+    def __init__(self, module: torch.nn.Module, name: str, params: list[torch.Tensor] | None = None) -> None:
         self.key = id(module)
         self.ref = weakref.ref(module)
         self.name = name
-        self.pids: set[int] = {id(p) for p in module.parameters()}
+        self.pids: set[int] = {id(p) for p in (module.parameters() if params is None else params)}
         # a DistributedDataParallel wrapper: the network is its `.module` (names without it)
         inner = module.module if frameworks.is_parallel_wrapper(module) else module
         # id(submodule) -> qualified path inside the network ("" for the network itself)
@@ -202,7 +202,8 @@ class Registry:
         base, i = name, 2
         while name in used:
             name, i = f"{base}#{i}", i + 1
-        net = NetInfo(mod, name)
+        params = list(mod.parameters())
+        net = NetInfo(mod, name, params)
         self.nets[net.key] = net
         self._touch()
         for mid, path in net.paths.items():
@@ -216,7 +217,7 @@ class Registry:
             self.tensors.pop(pid, None)
         self._touch()
         if self._on_param is not None:
-            for p in mod.parameters():
+            for p in params:
                 self._on_param(p)  # also for leaves a walk cannot see (reentrant checkpointing)
         return net
 

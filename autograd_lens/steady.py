@@ -235,12 +235,17 @@ class Steady:
         self.rec.ledger.capture = None
 
     def noted_zero(self, obj: Any, set_to_none: bool, pids: list[int]) -> None:
+        if self.capture is None:  # (the signature is all that is kept: `_signature`)
+            self.cycle.append(("z", id(obj), set_to_none, len(pids)))
+            return
         e = ZeroEvent(obj, set_to_none, pids)
         self.cycle.append(_signature(e))
-        if self.capture is not None:
-            self.events.append(e)
+        self.events.append(e)
 
     def noted_call(self, s: SiteState, retain: bool, n_roots: int, call: BackwardCall) -> None:
+        if self.capture is None:
+            self.cycle.append(("b", id(s), retain, n_roots, call.reached, call.eval_nets, call.all_eval))
+            return
         e = CallEvent(s, retain, n_roots, call)
         if self.capture is not None:
             ledger = self.rec.ledger
@@ -261,10 +266,12 @@ class Steady:
             self.events.append(e)
 
     def noted_step(self, opt: Any, st: OptInfo, step: OptimizerStep, params: list[Any]) -> None:
+        if self.capture is None:
+            self.cycle.append(("s", id(opt), step.site, step.n_params))
+            return
         e = StepEvent(opt, st, step, params)
         self.cycle.append(_signature(e))
-        if self.capture is not None:
-            self.events.append(e)
+        self.events.append(e)
 
     def boundary(self, clean: bool, s: SiteState) -> bool:
         """A backward call closed a run of steps (the judge just did, ``clean`` when its memo knew
