@@ -45,14 +45,16 @@ def set_skipped(packages: Iterable[str]) -> list[str]:
     global _extra
     before = _extra
     _extra = list(dict.fromkeys([*_extra, *(p.strip() for p in packages if p and p.strip())]))
-    _SKIPPED.clear()
+    if _extra != before:
+        _SKIPPED.clear()
     return before
 
 
 def restore_skipped(before: list[str]) -> None:
     global _extra
+    if _extra != before:
+        _SKIPPED.clear()
     _extra = before
-    _SKIPPED.clear()
 
 
 _SKIPPED: dict[str, bool] = {}  # module name -> is_skipped (for the packages skipped now)

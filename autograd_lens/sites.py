@@ -4,7 +4,7 @@ A frame is the user's when it belongs neither to the lens, nor to torch, nor to 
 (:func:`naming.is_machinery`, with the packages to skip from :mod:`frameworks`). The answers are
 cached by file and by (file, line, function), so a site found once costs a dictionary lookup.
 
-Imports :mod:`findings` (``Site``) and :mod:`naming`; nothing of the runtime.
+Imports :mod:`findings` (``Site``), :mod:`naming` and :mod:`frameworks`; nothing of the runtime.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import types
 
+from . import frameworks
 from .findings import Site
 from .naming import is_machinery, user_frame
 
@@ -19,9 +20,16 @@ _MACHINERY_FILES: dict[str, bool] = {}
 _STEP_SITES: dict[tuple[str, int, str], Site] = {}
 
 
+_MACHINERY_FOR: list[tuple[str, ...]] = [()]  # the packages skipped when the cache was filled
+
+
 def forget_machinery() -> None:
-    """The packages to skip may have changed (a new watch with other ``skip=``)."""
-    _MACHINERY_FILES.clear()
+    """The packages to skip may have changed (a new watch with other ``skip=``): the cache goes
+    when they did."""
+    now = frameworks.skipped()
+    if now != _MACHINERY_FOR[0]:
+        _MACHINERY_FILES.clear()
+        _MACHINERY_FOR[0] = now
 
 
 def frame_site(frame: types.FrameType | None) -> Site:
