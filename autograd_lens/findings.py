@@ -191,6 +191,8 @@ class Finding:
                 {"site": lab.site.to_dict(), "text": lab.text, "primary": lab.primary} for lab in self.labels
             ],
             "graph": self.graph,
+            **({"networks": list(self.extra["networks"])} if self.extra.get("networks") else {}),
+            **({"for": list(self.extra["for"])} if self.extra.get("for") else {}),
             **({"ranks": list(self.extra["ranks"])} if "ranks" in self.extra else {}),
         }
 
@@ -204,7 +206,7 @@ class Finding:
             notes=tuple(d.get("notes", ())), fix=d.get("fix", ""), params=tuple(d.get("params", ())),
             optimizer=d.get("optimizer"), tensor=d.get("tensor"), backward=_site(d.get("backward")),
             count=int(d.get("count", 1)), graph=d.get("graph"),
-            extra={"ranks": tuple(d["ranks"])} if "ranks" in d else {},
+            extra={k: (tuple(d[k]) if k == "ranks" else list(d[k])) for k in ("networks", "for", "ranks") if k in d},
         )
 
     def text(self, width: int = 100) -> str:

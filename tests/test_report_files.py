@@ -228,3 +228,22 @@ def test_the_schema_ships_in_the_package_and_rejects_what_it_should() -> None:
     for bad in ({**good, "status": "fine"}, {**good, "findings": [{"rule": "x"}]}, {k: v for k, v in good.items() if k != "steps"}):
         with pytest.raises(pytest.fail.Exception):
             check_report(bad)
+
+
+def test_a_detach_leak_keeps_its_networks_and_what_the_call_is_for_through_report_json() -> None:
+    import torch
+
+    import autograd_lens as lens
+    from autograd_lens import Finding
+    from test_corpus import dcgan_no_detach_zeroed
+
+    torch.manual_seed(0)
+    with lens.watch() as w:
+        dcgan_no_detach_zeroed()
+    data = json.loads(w.report.to_json())
+    check_report(data)
+    (leak,) = [f for f in data["findings"] if f["rule"] == "detach-leak"]
+    assert leak["networks"] == ["netG"] and leak["for"] == ["optimizerD"]
+    back = Finding.from_dict(leak)
+    assert back.extra["networks"] == ["netG"] and back.extra["for"] == ["optimizerD"]
+    assert back.to_dict() == leak
