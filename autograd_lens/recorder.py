@@ -646,9 +646,7 @@ class Recorder:
                 if reused:
                     walk = WalkResult(leaves=s.leaves, root_reused=reused)
                 else:  # nothing to read from it: one object per site, shared by its calls
-                    walk = s.steady if s.steady is not None and s.steady.leaves is s.leaves else None
-                    if walk is None:
-                        walk = s.steady = WalkResult(leaves=s.leaves)
+                    walk = self._steady_walk(s)
             if inputs and accumulate:
                 # leaves left out by `backward(inputs=...)` get no gradient on purpose
                 chosen = {id(t) for t in tensors_in(inputs)}
