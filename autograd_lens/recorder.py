@@ -53,7 +53,7 @@ from .hooks import (
     watch_warnings,
 )
 from .hooks.patches import BACKWARD_ENGINE_AVAILABLE, patch_backward
-from .naming import framework_frames, tensor_names, tensors_in, user_frame
+from .naming import framework_frames, local_items, tensor_names, tensors_in, user_frame
 from .registry import ForwardRange, OptInfo, Registry, is_network
 from .steady import NOT_STEADY, Steady
 from .sites import (
@@ -64,7 +64,7 @@ from .sites import (
     frame_site,
     module_caller_site,
 )
-from .walk import WalkResult, walk_graph
+from .walk import WalkResult, after_failure, walk_graph
 
 #: How many occurrences of each backward site get a full graph snapshot and leak analysis.
 DETAIL_PER_SITE = 2
@@ -76,6 +76,9 @@ QUIET_CALLS = 1
 STALE_SITE = 16
 
 _serial = iter(range(1, 1 << 62))
+
+#: PyTorch's words for a backward through buffers an earlier backward freed.
+_SECOND_TIME = "backward through the graph a second time"
 
 #: Whether a JIT trace runs, and how many TorchDispatchModes are active (feature-detected).
 _TRACING = getattr(torch._C, "_get_tracing_state", None)
@@ -674,6 +677,7 @@ class Recorder:
                 call.graph_key = s.graph_key or self.sink.graph_key(site)
                 self.sink.keep_graph(call.graph_key, walk.graph, replace=False)
             if isinstance(exc, Exception) and not getattr(exc, "_autograd_lens_explained", False):
+                walk = self.guard(self.failed_walk)(exc, call, walk, roots, local_names) or walk
                 self.guard(self.sink.explain_error)(exc, site, call=call, walk=walk, roots=roots, names=local_names or {})
             self.steady.broken()
             raise
@@ -703,6 +707,31 @@ class Recorder:
                 self.steady.broken()
         except Exception as exc:
             self._internal(exc)
+
+    def failed_walk(self, exc: BaseException, call: BackwardCall, walk: WalkResult, roots: Sequence[torch.Tensor],
+                    local_names: dict[int, str] | None) -> WalkResult:
+        """The walk to explain a failed call with: for a call that was not walked and failed on
+        freed buffers, what the graph shows now (:func:`walk.after_failure`: the freed parts and the
+        earlier call that went through them)."""
+        if walk.prev or _SECOND_TIME not in str(exc):
+            return walk
+        frame = first_user_frame(sys._getframe(1))
+        try:
+            names = local_names or (tensor_names(frame, grad_fns=True) if frame is not None else {})
+            held = {name: value for name, value in local_items(frame) if isinstance(value, torch.Tensor)} if frame else {}
+        finally:
+            del frame
+
+        def root_seq(c: BackwardCall) -> int | None:
+            """The sequence number of the root of call ``c``, from the variable that still holds its loss."""
+            seqs = [t.grad_fn._sequence_nr() for name in c.roots
+                    if (t := held.get(name)) is not None and t.grad_fn is not None]
+            return max(seqs) if seqs else None
+
+        try:
+            return after_failure(self, list(roots), call, names, root_seq) or walk
+        finally:
+            held.clear()
 
     def _steady_walk(self, s: SiteState) -> WalkResult:
         """What a call of a site past its detail sees, without a walk (one object per site)."""

@@ -577,6 +577,7 @@ class Steady:
             if exc is not None:
                 call.error = exc_text(exc)
                 if isinstance(exc, Exception) and not getattr(exc, "_autograd_lens_explained", False):
+                    walk = rec.guard(rec.failed_walk)(exc, call, walk, tensors, None) or walk
                     rec.guard(rec.sink.explain_error)(exc, s.site, call=call, walk=walk, roots=tensors, names={})
             else:
                 rec._after_call(call, walk, tensors, s, retain)

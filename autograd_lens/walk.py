@@ -17,11 +17,12 @@ Imports: :mod:`graph`, and the recorder's type.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .graph import Graph, _saved_attrs
+from .graph import Graph, _released, _saved_attrs
 
 if TYPE_CHECKING:
     from .events import BackwardCall
@@ -44,6 +45,7 @@ class SharedTop:
     var: str | None
     node_id: int = 0  # id() of the node (alive while this graph is)
     consumer_seq: int | None = None  # the node of this graph that consumes it
+    net: int | None = None  # the network whose parameters lie below it (found after a failure)
 
 
 @dataclass
@@ -183,3 +185,78 @@ def _stale_saved(w: Recorder, nodes: list[Any], markers: list[tuple[int, int, fr
                         out.append(StaleSaved(pid, attr[11:], type(fn).__name__, step_index, seq))
                         break
     return out
+
+
+def after_failure(w: Recorder, roots: list[torch.Tensor], call: BackwardCall, names: dict[int, str],
+                  root_seq: Callable[[BackwardCall], int | None]) -> WalkResult | None:
+    """A call that was not walked failed on freed buffers: the parts of its graph that an earlier
+    call freed (their tops, named by the variables that hold them), and that call, inferred from the
+    graph as it is now: the latest call before it, not retained, that reached parameters below
+    released buffers. ``root_seq(c)``: the sequence number of ``c``'s root, where its loss is still
+    held; nodes made after it can only have been freed by the failing call itself (as far as it ran).
+    None when it cannot be told."""
+    stack: list[tuple[Any, int | None]] = [(fn, None) for fn in _root_nodes(roots)]
+    seen: set[int] = set()
+    freed: list[tuple[Any, int, int | None]] = []  # (node, its sequence number, its consumer's)
+    leaves: set[int] = set()
+    while stack and len(seen) < WALK_LIMIT:
+        fn, parent_seq = stack.pop()
+        if id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        nxt = fn.next_functions
+        if not nxt and type(fn).__name__ == "AccumulateGrad":
+            leaves.add(id(fn.variable))
+            continue
+        seq = fn._sequence_nr()
+        attrs = _saved_attrs(type(fn))
+        if attrs and any(_released(fn, a) for a in attrs):
+            freed.append((fn, seq, parent_seq))
+        for n, _ in nxt:
+            if n is not None and id(n) not in seen:
+                stack.append((n, seq))
+    stack.clear()
+    if not freed:
+        return None
+
+    def below(tops: list[Any]) -> set[int]:
+        out: set[int] = set()
+        todo, done = list(tops), set()
+        while todo and len(done) < WALK_LIMIT:
+            f = todo.pop()
+            if id(f) in done:
+                continue
+            done.add(id(f))
+            nf = f.next_functions
+            if not nf and type(f).__name__ == "AccumulateGrad":
+                out.add(id(f.variable))
+            todo.extend(n for n, _ in nf if n is not None)
+        return out
+
+    def tops_until(cutoff: int | None) -> list[tuple[Any, int, int | None]]:
+        kept = [x for x in freed if cutoff is None or x[1] <= cutoff]
+        ids = {x[1] for x in kept}
+        return [x for x in kept if x[2] is None or x[2] not in ids]
+
+    earlier = None
+    tops: list[tuple[Any, int, int | None]] = []
+    for c in w.log.recent_calls():
+        if (c.id >= call.id or c.retain_graph or c.kind != "backward"
+                or not isinstance(c.reached, (set, frozenset))):
+            continue
+        cutoff = root_seq(c)
+        cand = tops_until(cutoff)
+        if cand and c.reached & below([x[0] for x in cand]):
+            earlier, tops = c, cand
+            break
+    if earlier is None:
+        return None
+    shared = []
+    for fn, seq, parent_seq in tops[:4]:
+        nets = {w.reg.net_of_param(p) for p in below([fn])} - {None}
+        shared.append(SharedTop(type(fn).__name__, seq, names.get(id(fn)), id(fn), parent_seq,
+                                nets.pop() if len(nets) == 1 else None))
+    n_freed = len([x for x in freed if x[1] <= max(t.seq for t in shared)])
+    freed.clear()
+    tops.clear()
+    return WalkResult(prev={earlier.id: n_freed}, tops={earlier.id: shared}, leaves=leaves)

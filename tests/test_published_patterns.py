@@ -1035,3 +1035,33 @@ def test_a_sequential_of_layers_is_one_network_and_an_agents_parts_are_units() -
     assert units == {"model"}
     assert {w.reg.unit_of(id(p)) for p in agent.critic.parameters()} == {"agent.critic"}
     assert len(w.graphs) == 2 and not w.report.findings
+
+
+def gan_detach_forgotten_late(iters: int = 12, late: int = 9) -> None:
+    netG = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 6))
+    netD = nn.Sequential(nn.Linear(6, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+    optimizerD = torch.optim.Adam(netD.parameters(), lr=1e-3)
+    optimizerG = torch.optim.Adam(netG.parameters(), lr=1e-3)
+    real, ones, zeros = torch.randn(8, 6), torch.ones(8, 1), torch.zeros(8, 1)
+    for i in range(iters):
+        netD.zero_grad()
+        fake = netG(torch.randn(8, 4))
+        d_in = fake if i == late else fake.detach()  # one late iteration forgets the detach
+        errD = F.binary_cross_entropy_with_logits(netD(real), ones) + F.binary_cross_entropy_with_logits(netD(d_in), zeros)
+        errD.backward()
+        optimizerD.step()
+        netG.zero_grad()
+        errG = F.binary_cross_entropy_with_logits(netD(fake), ones)
+        errG.backward()
+        optimizerG.step()
+
+
+def test_a_detach_forgotten_late_in_a_run_names_the_backward_that_freed_the_buffers() -> None:
+    # past the detailed calls nothing stamps the graphs: what the failing graph shows is read after
+    # the failure (its freed parts, the parameters below them, and the earlier call that reached them)
+    findings = watched(gan_detach_forgotten_late, raises=RuntimeError)
+    f = next(f for f in findings if f.rule == "second-backward")
+    assert f.site.line == line(gan_detach_forgotten_late, "errG.backward()")
+    assert f.backward.line == line(gan_detach_forgotten_late, "errD.backward()")
+    assert f.tensor == "fake"
+    assert "`fake.detach()`" in f.fix and "`netG`" in f.fix and "retain_graph=True` would only hide" in f.fix

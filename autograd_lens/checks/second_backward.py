@@ -96,7 +96,9 @@ def explain(ctx: Context, call: BackwardCall, walk: WalkResult, exc_text: str) -
         )
     top = (walk.tops.get(earlier.id) or [None])[0]
     rng = ctx.range_of_seq(top.seq) if top is not None else None
-    net = ctx.net_name(rng.net) if rng is not None else None
+    # the network it comes from: its forward range, else the network whose parameters lie below it
+    net_key = rng.net if rng is not None else (top.net if top is not None else None)
+    net = ctx.net_name(net_key) if net_key is not None else None
     var = top.var if top is not None else None
     # the same line in an earlier iteration: a network forward ran in between (not a loop over
     # several losses, nor `y.backward(); y.backward()` on one line)
@@ -146,7 +148,7 @@ def explain(ctx: Context, call: BackwardCall, walk: WalkResult, exc_text: str) -
             f"{call_text(earlier)} (line {earlier.site.line}), from {shared} down"
         )
         message = f"{here} needs buffers that {call_text(earlier)} (line {earlier.site.line}) already freed"
-        owner_opts = _opts_of_net(ctx, rng.net) if rng is not None else frozenset()
+        owner_opts = _opts_of_net(ctx, net_key) if net_key is not None else frozenset()
         earlier_trains = bool(owner_opts & (ctx.for_opts(earlier) or frozenset()))
         later_trains_others = bool(_reached_opts(ctx, walk.leaves) - owner_opts)
         if var and net and owner_opts and earlier_trains and later_trains_others:
@@ -190,8 +192,11 @@ def _reached_opts(ctx: Context, leaves: set[int]) -> frozenset[int]:
     return frozenset(o for p in leaves for o in ctx.reg.opts_of(p))
 
 
-def _consumer_fix(ctx: Context, produced: ForwardRange, var: str, earlier: BackwardCall) -> str:
-    """`netD(fake.detach())`, for the network that consumed the shared part before ``earlier``."""
+def _consumer_fix(ctx: Context, produced: ForwardRange | None, var: str, earlier: BackwardCall) -> str:
+    """`netD(fake.detach())`, for the network that consumed the shared part before ``earlier``
+    (``fake.detach()`` where the forwards were not recorded)."""
+    if produced is None:
+        return f"`{var}.detach()`"
     for r in ctx.reg.ranges:
         if r.depth == 0 and r.net != produced.net and r.start > produced.end and r.site is not None:
             if r.site.line <= earlier.site.line or r.site.file != earlier.site.file:
