@@ -6,6 +6,9 @@ Finds the backward call whose graph shares nodes with an earlier backward that r
 `output1 = a_net(input)`), and explains PyTorch's "Trying to backward through the graph a second
 time". It also catches the silent variant PyTorch misses: a loss backwarded a second time through
 nodes that save nothing (`(a + 1).sum().backward()` twice) adds its gradient twice, without error.
+When the failure comes late in a run (a detach forgotten in one branch, one iteration in many), the
+graph is read as it is after the failure: its released parts, the parameters below them and the
+earlier backward that reached them.
 
 The fix it gives goes into the loss that must not train the network the shared part comes from,
 whichever step runs first: after the generator's step, `discriminator(gen_imgs.detach())` in the
