@@ -367,12 +367,8 @@ class Steady:
     # ------------------------------------------------------------------------------------------
     # steady: one comparison per event
     # ------------------------------------------------------------------------------------------
-    def _advance(self) -> None:
-        self.pos += 1
-        if self.pos == len(self.t.events):  # type: ignore[union-attr]
-            self.pos = 0
-            self.n += 1
-            self.periods += 1
+    # (the handlers below advance to the template's next event inline, `pos`, wrapping to a new
+    # period, `n`: a method call per event costs as much as the comparison)
 
     def zero(self, obj: Any, set_to_none: bool) -> None:
         """The ``zero_grad()`` hook: counted when it is the template's next event, else the
