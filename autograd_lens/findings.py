@@ -127,6 +127,11 @@ class Label:
     primary: bool = False
 
 
+#: PyTorch's words for a backward through buffers an earlier backward freed (the recorder reads the
+#: failed graph for them, the judge explains them).
+SECOND_BACKWARD_ERROR = "backward through the graph a second time"
+
+
 @dataclass(frozen=True)
 class Finding:
     """One problem the lens found.

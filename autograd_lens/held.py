@@ -31,6 +31,12 @@ HELD_ITERATIONS = 2
 _UNSEEN = object()
 
 
+def tagged(occurrence: int) -> bool:
+    """Whether the graph of a backward site's call past its detail is tagged: one call in four, and
+    past its 64th call one in sixteen (a held graph stays alive, so it is seen all the same)."""
+    return not occurrence & (3 if occurrence < 64 else 15)
+
+
 class _GraphTag:
     """Lives in a root node's metadata; a weak reference to it says whether the graph is alive."""
 

@@ -31,7 +31,7 @@ from .checks import (
     stray_grad,
 )
 from .context import Context, Knowledge
-from .findings import Finding, Site, finding_text, rel_path
+from .findings import SECOND_BACKWARD_ERROR, Finding, Site, finding_text, rel_path
 from .naming import tensors_in
 
 if TYPE_CHECKING:
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from .registry import Registry
     from .walk import WalkResult
 
-_SECOND = "backward through the graph a second time"
 _INPLACE = "modified by an inplace operation"
 _NONSCALAR = "grad can be implicitly created only for scalar outputs"
 _NOGRAD = "does not require grad and does not have a grad_fn"
@@ -334,9 +333,9 @@ class Judge:
         text = str(exc)
         first = text.split("\n", 1)[0].split(". ", 1)[0].rstrip(".")  # PyTorch's first sentence
         names = names or {}
-        if _SECOND in text and call is not None and walk is not None:
+        if SECOND_BACKWARD_ERROR in text and call is not None and walk is not None:
             return second_backward.explain(ctx, call, walk, first)
-        if _SECOND in text:
+        if SECOND_BACKWARD_ERROR in text:
             return second_backward.unknown(site, first)
         if _INPLACE in text and call is not None:
             if walk is not None and walk.stale_saved:

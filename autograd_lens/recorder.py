@@ -39,9 +39,9 @@ import torch
 
 from . import frameworks, source
 from .events import BackwardCall, EventLog, HeldGraphs, OptimizerStep
-from .findings import Finding, Site
+from .findings import SECOND_BACKWARD_ERROR, Finding, Site
 from .graph import Graph, capture
-from .held import GraphTracker
+from .held import GraphTracker, tagged
 from .ledger import Ledger, ParamState
 from .hooks import (
     HookSet,
@@ -77,8 +77,7 @@ STALE_SITE = 16
 
 _serial = iter(range(1, 1 << 62))
 
-#: PyTorch's words for a backward through buffers an earlier backward freed.
-_SECOND_TIME = "backward through the graph a second time"
+
 
 #: Whether a JIT trace runs, and how many TorchDispatchModes are active (feature-detected).
 _TRACING = getattr(torch._C, "_get_tracing_state", None)
@@ -713,7 +712,7 @@ class Recorder:
         """The walk to explain a failed call with: for a call that was not walked and failed on
         freed buffers, what the graph shows now (:func:`walk.after_failure`: the freed parts and the
         earlier call that went through them)."""
-        if walk.prev or _SECOND_TIME not in str(exc):
+        if walk.prev or SECOND_BACKWARD_ERROR not in str(exc):
             return walk
         frame = first_user_frame(sys._getframe(1))
         try:
@@ -809,18 +808,24 @@ class Recorder:
             self._rows[key] = row
         return row
 
-    def _note_mode(self, call: BackwardCall) -> None:
-        """Which networks the call reached in eval mode; which optimizers it trained in train mode."""
+    def reached_units(self, reached: frozenset[int]) -> tuple[tuple[Any, ...], frozenset[int]]:
+        """The networks (``NetInfo``) and the optimizers of the parameters ``reached`` (memoized
+        until the next registration)."""
         reg = self.reg
-        memo = self._modes.get(call.reached)
+        memo = self._modes.get(reached)
         if memo is None or memo[0] != reg.generation:
-            nets = tuple(n for n in (reg.nets.get(k) for k in {reg.param_net.get(p) for p in call.reached} - {None}) if n)
-            opts = frozenset(o for p in call.reached for o in reg.param_opts.get(p, ()))
+            nets = tuple(n for n in (reg.nets.get(k) for k in {reg.param_net.get(p) for p in reached} - {None}) if n)
+            opts = frozenset(o for p in reached for o in reg.param_opts.get(p, ()))
             memo = (reg.generation, nets, opts)
             if len(self._modes) > 256:
                 self._modes.clear()
-            self._modes[call.reached] = memo
-        _, nets, opts = memo
+            self._modes[reached] = memo
+        return memo[1], memo[2]
+
+    def _note_mode(self, call: BackwardCall) -> None:
+        """Which networks the call reached in eval mode; which optimizers it trained in train mode."""
+        reg = self.reg
+        nets, opts = self.reached_units(call.reached)  # type: ignore[arg-type]
         evals = [n.name for n in nets if (m := n.ref()) is not None and not m.training]
         call.eval_nets = tuple(sorted(evals)) if evals else ()
         call.all_eval = bool(nets) and len(evals) == len(nets)
@@ -830,8 +835,7 @@ class Recorder:
     # graphs kept alive across iterations ---------------------------------------------------------
     def _track_graphs(self, roots: Sequence[torch.Tensor], call: BackwardCall) -> None:
         """Stamp the root (a later backward through it again is a silent double backward) and tag
-        its graph (:mod:`held`). Past a site's detail one call in four is tagged, and past its 64th
-        call one in sixteen: a held graph stays alive, so it is seen all the same."""
+        its graph (:mod:`held`); past a site's detail only some calls are (:func:`held.tagged`)."""
         fn = None
         for t in roots:
             fn = t.grad_fn
@@ -841,7 +845,7 @@ class Recorder:
             return
         if not call.retain_graph:
             fn.metadata[self.stamp_keys[1]] = call.id
-        if not call.detailed and call.occurrence & (3 if call.occurrence < 64 else 15):
+        if not call.detailed and not tagged(call.occurrence):
             return
         found = self._graphs.track(fn, call)
         if found is not None:

@@ -28,7 +28,7 @@ repeat from period to period (gradient kept across periods).
 While steady, the parameters' accumulation hooks call ``list.append`` of the steady cycles (no
 Python frame per accumulation); the list is emptied after each call.
 
-Imports :mod:`events`, :mod:`ledger`, :mod:`sites` and torch; it is part
+Imports :mod:`events`, :mod:`ledger`, :mod:`held` (``tagged``), :mod:`sites` and torch; it is part
 of the recorder, reaches the judge only through the recorder's sink, and keeps no tensor, module or
 node alive (optimizers and modules by weak reference, parameters by id; the parameters a backward
 call accumulated into are held until the next call or leaving).
@@ -46,6 +46,7 @@ import torch
 
 from .events import BackwardCall, OptimizerStep
 from .ledger import MAX_LEDGER
+from .held import tagged
 from .sites import exc_text, machinery_frame
 
 if TYPE_CHECKING:
@@ -247,23 +248,15 @@ class Steady:
             self.cycle.append(("b", id(s), retain, n_roots, call.reached, call.eval_nets, call.all_eval))
             return
         e = CallEvent(s, retain, n_roots, call)
-        if self.capture is not None:
-            ledger = self.rec.ledger
-            acc = tuple(ledger.capture or ())
-            ledger.capture = []
-            e.acc = acc
-            e.acc_ids = tuple(pid for pid, _ in acc)
-            reg = self.rec.reg
-            nets = []
-            for key in {reg.param_net.get(p) for p in call.reached} - {None}:
-                net = reg.nets.get(key)
-                m = net.ref() if net is not None else None
-                if m is not None:
-                    nets.append((net.ref, m.training))
-            e.nets = tuple(nets)
+        ledger = self.rec.ledger
+        acc = tuple(ledger.capture or ())
+        ledger.capture = []
+        e.acc = acc
+        e.acc_ids = tuple(pid for pid, _ in acc)
+        nets, _ = self.rec.reached_units(call.reached)
+        e.nets = tuple((net.ref, m.training) for net in nets if (m := net.ref()) is not None)
         self.cycle.append(_signature(e))
-        if self.capture is not None:
-            self.events.append(e)
+        self.events.append(e)
 
     def noted_step(self, opt: Any, st: OptInfo, step: OptimizerStep, params: list[Any]) -> None:
         if self.capture is None:
@@ -527,7 +520,7 @@ class Steady:
                 if fn is not None:
                     if not retain:
                         fn.metadata[root_key] = cid
-                    if not occurrence & (3 if occurrence < 64 else 15):  # as `Recorder._track_graphs`
+                    if tagged(occurrence):
                         self._track(fn, e, cid)  # type: ignore[arg-type]
                 self.pos += 1
                 if self.pos == len(tmpl.events):
@@ -555,7 +548,7 @@ class Steady:
         found = self.rec._graphs.tag(fn, (c.site.file, c.site.line), cid, c.iteration + m * self.t.di,  # type: ignore[union-attr]
                                      c.retain_graph)
         if found is not None:
-            self.rec.sink.held(self._call(c, m), *found)
+            self.rec.sink.held(self._call(e, m), *found)
 
     def _off_after(self, exc: BaseException | None) -> None:
         """The steady call ran and differs from the template (or failed), or steady cycles were left
@@ -614,17 +607,16 @@ class Steady:
     # ------------------------------------------------------------------------------------------
     # leaving: the state the full path would have made
     # ------------------------------------------------------------------------------------------
-    def _call(self, c: BackwardCall, m: int) -> BackwardCall:
+    def _call(self, e: CallEvent, m: int) -> BackwardCall:
+        """The template's call ``e``, ``m`` periods later."""
         t = self.t
         assert t is not None
+        c = e.call
         d = m * t.dc
         return BackwardCall(c.id + d, c.site, c.kind, c.roots, c.retain_graph, c.create_graph,
-                            c.occurrence + m * t.occ.get(id(self._state_of(c)), 0), c.prev + d if c.prev else 0,
+                            c.occurrence + m * t.occ[id(e.state)], c.prev + d if c.prev else 0,
                             c.iteration + m * t.di, c.eval_nets, c.all_eval, c.reached, c.networks, None, None,
                             c.within, False, c.site_key)
-
-    def _state_of(self, c: BackwardCall) -> Any:
-        return self.rec._sites.get((c.site.file, c.site.line))
 
     def _step(self, e: StepEvent, m: int, settled: bool) -> OptimizerStep:
         t = self.t
@@ -701,7 +693,7 @@ class Steady:
                 if n == 0 and not is_last:
                     continue
                 if isinstance(e, CallEvent):
-                    call = self._call(e.call, m)
+                    call = self._call(e, m)
                     log.add_call(call)
                     if is_last and call.reached:
                         pending.append(call)
@@ -721,7 +713,7 @@ class Steady:
             elif isinstance(e, CallEvent):
                 if sink.open_run:
                     sink.close_run()
-                call = self._call(e.call, n + 1)
+                call = self._call(e, n + 1)
                 log.add_call(call)
                 for pid, fresh in e.acc:
                     ps = ledger.params.get(pid)
