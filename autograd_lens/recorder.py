@@ -21,8 +21,8 @@ tags live in ``node.metadata``, which dies with the node.
 
 Imports: :mod:`hooks`, :mod:`registry`, :mod:`events`, :mod:`walk`, :mod:`graph`, :mod:`naming`,
 :mod:`frameworks`, :mod:`source`, :mod:`findings`, :mod:`sites` (where the user's code is),
-:mod:`held` (graphs kept alive across iterations) and :mod:`steady` (the steady cycles). Not the checks, not the judge (it calls the
-``sink`` it is given), not the watch.
+:mod:`held` (graphs kept alive across iterations) and :mod:`steady` (the steady cycles). Not the
+checks, not the judge (it calls the ``sink`` it is given), not the watch.
 """
 
 from __future__ import annotations
@@ -76,8 +76,6 @@ QUIET_CALLS = 1
 STALE_SITE = 16
 
 _serial = iter(range(1, 1 << 62))
-
-
 
 #: Whether a JIT trace runs, and how many TorchDispatchModes are active (feature-detected).
 _TRACING = getattr(torch._C, "_get_tracing_state", None)
@@ -202,7 +200,6 @@ class Recorder:
         self._step_post = g(self._on_step_post)
         # a steady loop's step and zero_grad: one comparison with its period (see :mod:`steady`)
         steady.slow_step, steady.slow_zero = g(self._on_step_pre), g(self._on_zero_grad)
-
         try:
             patch_backward(self.hooks, steady.engine, self._on_api, self._on_api_error)
             self._step_post_handle = register_global_optimizer_hooks(self.hooks, steady.step, self._step_post)
@@ -515,11 +512,8 @@ class Recorder:
         """A call of a site past its detail, outside a step's closure: what :meth:`_before_backward`
         does for it, without the walk and the names (None for every other call)."""
         frame = first_user_frame(sys._getframe(2))
-        if frame is None:
-            return None
-        code = frame.f_code
-        s = self._frame_sites.get((code.co_filename, frame.f_lineno, code.co_name))
-        del frame, code
+        s = self._known_site(frame)
+        del frame
         if s is None or s.detailed < self.detail or getattr(self._tls, "steps", None):
             return None
         sink = self.sink
@@ -540,17 +534,22 @@ class Recorder:
         walk = WalkResult(leaves=s.leaves, root_reused=reused) if reused else self._steady_walk(s)
         return call, s, walk, roots, None
 
+    def _known_site(self, frame: Any) -> SiteState | None:
+        """The state of the site whose calls are made from the user's ``frame``, once seen."""
+        if frame is None:
+            return None
+        code = frame.f_code
+        return self._frame_sites.get((code.co_filename, frame.f_lineno, code.co_name))
+
     def _site_state(self) -> tuple[SiteState, dict[int, str] | None]:
         """The backward site of the call being made: the user's frame (a framework's backward of
         the loss `training_step` returned is that return's line), and, the first time a site is
         seen, the names of the tensors in its frame."""
         frame = first_user_frame(sys._getframe(2))
         try:
-            if frame is not None:
-                code = frame.f_code
-                s = self._frame_sites.get((code.co_filename, frame.f_lineno, code.co_name))
-                if s is not None and s.detailed >= self.detail:
-                    return s, None  # known and past its detail: no scan of the frame's names
+            s = self._known_site(frame)
+            if s is not None and s.detailed >= self.detail:
+                return s, None  # known and past its detail: no scan of the frame's names
             site = frame_site(frame)
             names = tensor_names(frame, grad_fns=True)
             fw = framework_frames(frame)
