@@ -195,15 +195,18 @@ def after_failure(w: Recorder, roots: list[torch.Tensor], call: BackwardCall, na
     released buffers. ``root_seq(c)``: the sequence number of ``c``'s root, where its loss is still
     held; nodes made after it can only have been freed by the failing call itself (as far as it ran).
     None when it cannot be told."""
-    stack: list[tuple[Any, int | None]] = [(fn, None) for fn in _root_nodes(roots)]
+    stack: list[tuple[Any, Any]] = [(fn, None) for fn in _root_nodes(roots)]
     seen: set[int] = set()
     freed: list[tuple[Any, int, int | None]] = []  # (node, its sequence number, its consumer's)
+    consumer: dict[int, Any] = {}  # node id -> the node that consumes it (the first one met)
     leaves: set[int] = set()
     while stack and len(seen) < WALK_LIMIT:
-        fn, parent_seq = stack.pop()
+        fn, parent = stack.pop()
         if id(fn) in seen:
             continue
         seen.add(id(fn))
+        consumer[id(fn)] = parent
+        parent_seq = parent._sequence_nr() if parent is not None else None
         nxt = fn.next_functions
         if not nxt and type(fn).__name__ == "AccumulateGrad":
             leaves.add(id(fn.variable))
@@ -214,9 +217,21 @@ def after_failure(w: Recorder, roots: list[torch.Tensor], call: BackwardCall, na
             freed.append((fn, seq, parent_seq))
         for n, _ in nxt:
             if n is not None and id(n) not in seen:
-                stack.append((n, seq))
+                stack.append((n, fn))
     stack.clear()
     if not freed:
+        consumer.clear()
+        return None
+
+    def name_of(fn: Any) -> str | None:
+        """The variable holding ``fn``'s output, or a view of it (`img.view(...)`, which saves nothing)."""
+        while fn is not None:
+            name = names.get(id(fn))
+            if name is not None:
+                return name
+            fn = consumer.get(id(fn))
+            if fn is None or _saved_attrs(type(fn)):
+                return None
         return None
 
     def below(tops: list[Any]) -> set[int]:
@@ -254,9 +269,10 @@ def after_failure(w: Recorder, roots: list[torch.Tensor], call: BackwardCall, na
     shared = []
     for fn, seq, parent_seq in tops[:4]:
         nets = {w.reg.net_of_param(p) for p in below([fn])} - {None}
-        shared.append(SharedTop(type(fn).__name__, seq, names.get(id(fn)), id(fn), parent_seq,
+        shared.append(SharedTop(type(fn).__name__, seq, name_of(fn), id(fn), parent_seq,
                                 nets.pop() if len(nets) == 1 else None))
     n_freed = len([x for x in freed if x[1] <= max(t.seq for t in shared)])
     freed.clear()
     tops.clear()
+    consumer.clear()
     return WalkResult(prev={earlier.id: n_freed}, tops={earlier.id: shared}, leaves=leaves)

@@ -1056,6 +1056,48 @@ def gan_detach_forgotten_late(iters: int = 12, late: int = 9) -> None:
         optimizerG.step()
 
 
+def gan_g_first_detach_forgotten_late(iters: int = 12, late: int = 9) -> None:
+    """The generator's step first, as PyTorch-GAN's loops run it; one late iteration forgets the
+    detach in the discriminator's loss, whose backward then reaches the freed generator graph."""
+    generator = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 6), nn.Tanh())
+    discriminator = nn.Sequential(nn.Linear(6, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+    optimizer_G = torch.optim.Adam(generator.parameters(), lr=1e-3)
+    optimizer_D = torch.optim.Adam(discriminator.parameters(), lr=1e-3)
+    real, valid, fake = torch.randn(8, 6), torch.ones(8, 1), torch.zeros(8, 1)
+    for i in range(iters):
+        optimizer_G.zero_grad()
+        gen_imgs = generator(torch.randn(8, 4)).view(8, 6)
+        g_loss = F.binary_cross_entropy_with_logits(discriminator(gen_imgs), valid)
+        g_loss.backward()
+        optimizer_G.step()
+        optimizer_D.zero_grad()
+        d_in = gen_imgs if i == late else gen_imgs.detach()
+        d_loss = (F.binary_cross_entropy_with_logits(discriminator(real), valid)
+                  + F.binary_cross_entropy_with_logits(discriminator(d_in), fake)) / 2
+        d_loss.backward()
+        optimizer_D.step()
+
+
+def gan_detach_kept_late() -> None:
+    gan_detach_forgotten_late(late=-1)
+
+
+def gan_g_first_detach_kept_late() -> None:
+    gan_g_first_detach_forgotten_late(late=-1)
+
+
+CORRECT += [gan_detach_kept_late, gan_g_first_detach_kept_late]
+
+
+def test_a_detach_forgotten_late_after_the_generator_step_puts_it_in_the_discriminator_loss() -> None:
+    findings = watched(gan_g_first_detach_forgotten_late, raises=RuntimeError)
+    f = next(f for f in findings if f.rule == "second-backward")
+    assert f.site.line == line(gan_g_first_detach_forgotten_late, "d_loss.backward()")
+    assert f.backward.line == line(gan_g_first_detach_forgotten_late, "g_loss.backward()")
+    assert f.tensor == "gen_imgs"  # (a view of the generator's output: named by the variable)
+    assert f.fix.startswith("detach `gen_imgs` in the loss of `d_loss.backward()`, which must not train `generator`")
+
+
 def test_a_detach_forgotten_late_in_a_run_names_the_backward_that_freed_the_buffers() -> None:
     # past the detailed calls nothing stamps the graphs: what the failing graph shows is read after
     # the failure (its freed parts, the parameters below them, and the earlier call that reached them)

@@ -152,7 +152,7 @@ def explain(ctx: Context, call: BackwardCall, walk: WalkResult, exc_text: str) -
         )
         message = f"{here} needs buffers that {call_text(earlier)} (line {earlier.site.line}) already freed"
         owner_opts = _opts_of_net(ctx, net_key) if net_key is not None else frozenset()
-        earlier_trains = bool(owner_opts & (ctx.for_opts(earlier) or frozenset()))
+        earlier_trains = bool(owner_opts & _trains(ctx, earlier))
         later_trains_others = bool(_reached_opts(ctx, walk.leaves) - owner_opts)
         if var and net and owner_opts and earlier_trains and later_trains_others:
             # the earlier loss was meant for the network that made the shared part (the generator's
@@ -184,6 +184,16 @@ def explain(ctx: Context, call: BackwardCall, walk: WalkResult, exc_text: str) -
         tensor=var, backward=earlier.site,
         extra={"earlier": earlier.site.to_dict(), "network": net, "same_site": same_site},
     )
+
+
+def _trains(ctx: Context, call: BackwardCall) -> frozenset[int]:
+    """The optimizers ``call``'s gradient is for: its decision, else (a call whose run of steps was
+    not judged one by one, past the detailed calls) the optimizers whose recent steps took gradient
+    from its site."""
+    decided = ctx.for_opts(call)
+    if decided is not None:
+        return decided
+    return frozenset(s.optimizer_key for s in ctx.log.steps if call.site_key in s.sources)
 
 
 def _opts_of_net(ctx: Context, net_key: int) -> frozenset[int]:
