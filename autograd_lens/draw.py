@@ -61,7 +61,7 @@ def draw(
     marks_for = from_any(findings)
     frame = user_frame()
     try:
-        param_names = ParamNames.build(params, frame)
+        param_names = ParamNames.build(params, frame, storages=False)  # views are found by their base
         var_names = tensor_names(frame, grad_fns=True)  # tensors and their grad_fns, by id
     finally:
         del frame

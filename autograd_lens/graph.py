@@ -354,15 +354,6 @@ def _saved_of(node: Any, spec: tuple[tuple[str, str], ...], by_id: dict[int, str
     a node with nothing else readable is asked which it is.
     """
     tensor, parameter, new, dtypes = _TENSOR, _PARAMETER, _new, _DTYPE_NAMES
-    if len(spec) == 1:  # one saved tensor (tanh's result, ...): the most common case, made directly
-        attr, label = spec[0]
-        sv = getattr(node, attr)
-        if type(sv) is not list and type(sv) is not tuple:
-            data = sv.data
-            if type(data) is tensor and not by_id:
-                dt = data.dtype
-                param = _param_by_ptr(data, by_ptr) if by_ptr and data._is_view() else None
-                return (new(SavedTensor, (label, data.shape, dtypes.get(dt) or _dtype(dt), data.nbytes, False, param)),), False
     out: list[SavedTensor] = []
     empty: list[tuple[str, str]] | None = None  # (name, attr) of the saved tensors that read None
     for attr, label in spec:
@@ -381,8 +372,8 @@ def _saved_of(node: Any, spec: tuple[tuple[str, str], ...], by_id: dict[int, str
             # a parameter saved as it is, or seen through a view (`W.t()` saved by a matmul); a
             # plain tensor that is no view is no parameter's
             param = by_id.get(id(data)) if by_id else None
-            if param is None and by_ptr and data._is_view():
-                param = _param_by_ptr(data, by_ptr)
+            if param is None and by_id and data._is_view():
+                param = _view_param(data, by_id, by_ptr)
             dt = data.dtype
             out.append(new(SavedTensor, (label, data.shape, dtypes.get(dt) or _dtype(dt), data.nbytes, False, param)))
         else:
@@ -394,8 +385,17 @@ def _saved_of(node: Any, spec: tuple[tuple[str, str], ...], by_id: dict[int, str
 
 
 _TENSOR = torch.Tensor
+_SAVED_VARIABLE = torch._C._autograd.SavedTensor
 _PARAMETER = torch.nn.Parameter
 _new = tuple.__new__
+
+
+def _view_param(data: torch.Tensor, by_id: dict[int, str], by_ptr: dict[int, tuple[str, str]]) -> str | None:
+    """The parameter ``data`` is a view of (``W.t()`` saved by a matmul, ``W[1:]``), if any: its
+    base by identity, else by storage where the names know storages."""
+    base = data._base
+    param = by_id.get(id(base)) if base is not None else None
+    return param if param is not None or not by_ptr else _param_by_ptr(data, by_ptr)
 
 
 def _param_by_ptr(data: torch.Tensor, by_ptr: dict[int, tuple[str, str]]) -> str | None:
@@ -543,6 +543,7 @@ def _capture(
     type_info = _TYPE_INFO
     accumulate_grad = _accumulate_grad_type()
     new = tuple.__new__
+    tensor, saved_variable = _TENSOR, _SAVED_VARIABLE
     no_saved: tuple[SavedTensor, ...] = ()
     # (next_functions of a node, its graph id); nodes are held only while the walk runs. The roots
     # come first, as the inputs of a node -1 that is not drawn.
@@ -555,6 +556,7 @@ def _capture(
     while pending:
         nexts, dst = pop()
         several = len(nexts) > 1
+        again = False  # an input met before: it may be this node's input twice (x * x)
         if several:
             first_edge = len(edges)
         for fn, _ in nexts:
@@ -585,10 +587,25 @@ def _capture(
                         leaf_ids[nid] = id(var)
                 else:
                     op, kind, spec = type_info.get(tp) or _type_info(tp)
-                    saved_t, freed = _saved_of(fn, spec, by_id, by_ptr) if spec and saved else (no_saved, False)
-                    first = saved_t[0] if saved_t else None
-                    if first is not None and first[0] == "result" and not freed:
-                        shape, dtype = first[1], first[2]  # the op's output, already read
+                    saved_t, freed = no_saved, False
+                    if not spec or not saved:
+                        pass
+                    elif len(spec) == 1:  # one saved tensor (tanh's result, ...): the most common case, inline
+                        sv = getattr(fn, spec[0][0])
+                        data = sv.data if type(sv) is saved_variable else None
+                        if type(data) is tensor or type(data) is parameter:
+                            param = by_id.get(id(data)) if by_id else None
+                            if param is None and by_id and data._is_view():
+                                param = _view_param(data, by_id, by_ptr)
+                            dt = data.dtype
+                            saved_t = (new(SavedTensor, (spec[0][1], data.shape, dtypes.get(dt) or _dtype(dt),
+                                                         data.nbytes, False, param)),)
+                        else:
+                            saved_t, freed = _saved_of(fn, spec, by_id, by_ptr)
+                    else:
+                        saved_t, freed = _saved_of(fn, spec, by_id, by_ptr)
+                    if saved_t and saved_t[0][0] == "result" and not freed:
+                        shape, dtype = saved_t[0][1], saved_t[0][2]  # the op's output, already read
                     else:
                         meta = fn._input_metadata
                         if meta:
@@ -601,11 +618,13 @@ def _capture(
                     append_node(new(Node, (nid, op, kind, None, None, shape, dtype, saved_t, freed, seq,
                                            _ctx_tensors(fn) if kind == CUSTOM else ())))
                     push((fn.next_functions, nid))
+            else:
+                again = True
             append_edge((nid, dst))
         if dst < 0:
             root_ids = [nid for nid, _ in edges]
             edges.clear()
-        elif several:
+        elif several and again:
             mine = edges[first_edge:]
             if len(set(mine)) != len(mine):  # the same input twice (x * x): one edge
                 edges[first_edge:] = list(dict.fromkeys(mine))
@@ -645,40 +664,51 @@ def _assign_modules(nodes: list[Node], edges: list[tuple[int, int]]) -> None:
         else:
             ins.append(src)
     mods: list[str | None] = [nd[4] for nd in nodes]
-    params = {nd[0] for nd in nodes if nd[2] == PARAM}
-    view_param: dict[int, str] = {}
-    order = sorted((nd[9], nd[0]) for nd in nodes if nd[9] is not None)
+    # the module of a parameter node, or of the parameter an op views (`W.t()`): "direct" inputs
+    direct: list[str | None] = [(nd[4] or None) if nd[2] == PARAM else None for nd in nodes]
+    order = sorted([(nd[9], nd[0]) for nd in nodes if nd[9] is not None])
     new = tuple.__new__
     views = _VIEW_OPS
     for _, i in order:
         ins = inputs[i]
         if not ins:
             continue
-        direct: list[str] = []
-        other: list[str] = []
-        for src in ins:
-            m = mods[src]
-            if src in params:
-                if m:
-                    direct.append(m)
-            elif src in view_param:
-                direct.append(view_param[src])
-            elif m:
-                other.append(m)
-        nd = nodes[i]
-        if len(direct) == 1 and not other and nd[1] in views:
-            view_param[i] = direct[0]
-        if mods[i]:
-            continue
-        if direct:
-            m = direct[0] if len(direct) == 1 else common_module(direct)
-        elif other:
-            m = other[0] if len(other) == 1 else common_module(other)
+        if len(ins) == 1:  # most ops: one input
+            src = ins[0]
+            m = direct[src]
+            if m is not None:
+                if nodes[i][1] in views:
+                    direct[i] = m
+            else:
+                m = mods[src]
+            if not m or mods[i]:
+                continue
         else:
-            continue
-        if m:
-            mods[i] = m
-            nodes[i] = new(Node, (nd[0], nd[1], nd[2], nd[3], m, nd[5], nd[6], nd[7], nd[8], nd[9], nd[10]))
+            found: list[str] = []
+            other: list[str] = []
+            for src in ins:
+                m = direct[src]
+                if m is not None:
+                    found.append(m)
+                else:
+                    m = mods[src]
+                    if m:
+                        other.append(m)
+            if len(found) == 1 and not other and nodes[i][1] in views:
+                direct[i] = found[0]
+            if mods[i]:
+                continue
+            if found:
+                m = found[0] if len(found) == 1 else common_module(found)
+            elif other:
+                m = other[0] if len(other) == 1 else common_module(other)
+            else:
+                continue
+            if not m:
+                continue
+        mods[i] = m
+        nd = nodes[i]
+        nodes[i] = new(Node, (nd[0], nd[1], nd[2], nd[3], m, nd[5], nd[6], nd[7], nd[8], nd[9], nd[10]))
 
 
 def _as_tensor_list(tensors: tuple[Any, ...]) -> list[torch.Tensor]:

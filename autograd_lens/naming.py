@@ -209,9 +209,12 @@ class ParamNames:
     Holds the names and ``id``/storage keys only; no reference to any tensor or module.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, storages: bool = True) -> None:
         self.by_id: dict[int, str] = {}
-        self.by_ptr: dict[int, tuple[str, str]] = {}  # data_ptr -> (device, name)
+        # data_ptr -> (device, name): for tensors that share a parameter's storage without being
+        # a view of it (``p.data``). Off for a drawing, which finds views by their base.
+        self.by_ptr: dict[int, tuple[str, str]] = {}
+        self.storages = storages
         self.module_of: dict[str, str] = {}
         self.module_types: dict[str, str] = {}  # module name -> type name (``Sequential``)
         self.weak: set[int] = set()  # ids named only as a fallback; a module's name replaces them
@@ -238,7 +241,7 @@ class ParamNames:
             self.weak.add(key)
         self.by_id[key] = name
         self.module_of[name] = module if module is not None else name.rsplit(".", 1)[0]
-        ptr = storage_ptr(tensor)
+        ptr = storage_ptr(tensor) if self.storages else None
         if ptr is not None:
             self.by_ptr[ptr] = (str(tensor.device), name)
 
@@ -248,34 +251,45 @@ class ParamNames:
         first name, as ``named_parameters`` gives it)."""
         types = self.module_types
         seen: set[int] = set()
+        seen_add = seen.add
         add = self.add
-        by_id, by_ptr, module_of = self.by_id, self.by_ptr, self.module_of
+        by_id, by_ptr, module_of, storages = self.by_id, self.by_ptr, self.module_of, self.storages
         devices: dict[Any, str] = {}
         stack = [(prefix, module)]
+        pop, push = stack.pop, stack.append
         visited: set[int] = set()
         while stack:  # named_modules' order (depth first, children in order), without recursion
-            qual, mod = stack.pop()
-            if id(mod) in visited:
+            qual, mod = pop()
+            key = id(mod)
+            if key in visited:
                 continue
-            visited.add(id(mod))
+            visited.add(key)
             types[qual] = type(mod).__name__
-            for pname, p in mod._parameters.items():
-                if p is None or id(p) in seen:
-                    continue
-                seen.add(id(p))
-                name = f"{qual}.{pname}"
-                if id(p) in by_id:  # named before: the rules of `add`
-                    add(name, p, qual, force=force)
-                    continue
-                by_id[id(p)] = name
-                module_of[name] = qual
-                ptr = storage_ptr(p)
-                if ptr is not None:
-                    dev = p.device
-                    by_ptr[ptr] = (devices.get(dev) or devices.setdefault(dev, str(dev)), name)
+            params = mod._parameters
+            if params:
+                for pname, p in params.items():
+                    if p is None:
+                        continue
+                    key = id(p)
+                    if key in seen:
+                        continue
+                    seen_add(key)
+                    name = f"{qual}.{pname}"
+                    if key in by_id:  # named before: the rules of `add`
+                        add(name, p, qual, force=force)
+                        continue
+                    by_id[key] = name
+                    module_of[name] = qual
+                    if storages:
+                        ptr = storage_ptr(p)
+                        if ptr is not None:
+                            dev = p.device
+                            by_ptr[ptr] = (devices.get(dev) or devices.setdefault(dev, str(dev)), name)
             children = mod._modules
             if children:
-                stack.extend((f"{qual}.{k}", c) for k, c in reversed(children.items()) if c is not None)
+                for k, c in reversed(children.items()):
+                    if c is not None:
+                        push((f"{qual}.{k}", c))
 
     def name_of(self, tensor: torch.Tensor) -> str | None:
         return self.by_id.get(id(tensor))
@@ -288,10 +302,10 @@ class ParamNames:
         return hit[1] if hit is not None and hit[0] == str(tensor.device) else None
 
     @classmethod
-    def build(cls, params: Any = None, frame: types.FrameType | None = None) -> ParamNames:
+    def build(cls, params: Any = None, frame: types.FrameType | None = None, *, storages: bool = True) -> ParamNames:
         """Names from ``params`` (dict of tensors or modules, a module, a list of modules) or,
         when ``params`` is None, from the modules held in ``frame``."""
-        names = cls()
+        names = cls(storages=storages)
         if params is None:
             for var, mod in find_in_frame(frame, torch.nn.Module).items():
                 names.add_module(var, mod)

@@ -84,6 +84,22 @@ def test_custom_function_shows_saved_tensors() -> None:
     assert "LinearFnBackward" in g.to_dot()
 
 
+def test_saved_views_of_a_parameter_are_named_by_it() -> None:
+    """A matmul saves ``W.t()`` and an op on a slice saves ``W[1:]``, whose data starts past the
+    parameter's: both are named by the parameter they view; a plain tensor is not."""
+    net = nn.Linear(4, 3)
+    x = torch.randn(2, 4, requires_grad=True)
+    h = net(x)  # addmm saves net.weight.t()
+    rows = net.weight[1:]  # an offset view: its data_ptr is not the weight's
+    out = (h.sum(0, keepdim=True).t()[1:] * rows).sum()
+    g = lens.draw(out, params={"net": net})
+    by_name = {(n.op, s.name): s.param for n in g.nodes for s in n.saved}
+    assert rows.data_ptr() != net.weight.data_ptr()
+    assert by_name[("AddmmBackward0", "mat2")] == "net.weight"
+    assert by_name[("MulBackward0", "other")] == "net.weight"
+    assert by_name[("AddmmBackward0", "mat1")] is None and by_name[("MulBackward0", "self")] is None
+
+
 def test_draw_after_backward_marks_freed_nodes() -> None:
     netA, netB = _nets()
     out1 = netB(netA(torch.randn(2, 4))).mean()
