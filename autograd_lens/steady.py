@@ -120,6 +120,7 @@ _GRAPH_TASK = getattr(torch._C, "_current_graph_task_id", None) or (lambda: -1)
 if _TRACING is None or _DISPATCH_DEPTH is None or not hasattr(torch.compiler, "_is_compiling_flag"):  # older PyTorch
     _TRACING = lambda: object()  # noqa: E731  (never steady)
     _DISPATCH_DEPTH = lambda: 0  # noqa: E731
+_get_ident = threading.get_ident
 _COMPILER = torch.compiler  # `_is_compiling_flag`: what `torch.compiler.is_compiling()` answers (held while dynamo compiles)
 
 
@@ -438,41 +439,42 @@ class Steady:
         matched = False
         try:
             e = self.t.events[self.pos]  # type: ignore[union-attr]
-            if (e.__class__ is CallEvent and accumulate and not rec._inflight and _GRAPH_TASK() == -1
+            # (grad_tensors, retain_graph, create_graph, inputs), as torch passes them; other forms
+            # take the full path
+            if (e.__class__ is CallEvent and accumulate and len(args) == 4 and args[1] == e.retain
+                    and not args[2] and not args[3] and not rec._inflight and _GRAPH_TASK() == -1
                     and _TRACING() is None and not _DISPATCH_DEPTH() and not _COMPILER._is_compiling_flag):
-                if len(args) == 4:  # (grad_tensors, retain_graph, create_graph, inputs), as torch passes them
-                    retain, create_graph, inputs = bool(args[1]), args[2], args[3]
+                retain = e.retain  # type: ignore[union-attr]
+                if entry:
+                    matched = True
                 else:
-                    n_args = len(args)
-                    retain = bool(args[1]) if n_args > 1 else bool(kwargs.get("keep_graph", False))
-                    create_graph = args[2] if n_args > 2 else kwargs.get("create_graph", False)
-                    inputs = args[3] if n_args > 3 else kwargs.get("inputs")
-                matched = retain == e.retain and not create_graph and not inputs  # type: ignore[union-attr]
-                if matched and not entry:
                     depth = e.depth  # type: ignore[union-attr]
                     if depth:
                         f = sys._getframe(depth)
                         matched = f.f_code is e.code and f.f_lineno == e.line  # type: ignore[union-attr]
                     else:
                         matched = _find_caller(e, 1)
-                roots = t_outputs if isinstance(t_outputs, (tuple, list)) else (t_outputs,)
-                matched = matched and len(roots) == e.n_roots  # type: ignore[union-attr]
+                roots = t_outputs if t_outputs.__class__ is tuple or isinstance(t_outputs, (tuple, list)) else (t_outputs,)
                 root_key = rec.stamp_keys[1]
-                fn = None
-                if matched:
+                fn = meta = None
+                if matched and len(roots) == e.n_roots:  # type: ignore[union-attr]
                     for t in roots:
                         g = t.grad_fn
                         if g is not None:
-                            if g.metadata.get(root_key) is not None:
+                            md = g.metadata
+                            if root_key in md:
                                 matched = False  # a root used before: the full path says what it is
                                 break
                             if fn is None:
-                                fn = g
+                                fn, meta = g, md
+                else:
+                    matched = False
                 log = rec.log
                 tmpl = self.t
                 cid = log.n_calls + 1
-                matched = (matched and cid == e.call.id + (self.n + 1) * tmpl.dc  # type: ignore[union-attr,operator]
-                           and rec.iteration == e.call.iteration + (self.n + 1) * tmpl.di)  # type: ignore[union-attr,operator]
+                m = self.n + 1
+                matched = (matched and cid == e.call.id + m * tmpl.dc  # type: ignore[union-attr,operator]
+                           and rec.iteration == e.call.iteration + m * tmpl.di)  # type: ignore[union-attr,operator]
         except Exception as exc:  # a failure of the lens: the full path takes the call
             rec._internal(exc)
             matched = False
@@ -486,7 +488,7 @@ class Steady:
         s.last = cid
         collector = self.acc
         collector.clear()  # (what backward calls the lens does not watch accumulated)
-        running = (collector, None, threading.get_ident())
+        running = (collector, None, _get_ident())
         inflight = rec._inflight
         tls = rec._tls
         # what leaving while it runs makes into a call of the full path (`leave`)
@@ -510,8 +512,8 @@ class Steady:
                                 or {id(p) for p in collector} == set(e.acc_ids))  # type: ignore[union-attr]
             if same:
                 for ref, training in e.nets:  # type: ignore[union-attr]
-                    m = ref()
-                    if m is None or m.training != training:
+                    net = ref()
+                    if net is None or net.training != training:
                         same = False
                         break
             if same:
@@ -519,14 +521,16 @@ class Steady:
                 self.running = None
                 if fn is not None:
                     if not retain:
-                        fn.metadata[root_key] = cid
+                        meta[root_key] = cid  # type: ignore[index]
                     if tagged(occurrence):
                         self._track(fn, e, cid)  # type: ignore[arg-type]
-                self.pos += 1
-                if self.pos == len(tmpl.events):
+                pos = self.pos + 1
+                if pos == len(tmpl.events):
                     self.pos = 0
-                    self.n += 1
+                    self.n = m
                     self.periods += 1
+                else:
+                    self.pos = pos
                 return result
         except Exception as exc:
             rec._internal(exc)
