@@ -486,7 +486,7 @@ class Recorder:
             try:
                 return run(t_outputs, *args, **kwargs)
             finally:
-                if steady.on and not self._inflight:
+                if steady.on and not self._inflight and steady.running is None:
                     steady.acc.clear()  # (an unwatched call, while the hooks append there)
         if steady.on:
             self.leave_steady()

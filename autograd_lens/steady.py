@@ -72,7 +72,7 @@ class ZeroEvent:
 
 
 class CallEvent:
-    __slots__ = ("state", "retain", "n_roots", "acc", "acc_ids", "call", "nets", "depth", "code", "line")
+    __slots__ = ("state", "retain", "n_roots", "acc", "acc_ids", "call", "nets", "depth", "code", "lasti")
 
     def __init__(self, state: SiteState, retain: bool, n_roots: int, call: BackwardCall) -> None:
         self.state = state
@@ -82,13 +82,15 @@ class CallEvent:
         self.acc: tuple[tuple[int, bool], ...] = ()  # (parameter id, its ledger started anew), in order
         self.acc_ids: tuple[int, ...] = ()
         self.nets: tuple[tuple[weakref.ref, bool], ...] = ()  # networks reached, and their `training`
-        self.depth = 0  # the user's frame: how far up the steady handler's caller, its code and line
+        # the user's frame: how far up the steady handler's caller, its code and the instruction
+        # that made the call there (one instruction: one line, and no line table to read)
+        self.depth = 0
         self.code: Any = None
-        self.line = 0
+        self.lasti = -1
 
 
 class StepEvent:
-    __slots__ = ("ref", "key", "site", "opt", "step", "provenance", "groups", "depth", "code", "line", "param_ids",
+    __slots__ = ("ref", "key", "site", "opt", "step", "provenance", "groups", "depth", "code", "lasti", "param_ids",
                  "probes")
 
     def __init__(self, opt: Any, st: OptInfo, step: OptimizerStep, params: list[Any]) -> None:
@@ -106,7 +108,7 @@ class StepEvent:
         self.probes = tuple(weakref.ref(by_id[pids[0]]) for prov, pids in step.groups if prov and pids[0] in by_id)
         self.depth = 0
         self.code: Any = None
-        self.line = 0
+        self.lasti = -1
 
 
 Event = ZeroEvent | CallEvent | StepEvent
@@ -117,7 +119,8 @@ Event = ZeroEvent | CallEvent | StepEvent
 _TRACING = getattr(torch._C, "_get_tracing_state", None)
 _DISPATCH_DEPTH = getattr(torch._C, "_len_torch_dispatch_stack", None)
 _GRAPH_TASK = getattr(torch._C, "_current_graph_task_id", None) or (lambda: -1)
-if _TRACING is None or _DISPATCH_DEPTH is None or not hasattr(torch.compiler, "_is_compiling_flag"):  # older PyTorch
+if (_TRACING is None or _DISPATCH_DEPTH is None or not hasattr(torch.compiler, "_is_compiling_flag")
+        or not hasattr(torch._C, "_current_graph_task_id")):  # older PyTorch
     _TRACING = lambda: object()  # noqa: E731  (never steady)
     _DISPATCH_DEPTH = lambda: 0  # noqa: E731
 _get_ident = threading.get_ident
@@ -128,7 +131,7 @@ def _find_caller(e: CallEvent | StepEvent, skip: int) -> bool:
     """Whether the user's line that made this event (the first frame that is not the lens's, torch's
     or a framework's) is the template's; if so, remember how far up the handler it is, so that the
     next events of the same kind check the frame there (``sys._getframe(depth)``: same code, same
-    line) instead of walking."""
+    instruction) instead of walking."""
     f = sys._getframe(skip + 1)
     depth = 1
     while f is not None and machinery_frame(f):
@@ -140,7 +143,7 @@ def _find_caller(e: CallEvent | StepEvent, skip: int) -> bool:
     site = e.site if isinstance(e, StepEvent) else e.state.site
     if (code.co_filename, f.f_lineno, code.co_name) != (site.file, site.line, site.function):
         return False
-    e.depth, e.code, e.line = depth, code, f.f_lineno
+    e.depth, e.code, e.lasti = depth, code, f.f_lasti
     return True
 
 
@@ -406,23 +409,22 @@ class Steady:
             depth = e.depth  # type: ignore[union-attr]
             if depth:
                 f = sys._getframe(depth)
-                if f.f_code is not e.code or f.f_lineno != e.line:  # type: ignore[union-attr]
+                if f.f_code is not e.code or f.f_lasti != e.lasti:  # type: ignore[union-attr]
                     return self.slow_step(opt, args, kwargs)
             elif not _find_caller(e, 1):
                 return self.slow_step(opt, args, kwargs)
+            # (the counts need no check: while steady, only the steady handlers change them)
             rec = self.rec
-            log = rec.log
-            t = self.t
-            if log.n_steps != e.step.index + (self.n + 1) * t.ds:  # type: ignore[union-attr]
-                return self.slow_step(opt, args, kwargs)
             st.steps += 1
             rec.iteration += 1
-            log.n_steps += 1
-            self.pos += 1
-            if self.pos == len(t.events):  # type: ignore[union-attr]
+            rec.log.n_steps += 1
+            pos = self.pos + 1
+            if pos == len(self.t.events):  # type: ignore[union-attr]
                 self.pos = 0
                 self.n += 1
                 self.periods += 1
+            else:
+                self.pos = pos
             return None
         except Exception as exc:
             self.rec._internal(exc)
@@ -442,7 +444,7 @@ class Steady:
             # (grad_tensors, retain_graph, create_graph, inputs), as torch passes them; other forms
             # take the full path
             if (e.__class__ is CallEvent and accumulate and len(args) == 4 and args[1] == e.retain
-                    and not args[2] and not args[3] and not rec._inflight and _GRAPH_TASK() == -1
+                    and not args[2] and not args[3] and self.running is None and not rec._inflight and _GRAPH_TASK() == -1
                     and _TRACING() is None and not _DISPATCH_DEPTH() and not _COMPILER._is_compiling_flag):
                 retain = e.retain  # type: ignore[union-attr]
                 if entry:
@@ -451,7 +453,7 @@ class Steady:
                     depth = e.depth  # type: ignore[union-attr]
                     if depth:
                         f = sys._getframe(depth)
-                        matched = f.f_code is e.code and f.f_lineno == e.line  # type: ignore[union-attr]
+                        matched = f.f_code is e.code and f.f_lasti == e.lasti  # type: ignore[union-attr]
                     else:
                         matched = _find_caller(e, 1)
                 roots = t_outputs if t_outputs.__class__ is tuple or isinstance(t_outputs, (tuple, list)) else (t_outputs,)
@@ -469,12 +471,10 @@ class Steady:
                                 fn, meta = g, md
                 else:
                     matched = False
+                # (the call's id and iteration are the template's, shifted: while steady, only the
+                # steady handlers change the counts, and a full-path event leaves first)
                 log = rec.log
-                tmpl = self.t
                 cid = log.n_calls + 1
-                m = self.n + 1
-                matched = (matched and cid == e.call.id + m * tmpl.dc  # type: ignore[union-attr,operator]
-                           and rec.iteration == e.call.iteration + m * tmpl.di)  # type: ignore[union-attr,operator]
         except Exception as exc:  # a failure of the lens: the full path takes the call
             rec._internal(exc)
             matched = False
@@ -489,24 +489,21 @@ class Steady:
         collector = self.acc
         collector.clear()  # (what backward calls the lens does not watch accumulated)
         running = (collector, None, _get_ident())
-        inflight = rec._inflight
-        tls = rec._tls
-        # what leaving while it runs makes into a call of the full path (`leave`)
+        # What leaving while it runs makes into a call of the full path (`leave`). It is not among
+        # the recorder's running calls (nor the thread's `in_backward`) unless that happens: a
+        # backward started inside it is seen by the graph task running (`_GRAPH_TASK`).
         self.running = [e, s, retain, roots, cid, prev, occurrence, running, None]
-        tls.in_backward = True
-        inflight.append(running)
         try:
             result = run(t_outputs, *args, **kwargs)
         except BaseException as exc:
-            self._ran(inflight, tls)
+            self._ran()
             self._off_after(exc)
             raise
         now = self.running
         if now is not None and now[7] is running:
-            inflight.remove(running)
-            tls.in_backward = False
+            now[7] = None  # it ran
         else:  # steady cycles were left while it ran
-            self._ran(inflight, tls)
+            self._ran()
         try:
             same = self.on and (tuple(map(id, collector)) == e.acc_ids  # type: ignore[union-attr]
                                 or {id(p) for p in collector} == set(e.acc_ids))  # type: ignore[union-attr]
@@ -522,12 +519,12 @@ class Steady:
                 if fn is not None:
                     if not retain:
                         meta[root_key] = cid  # type: ignore[index]
-                    if tagged(occurrence):
+                    if not occurrence & 3 and tagged(occurrence):  # (never tagged unless a multiple of 4)
                         self._track(fn, e, cid)  # type: ignore[arg-type]
                 pos = self.pos + 1
-                if pos == len(tmpl.events):
+                if pos == len(self.t.events):  # type: ignore[union-attr]
                     self.pos = 0
-                    self.n = m
+                    self.n += 1
                     self.periods += 1
                 else:
                     self.pos = pos
@@ -537,13 +534,17 @@ class Steady:
         self._off_after(None)
         return result
 
-    def _ran(self, inflight: list[Any], tls: Any) -> None:
-        """The steady call's backward returned (or raised): it is no longer running."""
+    def _ran(self) -> None:
+        """The steady call's backward returned (or raised): it is no longer running (among the
+        recorder's running calls, when steady cycles were left while it ran: `_make_running`)."""
         running = self.running
-        entry = running[7] if running is not None else None
+        if running is None:
+            return
+        entry, running[7] = running[7], None
+        inflight = self.rec._inflight
         if entry is not None and entry in inflight:
             inflight.remove(entry)
-        tls.in_backward = False
+            self.rec._tls.in_backward = False
 
     def _track(self, fn: Any, e: CallEvent, cid: int) -> None:
         """Tag the graph, as the full path does for some calls (graphs kept alive)."""
@@ -583,7 +584,7 @@ class Steady:
     def _make_running(self) -> None:
         """Leaving while a steady call runs (or right after it ran): it becomes a call of the full
         path, in the log after the calls before it, holding what it accumulated so far; its hooks'
-        later accumulations go to it (its entry among the running calls points at it)."""
+        later accumulations go to it (it joins the recorder's running calls)."""
         rec = self.rec
         running = self.running
         assert running is not None
@@ -601,11 +602,11 @@ class Steady:
             if ps is not None:
                 rec.ledger.accumulated(ps, p, call)
         self.acc.clear()
-        inflight = rec._inflight
-        for i, x in enumerate(inflight):
-            if x is entry:
-                inflight[i] = running[7] = (call, None, entry[2])
-                break
+        if entry is not None:  # still running: its hooks' accumulations go to the call made
+            running[7] = made = (call, None, entry[2])
+            rec._inflight.append(made)
+            if entry[2] == _get_ident():
+                rec._tls.in_backward = True
         running[8] = call
 
     # ------------------------------------------------------------------------------------------
