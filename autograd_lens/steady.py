@@ -62,7 +62,7 @@ NOT_STEADY = object()
 
 
 class ZeroEvent:
-    __slots__ = ("ref", "key", "set_to_none", "pids")
+    __slots__ = ("ref", "key", "set_to_none", "pids", "index", "after", "wraps")
 
     def __init__(self, obj: Any, set_to_none: bool, pids: list[int]) -> None:
         self.ref = weakref.ref(obj)
@@ -72,11 +72,14 @@ class ZeroEvent:
 
 
 class CallEvent:
-    __slots__ = ("state", "retain", "n_roots", "acc", "acc_ids", "call", "nets", "depth", "code", "lasti")
+    __slots__ = ("state", "retain", "n_roots", "acc", "acc_ids", "call", "nets", "depth", "code", "lasti", "index",
+                 "after", "wraps", "args")
 
     def __init__(self, state: SiteState, retain: bool, n_roots: int, call: BackwardCall) -> None:
         self.state = state
         self.retain = retain
+        # the engine's (retain_graph, create_graph, inputs), as `backward()` passes them
+        self.args = (retain, False, ())
         self.n_roots = n_roots
         self.call = call
         self.acc: tuple[tuple[int, bool], ...] = ()  # (parameter id, its ledger started anew), in order
@@ -91,7 +94,7 @@ class CallEvent:
 
 class StepEvent:
     __slots__ = ("ref", "key", "site", "opt", "step", "provenance", "groups", "depth", "code", "lasti", "param_ids",
-                 "probes")
+                 "probes", "index", "after", "wraps")
 
     def __init__(self, opt: Any, st: OptInfo, step: OptimizerStep, params: list[Any]) -> None:
         self.ref = weakref.ref(opt)
@@ -124,6 +127,7 @@ if (_TRACING is None or _DISPATCH_DEPTH is None or not hasattr(torch.compiler, "
     _TRACING = lambda: object()  # noqa: E731  (never steady)
     _DISPATCH_DEPTH = lambda: 0  # noqa: E731
 _get_ident = threading.get_ident
+_getframe = sys._getframe
 _COMPILER = torch.compiler  # `_is_compiling_flag`: what `torch.compiler.is_compiling()` answers (held while dynamo compiles)
 
 
@@ -182,7 +186,10 @@ class Template:
 
     def __init__(self, cycles: list[list[Event]], dc: int, ds: int, di: int,
                  moving: dict[int, tuple[tuple[int, ...], dict[int, tuple[int, ...]], bool]]) -> None:
-        self.events = [e for c in cycles for e in c]
+        self.events = events = [e for c in cycles for e in c]
+        # each event's place, and the one after it (the first again after the last, a new period)
+        for i, e in enumerate(events):
+            e.index, e.after, e.wraps = i, events[(i + 1) % len(events)], i == len(events) - 1
         self.dc, self.ds, self.di = dc, ds, di  # calls, steps and iterations per period
         self.moving = moving  # parameter id -> (ledger, applied, holding) at the end of the template
         occ: dict[int, int] = {}
@@ -211,14 +218,15 @@ class Steady:
         self.captured: list[list[Event]] = []
         # while on
         self.t: Template | None = None
-        self.pos = 0  # next event of the template
+        self.next: Event | None = None  # the template's next event, while steady
+        self.root_key = ""  # the key of the recorder's root stamps in a node's metadata
         self.n = 0  # periods completed while steady
         self.enters = 0
         self.running: list[Any] | None = None  # the steady call running now (see `engine`)
         # the parameters each steady call accumulated into (their hooks append to it while steady)
         self.acc: list[Any] = []
         self.leaves = 0
-        self.periods = 0  # periods run steady in this watch, all told
+        self.periods = 0  # periods run steady in this watch, all told (counted when leaving)
         # the recorder's full path for a step (pre-hook) and a zero_grad, when not the next event
         self.slow_step: Callable[[Any, tuple, dict], None] = lambda opt, args, kwargs: None
         self.slow_zero: Callable[[Any, bool], None] = lambda obj, set_to_none: None
@@ -355,7 +363,8 @@ class Steady:
                     return False  # part of it moves with the periods, part of it stays
                 moving[pid] = (led1, app1, hold1)
         self.t = Template(cycles, dc, ds, di, moving)
-        self.pos = 0
+        self.next = self.t.events[0]
+        self.root_key = rec.stamp_keys[1]
         self.n = 0
         self.on = True
         rec.steady_hooks(self.acc.append)
@@ -364,24 +373,22 @@ class Steady:
     # ------------------------------------------------------------------------------------------
     # steady: one comparison per event
     # ------------------------------------------------------------------------------------------
-    # (the handlers below advance to the template's next event inline, `pos`, wrapping to a new
+    # (the handlers below advance to the template's next event inline, `next`, wrapping to a new
     # period, `n`: a method call per event costs as much as the comparison)
 
     def zero(self, obj: Any, set_to_none: bool) -> None:
         """The ``zero_grad()`` hook: counted when it is the template's next event, else the
         recorder's full path takes it (``slow_zero``)."""
-        if not self.on:
+        e = self.next
+        if e is None:
             return self.slow_zero(obj, set_to_none)
         try:
-            e = self.t.events[self.pos]  # type: ignore[union-attr]
             if (e.__class__ is not ZeroEvent or e.ref() is not obj or e.set_to_none != set_to_none  # type: ignore[union-attr]
                     or _TRACING() is not None or _DISPATCH_DEPTH() or _COMPILER._is_compiling_flag):
                 return self.slow_zero(obj, set_to_none)
-            self.pos += 1
-            if self.pos == len(self.t.events):  # type: ignore[union-attr]
-                self.pos = 0
+            self.next = e.after
+            if e.wraps:
                 self.n += 1
-                self.periods += 1
             return None
         except Exception as exc:
             self.rec._internal(exc)
@@ -390,14 +397,13 @@ class Steady:
     def step(self, opt: Any, args: tuple, kwargs: dict) -> None:
         """The optimizers' step pre-hook: counted when it is the template's next event, else the
         recorder's full path takes it (``slow_step``)."""
-        if not self.on:
+        e = self.next
+        if e is None:
             return self.slow_step(opt, args, kwargs)
         try:
-            e = self.t.events[self.pos]  # type: ignore[union-attr]
             if (e.__class__ is not StepEvent or e.ref() is not opt or kwargs or len(args) > 1  # type: ignore[union-attr]
                     or _TRACING() is not None or _DISPATCH_DEPTH() or _COMPILER._is_compiling_flag):
                 return self.slow_step(opt, args, kwargs)
-            st = e.opt  # type: ignore[union-attr]
             groups = opt.param_groups
             ids = tuple(map(id, groups[0]["params"])) if len(groups) == 1 else tuple(id(p) for g in groups for p in g["params"])
             if ids != e.param_ids:  # type: ignore[union-attr]
@@ -408,23 +414,19 @@ class Steady:
                     return self.slow_step(opt, args, kwargs)
             depth = e.depth  # type: ignore[union-attr]
             if depth:
-                f = sys._getframe(depth)
+                f = _getframe(depth)
                 if f.f_code is not e.code or f.f_lasti != e.lasti:  # type: ignore[union-attr]
                     return self.slow_step(opt, args, kwargs)
             elif not _find_caller(e, 1):
                 return self.slow_step(opt, args, kwargs)
             # (the counts need no check: while steady, only the steady handlers change them)
             rec = self.rec
-            st.steps += 1
+            e.opt.steps += 1  # type: ignore[union-attr]
             rec.iteration += 1
             rec.log.n_steps += 1
-            pos = self.pos + 1
-            if pos == len(self.t.events):  # type: ignore[union-attr]
-                self.pos = 0
+            self.next = e.after  # type: ignore[union-attr]
+            if e.wraps:  # type: ignore[union-attr]
                 self.n += 1
-                self.periods += 1
-            else:
-                self.pos = pos
             return None
         except Exception as exc:
             self.rec._internal(exc)
@@ -436,28 +438,28 @@ class Steady:
         full path takes it (``Recorder._on_engine``). ``entry``: the call the loop goes steady with
         (its site was just found by the full path)."""
         rec = self.rec
-        if not self.on:
+        e = self.next
+        if e is None:
             return rec._on_engine(run, t_outputs, args, kwargs, accumulate)
         matched = False
         try:
-            e = self.t.events[self.pos]  # type: ignore[union-attr]
-            # (grad_tensors, retain_graph, create_graph, inputs), as torch passes them; other forms
-            # take the full path
-            if (e.__class__ is CallEvent and accumulate and len(args) == 4 and args[1] == e.retain
-                    and not args[2] and not args[3] and self.running is None and not rec._inflight and _GRAPH_TASK() == -1
-                    and _TRACING() is None and not _DISPATCH_DEPTH() and not _COMPILER._is_compiling_flag):
+            # (grad_tensors, retain_graph, create_graph, inputs), as `backward()` passes them; other
+            # forms take the full path
+            if (e.__class__ is CallEvent and accumulate and args[1:] == e.args and self.running is None  # type: ignore[union-attr]
+                    and not rec._inflight and _GRAPH_TASK() == -1 and _TRACING() is None and not _DISPATCH_DEPTH()
+                    and not _COMPILER._is_compiling_flag):
                 retain = e.retain  # type: ignore[union-attr]
                 if entry:
                     matched = True
                 else:
                     depth = e.depth  # type: ignore[union-attr]
                     if depth:
-                        f = sys._getframe(depth)
+                        f = _getframe(depth)
                         matched = f.f_code is e.code and f.f_lasti == e.lasti  # type: ignore[union-attr]
                     else:
                         matched = _find_caller(e, 1)
                 roots = t_outputs if t_outputs.__class__ is tuple or isinstance(t_outputs, (tuple, list)) else (t_outputs,)
-                root_key = rec.stamp_keys[1]
+                root_key = self.root_key
                 fn = meta = None
                 if matched and len(roots) == e.n_roots:  # type: ignore[union-attr]
                     for t in roots:
@@ -488,20 +490,19 @@ class Steady:
         s.last = cid
         collector = self.acc
         collector.clear()  # (what backward calls the lens does not watch accumulated)
-        running = (collector, None, _get_ident())
-        # What leaving while it runs makes into a call of the full path (`leave`). It is not among
-        # the recorder's running calls (nor the thread's `in_backward`) unless that happens: a
-        # backward started inside it is seen by the graph task running (`_GRAPH_TASK`).
-        self.running = [e, s, retain, roots, cid, prev, occurrence, running, None]
+        # What leaving while it runs makes into a call of the full path (`leave`): [..., the thread
+        # running it (None once it ran), the call made]. It is not among the recorder's running
+        # calls (nor the thread's `in_backward`) unless that happens: a backward started inside it
+        # is seen by the graph task running (`_GRAPH_TASK`).
+        self.running = running = [e, s, retain, roots, cid, prev, occurrence, _get_ident(), None]
         try:
             result = run(t_outputs, *args, **kwargs)
         except BaseException as exc:
             self._ran()
             self._off_after(exc)
             raise
-        now = self.running
-        if now is not None and now[7] is running:
-            now[7] = None  # it ran
+        if self.running is running and running[8] is None:
+            running[7] = None  # it ran
         else:  # steady cycles were left while it ran
             self._ran()
         try:
@@ -521,13 +522,9 @@ class Steady:
                         meta[root_key] = cid  # type: ignore[index]
                     if not occurrence & 3 and tagged(occurrence):  # (never tagged unless a multiple of 4)
                         self._track(fn, e, cid)  # type: ignore[arg-type]
-                pos = self.pos + 1
-                if pos == len(self.t.events):  # type: ignore[union-attr]
-                    self.pos = 0
+                self.next = e.after  # type: ignore[union-attr]
+                if e.wraps:  # type: ignore[union-attr]
                     self.n += 1
-                    self.periods += 1
-                else:
-                    self.pos = pos
                 return result
         except Exception as exc:
             rec._internal(exc)
@@ -603,9 +600,9 @@ class Steady:
                 rec.ledger.accumulated(ps, p, call)
         self.acc.clear()
         if entry is not None:  # still running: its hooks' accumulations go to the call made
-            running[7] = made = (call, None, entry[2])
+            running[7] = made = (call, None, entry)
             rec._inflight.append(made)
-            if entry[2] == _get_ident():
+            if entry == _get_ident():
                 rec._tls.in_backward = True
         running[8] = call
 
@@ -650,10 +647,13 @@ class Steady:
         if not self.on:
             return
         self.on = False
+        pos = self.next.index  # type: ignore[union-attr]
+        self.next = None
         self.rec.steady_hooks(None)
         if self.running is None:
             self.acc.clear()  # (what backward calls the lens does not watch accumulated)
         self.leaves += 1
+        self.periods += self.n
         if self.leaves > 16 and self.periods < 4 * (self.enters + self.leaves):
             # a loop that keeps changing (fewer than four steady periods per capture): not worth
             # the captures; one that changes now and then (an epoch's end) stays worth them
@@ -661,7 +661,7 @@ class Steady:
         rec = self.rec
         t = self.t
         assert t is not None
-        n, pos = self.n, self.pos
+        n = self.n
         log, ledger, sink = rec.log, rec.ledger, rec.sink
         n_calls, n_steps = log.n_calls, log.n_steps
         touched: set[int] = set()
