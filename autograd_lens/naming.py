@@ -178,8 +178,9 @@ def find_all_in_frame(
     if seen_globals is not None and frame is not None:
         with_globals = id(frame.f_globals) not in seen_globals
         seen_globals.add(id(frame.f_globals))
+    never = _NEVER_HOLDS
     for name, value in _candidates(frame, with_globals):
-        if take(name, value):
+        if isinstance(value, never) or take(name, value):  # (most globals: modules, functions, classes)
             continue
         if isinstance(value, (list, tuple)) and len(value) <= 64:
             for i, item in enumerate(value):
