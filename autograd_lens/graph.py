@@ -365,9 +365,10 @@ def _saved_of(node: Any, spec: tuple[tuple[str, str], ...], by_id: dict[int, str
             continue
         data = sv.data
         if data is None:
-            if empty is None:
-                empty = []
-            empty.append((label, attr))
+            if not out:  # (needed only when nothing else is readable: see the end)
+                if empty is None:
+                    empty = []
+                empty.append((label, attr))
         elif type(data) is tensor or type(data) is parameter:  # the common cases, inline
             # a parameter saved as it is, or seen through a view (`W.t()` saved by a matmul); a
             # plain tensor that is no view is no parameter's
