@@ -356,9 +356,10 @@ def _saved_of(node: Any, spec: tuple[tuple[str, str], ...], by_id: dict[int, str
     tensor, parameter, new, dtypes = _TENSOR, _PARAMETER, _new, _DTYPE_NAMES
     out: list[SavedTensor] = []
     empty: list[tuple[str, str]] | None = None  # (name, attr) of the saved tensors that read None
+    saved_variable = _SAVED_VARIABLE
     for attr, label in spec:
         sv = getattr(node, attr)
-        if type(sv) is list or type(sv) is tuple:  # a list of tensors (cat, stack)
+        if sv.__class__ is not saved_variable:  # a list of tensors (cat, stack)
             empty = empty if empty is not None else []
             for i, item in enumerate(sv):
                 _saved_one(f"{label}[{i}]", attr, item.data, out, empty, by_id, by_ptr)
