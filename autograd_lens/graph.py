@@ -311,11 +311,14 @@ def read_json(path: Path, what: str, expected: str) -> Any:
 _SAVED_ATTRS: dict[type, tuple[str, ...]] = {}
 
 
-_TYPE_INFO: dict[type, tuple[str, str, tuple[tuple[str, str], ...]]] = {}
+_TypeInfo = tuple[str, str, tuple[tuple[str, str], ...], "str | None", str, bool]
+_TYPE_INFO: dict[type, _TypeInfo] = {}
 
 
-def _type_info(tp: type) -> tuple[str, str, tuple[tuple[str, str], ...]]:
-    """``(op name, kind, ((raw saved attribute, label), ...))`` of an autograd node type."""
+def _type_info(tp: type) -> _TypeInfo:
+    """``(op name, kind, ((raw saved attribute, label), ...), the attribute of its only saved
+    tensor (else None), that tensor's label, whether that tensor is the op's output)`` of an
+    autograd node type."""
     info = _TYPE_INFO.get(tp)
     if info is None:
         op = tp.__name__
@@ -323,7 +326,9 @@ def _type_info(tp: type) -> tuple[str, str, tuple[tuple[str, str], ...]]:
             kind = COMPILED if op.startswith("CompiledFunction") else CUSTOM
         else:
             kind = OP
-        info = _TYPE_INFO[tp] = (op, kind, tuple((a, a[11:]) for a in _saved_attrs(tp)))
+        spec = tuple((a, a[11:]) for a in _saved_attrs(tp))
+        one = spec[0] if len(spec) == 1 else (None, "")
+        info = _TYPE_INFO[tp] = (op, kind, spec, one[0], one[1], one[1] == "result")
     return info
 
 
@@ -544,6 +549,7 @@ def _capture(
     dtypes = _DTYPE_NAMES
     type_info = _TYPE_INFO
     accumulate_grad = _accumulate_grad_type()
+    no_accumulate_type = accumulate_grad is None
     new = tuple.__new__
     tensor, saved_variable = _TENSOR, _SAVED_VARIABLE
     no_saved: tuple[SavedTensor, ...] = ()
@@ -558,9 +564,9 @@ def _capture(
     while pending:
         nexts, dst = pop()
         several = len(nexts) > 1
-        again = False  # an input met before: it may be this node's input twice (x * x)
         if several:
             first_edge = len(edges)
+            again = False  # an input met before: it may be this node's input twice (x * x)
         for fn, _ in nexts:
             if fn is None:
                 continue
@@ -571,7 +577,7 @@ def _capture(
                 count += 1
                 index[key] = nid
                 tp = type(fn)
-                if tp is accumulate_grad or (accumulate_grad is None and tp.__name__ == "AccumulateGrad"):
+                if tp is accumulate_grad or (no_accumulate_type and tp.__name__ == "AccumulateGrad"):
                     var = fn.variable
                     pname = name_of(id(var))
                     module = None
@@ -588,27 +594,29 @@ def _capture(
                     if leaf_ids is not None:
                         leaf_ids[nid] = id(var)
                 else:
-                    op, kind, spec = type_info.get(tp) or _type_info(tp)
-                    saved_t, freed = no_saved, False
-                    if not spec or not saved:
-                        pass
-                    elif len(spec) == 1:  # one saved tensor (tanh's result, ...): the most common case, inline
-                        sv = getattr(fn, spec[0][0])
-                        data = sv.data if type(sv) is saved_variable else None
-                        if type(data) is tensor or type(data) is parameter:
+                    op, kind, spec, one, label, is_result = type_info.get(tp) or _type_info(tp)
+                    shape = None
+                    if not saved or not spec:
+                        saved_t, freed = no_saved, False
+                    elif one is not None:  # one saved tensor (tanh's result, ...): the most common case, inline
+                        sv = getattr(fn, one)
+                        data = sv.data if sv.__class__ is saved_variable else None
+                        if data.__class__ is tensor or data.__class__ is parameter:
                             param = by_id.get(id(data)) if by_id else None
                             if param is None and by_id and data._is_view():
                                 param = _view_param(data, by_id, by_ptr)
                             dt = data.dtype
-                            saved_t = (new(SavedTensor, (spec[0][1], data.shape, dtypes.get(dt) or _dtype(dt),
-                                                         data.nbytes, False, param)),)
+                            dtype = dtypes.get(dt) or _dtype(dt)
+                            saved_t, freed = (new(SavedTensor, (label, data.shape, dtype, data.nbytes, False, param)),), False
+                            if is_result:
+                                shape = saved_t[0][1]  # the op's output, already read
                         else:
                             saved_t, freed = _saved_of(fn, spec, by_id, by_ptr)
                     else:
                         saved_t, freed = _saved_of(fn, spec, by_id, by_ptr)
-                    if saved_t and saved_t[0][0] == "result" and not freed:
-                        shape, dtype = saved_t[0][1], saved_t[0][2]  # the op's output, already read
-                    else:
+                        if saved_t and saved_t[0][0] == "result" and not freed:
+                            shape, dtype = saved_t[0][1], saved_t[0][2]  # the op's output, already read
+                    if shape is None:
                         meta = fn._input_metadata
                         if meta:
                             m0 = meta[0]
@@ -621,7 +629,7 @@ def _capture(
                                            _ctx_tensors(fn) if kind == CUSTOM else ())))
                     push((fn.next_functions, nid))
             else:
-                again = True
+                again = True  # (read only when `several`)
             append_edge((nid, dst))
         if dst < 0:
             root_ids = [nid for nid, _ in edges]
