@@ -201,9 +201,9 @@ class Recorder:
         # a steady loop's step and zero_grad: one comparison with its period (see :mod:`steady`)
         steady.slow_step, steady.slow_zero = g(self._on_step_pre), g(self._on_zero_grad)
         try:
-            patch_backward(self.hooks, steady.engine, self._on_api, self._on_api_error)
-            self._step_post_handle = register_global_optimizer_hooks(self.hooks, steady.step, self._step_post)
-            patch_zero_grad(self.hooks, steady.zero)
+            patch_backward(self.hooks, steady.make_engine, self._on_api, self._on_api_error)
+            self._step_post_handle = register_global_optimizer_hooks(self.hooks, steady.make_step(), self._step_post)
+            patch_zero_grad(self.hooks, steady.make_zero)
             patch_optimizer_init(self.hooks, g(self._on_new_optimizer))
             watch_warnings(self.hooks, g(self._on_warning))
             self._modules_on()
@@ -477,8 +477,8 @@ class Recorder:
         self.sink.explain_error(exc, site, roots=roots, names=names)
 
     def _on_engine(self, run: Callable[..., Any], t_outputs: Any, args: tuple, kwargs: dict, accumulate: bool) -> Any:
-        """Every backward call, once :meth:`steady.Steady.engine` found it is not a steady loop's next
-        event."""
+        """Every backward call, once the steady cycles' hook (:meth:`steady.Steady.make_engine`)
+        found it is not a steady loop's next event."""
         steady = self.steady
         if getattr(self._tls, "in_backward", False) or self.closed or _inside_backward() or self.aside():
             # a backward started from inside another one (reentrant checkpointing, hooks):
@@ -502,7 +502,7 @@ class Recorder:
                 self._internal(exc)
                 return go()
             if prepared is NOT_STEADY:  # the loop went steady with this call
-                return steady.engine(run, t_outputs, args, kwargs, accumulate, entry=True)
+                return steady.engine(run, t_outputs, args, kwargs)
             if prepared is not None:
                 return self._run_backward(go, *prepared, steady=True)
         steady.broken()

@@ -220,6 +220,8 @@ class Steady:
         self.t: Template | None = None
         self.next: Event | None = None  # the template's next event, while steady
         self.root_key = ""  # the key of the recorder's root stamps in a node's metadata
+        self.entry = False  # the next backward call is the one the loop goes steady with
+        self.installed: Callable[..., Any] = lambda *args, **kwargs: None  # the backward hook (`make_engine`)
         self.n = 0  # periods completed while steady
         self.enters = 0
         self.running: list[Any] | None = None  # the steady call running now (see `engine`)
@@ -376,160 +378,184 @@ class Steady:
     # (the handlers below advance to the template's next event inline, `next`, wrapping to a new
     # period, `n`: a method call per event costs as much as the comparison)
 
-    def zero(self, obj: Any, set_to_none: bool) -> None:
-        """The ``zero_grad()`` hook: counted when it is the template's next event, else the
-        recorder's full path takes it (``slow_zero``)."""
-        e = self.next
-        if e is None:
-            return self.slow_zero(obj, set_to_none)
-        try:
-            if (e.__class__ is not ZeroEvent or e.ref() is not obj or e.set_to_none != set_to_none  # type: ignore[union-attr]
-                    or _TRACING() is not None or _DISPATCH_DEPTH() or _COMPILER._is_compiling_flag):
-                return self.slow_zero(obj, set_to_none)
-            self.next = e.after
-            if e.wraps:
-                self.n += 1
-            return None
-        except Exception as exc:
-            self.rec._internal(exc)
-            return self.slow_zero(obj, set_to_none)
+    def make_zero(self, run: Callable[[Any, bool], Any]) -> Callable[..., Any]:
+        """The ``zero_grad()`` hook around ``run`` (``Optimizer.zero_grad`` or ``Module.zero_grad``;
+        the hooks install it in its place): counted when it is the template's next event, else the
+        recorder's full path takes it (``slow_zero``); then ``run``."""
+        steady = self
 
-    def step(self, opt: Any, args: tuple, kwargs: dict) -> None:
+        def zero_grad(obj: Any, set_to_none: bool = True) -> Any:
+            e = steady.next
+            try:
+                if (e.__class__ is ZeroEvent and e.ref() is obj and e.set_to_none == set_to_none  # type: ignore[union-attr]
+                        and _TRACING() is None and not _DISPATCH_DEPTH() and not _COMPILER._is_compiling_flag):
+                    steady.next = e.after  # type: ignore[union-attr]
+                    if e.wraps:  # type: ignore[union-attr]
+                        steady.n += 1
+                    return run(obj, set_to_none)
+            except Exception as exc:
+                steady.rec._internal(exc)
+            steady.slow_zero(obj, set_to_none)
+            return run(obj, set_to_none)
+
+        return zero_grad
+
+    def make_step(self) -> Callable[[Any, tuple, dict], None]:
         """The optimizers' step pre-hook: counted when it is the template's next event, else the
         recorder's full path takes it (``slow_step``)."""
-        e = self.next
-        if e is None:
-            return self.slow_step(opt, args, kwargs)
-        try:
-            if (e.__class__ is not StepEvent or e.ref() is not opt or kwargs or len(args) > 1  # type: ignore[union-attr]
-                    or _TRACING() is not None or _DISPATCH_DEPTH() or _COMPILER._is_compiling_flag):
-                return self.slow_step(opt, args, kwargs)
-            groups = opt.param_groups
-            ids = tuple(map(id, groups[0]["params"])) if len(groups) == 1 else tuple(id(p) for g in groups for p in g["params"])
-            if ids != e.param_ids:  # type: ignore[union-attr]
-                return self.slow_step(opt, args, kwargs)
-            for ref in e.probes:  # type: ignore[union-attr]
-                p = ref()
-                if p is None or p.grad is None:
-                    return self.slow_step(opt, args, kwargs)
-            depth = e.depth  # type: ignore[union-attr]
-            if depth:
-                f = _getframe(depth)
-                if f.f_code is not e.code or f.f_lasti != e.lasti:  # type: ignore[union-attr]
-                    return self.slow_step(opt, args, kwargs)
-            elif not _find_caller(e, 1):
-                return self.slow_step(opt, args, kwargs)
-            # (the counts need no check: while steady, only the steady handlers change them)
-            rec = self.rec
-            e.opt.steps += 1  # type: ignore[union-attr]
-            rec.iteration += 1
-            rec.log.n_steps += 1
-            self.next = e.after  # type: ignore[union-attr]
-            if e.wraps:  # type: ignore[union-attr]
-                self.n += 1
-            return None
-        except Exception as exc:
-            self.rec._internal(exc)
-            return self.slow_step(opt, args, kwargs)
-
-    def engine(self, run: Any, t_outputs: Any, args: tuple, kwargs: dict, accumulate: bool, entry: bool = False) -> Any:
-        """The backward hook (every call goes through it): when the call is the template's next
-        event, run it, compare what it reached with the template and count it; else the recorder's
-        full path takes it (``Recorder._on_engine``). ``entry``: the call the loop goes steady with
-        (its site was just found by the full path)."""
+        steady = self
         rec = self.rec
-        e = self.next
-        if e is None:
-            return rec._on_engine(run, t_outputs, args, kwargs, accumulate)
-        matched = False
-        try:
-            # (grad_tensors, retain_graph, create_graph, inputs), as `backward()` passes them; other
-            # forms take the full path
-            if (e.__class__ is CallEvent and accumulate and args[1:] == e.args and self.running is None  # type: ignore[union-attr]
-                    and not rec._inflight and _GRAPH_TASK() == -1 and _TRACING() is None and not _DISPATCH_DEPTH()
-                    and not _COMPILER._is_compiling_flag):
-                retain = e.retain  # type: ignore[union-attr]
-                if entry:
-                    matched = True
-                else:
+        log = rec.log
+
+        def step(opt: Any, args: tuple, kwargs: dict) -> None:
+            e = steady.next
+            try:
+                if (e.__class__ is StepEvent and e.ref() is opt and not kwargs and len(args) <= 1  # type: ignore[union-attr]
+                        and _TRACING() is None and not _DISPATCH_DEPTH() and not _COMPILER._is_compiling_flag):
+                    groups = opt.param_groups
+                    ids = (tuple(map(id, groups[0]["params"])) if len(groups) == 1
+                           else tuple(id(p) for g in groups for p in g["params"]))
+                    if ids != e.param_ids:  # type: ignore[union-attr]
+                        return steady.slow_step(opt, args, kwargs)
+                    for ref in e.probes:  # type: ignore[union-attr]
+                        p = ref()
+                        if p is None or p.grad is None:
+                            return steady.slow_step(opt, args, kwargs)
+                    depth = e.depth  # type: ignore[union-attr]
+                    if depth:
+                        f = _getframe(depth)
+                        if f.f_code is not e.code or f.f_lasti != e.lasti:  # type: ignore[union-attr]
+                            return steady.slow_step(opt, args, kwargs)
+                    elif not _find_caller(e, 1):  # type: ignore[arg-type]
+                        return steady.slow_step(opt, args, kwargs)
+                    # (the counts need no check: while steady, only the steady handlers change them)
+                    e.opt.steps += 1  # type: ignore[union-attr]
+                    rec.iteration += 1
+                    log.n_steps += 1
+                    steady.next = e.after  # type: ignore[union-attr]
+                    if e.wraps:  # type: ignore[union-attr]
+                        steady.n += 1
+                    return None
+            except Exception as exc:
+                rec._internal(exc)
+            return steady.slow_step(opt, args, kwargs)
+
+        return step
+
+    def make_engine(self, run: Callable[..., Any]) -> Callable[..., Any]:
+        """The backward hook around the engine's entry point ``run`` (every call goes through it;
+        the hooks install it in ``run``'s place): when the call is the template's next event, run
+        it, compare what it reached with the template and count it; else the recorder's full path
+        takes it (``Recorder._on_engine``). It is the patched function itself, with what it reads
+        often held in its closure: no frame of its own between torch and the engine."""
+        steady = self
+        rec = self.rec
+        on_engine = rec._on_engine
+        inflight = rec._inflight
+        log = rec.log
+        collector = self.acc
+
+        def engine(t_outputs: Any, *args: Any, **kwargs: Any) -> Any:
+            e = steady.next
+            matched = False
+            try:
+                # (grad_tensors, retain_graph, create_graph, inputs), as `backward()` passes them;
+                # other forms take the full path
+                if (e.__class__ is CallEvent and args[1:] == e.args  # type: ignore[union-attr]
+                        and kwargs.get("accumulate_grad", True) and steady.running is None and not inflight
+                        and _GRAPH_TASK() == -1 and _TRACING() is None and not _DISPATCH_DEPTH()
+                        and not _COMPILER._is_compiling_flag):
                     depth = e.depth  # type: ignore[union-attr]
                     if depth:
                         f = _getframe(depth)
                         matched = f.f_code is e.code and f.f_lasti == e.lasti  # type: ignore[union-attr]
+                    elif steady.entry:  # the call the loop goes steady with: its site was just found
+                        matched, steady.entry = True, False
                     else:
-                        matched = _find_caller(e, 1)
-                roots = t_outputs if t_outputs.__class__ is tuple or isinstance(t_outputs, (tuple, list)) else (t_outputs,)
-                root_key = self.root_key
-                fn = meta = None
-                if matched and len(roots) == e.n_roots:  # type: ignore[union-attr]
-                    for t in roots:
-                        g = t.grad_fn
-                        if g is not None:
-                            md = g.metadata
-                            if root_key in md:
-                                matched = False  # a root used before: the full path says what it is
-                                break
-                            if fn is None:
-                                fn, meta = g, md
-                else:
-                    matched = False
-                # (the call's id and iteration are the template's, shifted: while steady, only the
-                # steady handlers change the counts, and a full-path event leaves first)
-                log = rec.log
-                cid = log.n_calls + 1
-        except Exception as exc:  # a failure of the lens: the full path takes the call
-            rec._internal(exc)
-            matched = False
-        if not matched:
-            # not the next event, a call inside another one, or one the lens does not watch
-            return rec._on_engine(run, t_outputs, args, kwargs, accumulate)
-        s = e.state  # type: ignore[union-attr]
-        log.n_calls = cid
-        prev, occurrence = s.last, s.count
-        s.count += 1
-        s.last = cid
-        collector = self.acc
-        collector.clear()  # (what backward calls the lens does not watch accumulated)
-        # What leaving while it runs makes into a call of the full path (`leave`): [..., the thread
-        # running it (None once it ran), the call made]. It is not among the recorder's running
-        # calls (nor the thread's `in_backward`) unless that happens: a backward started inside it
-        # is seen by the graph task running (`_GRAPH_TASK`).
-        self.running = running = [e, s, retain, roots, cid, prev, occurrence, _get_ident(), None]
+                        matched = _find_caller(e, 1)  # type: ignore[arg-type]
+                    roots = t_outputs if t_outputs.__class__ is tuple or isinstance(t_outputs, list) else (t_outputs,)
+                    root_key = steady.root_key
+                    fn = meta = None
+                    if matched and len(roots) == e.n_roots:  # type: ignore[union-attr]
+                        for t in roots:
+                            g = t.grad_fn
+                            if g is not None:
+                                md = g.metadata
+                                if root_key in md:
+                                    matched = False  # a root used before: the full path says what it is
+                                    break
+                                if fn is None:
+                                    fn, meta = g, md
+                    else:
+                        matched = False
+            except Exception as exc:  # a failure of the lens: the full path takes the call
+                rec._internal(exc)
+                matched = False
+            if not matched:
+                # not the next event, a call inside another one, or one the lens does not watch
+                return on_engine(run, t_outputs, args, kwargs, bool(kwargs.get("accumulate_grad", True)))
+            # (the call's id and iteration are the template's, shifted: while steady, only the
+            # steady handlers change the counts, and a full-path event leaves first)
+            s = e.state  # type: ignore[union-attr]
+            retain = e.retain  # type: ignore[union-attr]
+            cid = log.n_calls + 1
+            log.n_calls = cid
+            prev, occurrence = s.last, s.count
+            s.count += 1
+            s.last = cid
+            collector.clear()  # (what backward calls the lens does not watch accumulated)
+            # What leaving while it runs makes into a call of the full path (`leave`): [..., the
+            # thread running it (None once it ran), the call made]. It is not among the recorder's
+            # running calls (nor the thread's `in_backward`) unless that happens: a backward started
+            # inside it is seen by the graph task running (`_GRAPH_TASK`).
+            steady.running = running = [e, s, retain, roots, cid, prev, occurrence, _get_ident(), None]
+            try:
+                result = run(t_outputs, *args, **kwargs)
+            except BaseException as exc:
+                steady._ran()
+                steady._off_after(exc)
+                raise
+            if steady.running is running and running[8] is None:
+                running[7] = None  # it ran
+            else:  # steady cycles were left while it ran
+                steady._ran()
+            try:
+                same = steady.on and (tuple(map(id, collector)) == e.acc_ids  # type: ignore[union-attr]
+                                      or {id(p) for p in collector} == set(e.acc_ids))  # type: ignore[union-attr]
+                if same:
+                    for ref, training in e.nets:  # type: ignore[union-attr]
+                        net = ref()
+                        if net is None or net.training != training:
+                            same = False
+                            break
+                if same:
+                    collector.clear()
+                    steady.running = None
+                    if fn is not None:
+                        if not retain:
+                            meta[root_key] = cid  # type: ignore[index]
+                        if not occurrence & 3 and tagged(occurrence):  # (never tagged unless a multiple of 4)
+                            steady._track(fn, e, cid)  # type: ignore[arg-type]
+                    steady.next = e.after  # type: ignore[union-attr]
+                    if e.wraps:  # type: ignore[union-attr]
+                        steady.n += 1
+                    return result
+            except Exception as exc:
+                rec._internal(exc)
+            steady._off_after(None)
+            return result
+
+        self.installed = engine
+        return engine
+
+    def engine(self, run: Callable[..., Any], t_outputs: Any, args: tuple, kwargs: dict) -> Any:
+        """The call the loop goes steady with (the full path found its site): the backward hook
+        takes it as its first steady call."""
+        self.entry = True
         try:
-            result = run(t_outputs, *args, **kwargs)
-        except BaseException as exc:
-            self._ran()
-            self._off_after(exc)
-            raise
-        if self.running is running and running[8] is None:
-            running[7] = None  # it ran
-        else:  # steady cycles were left while it ran
-            self._ran()
-        try:
-            same = self.on and (tuple(map(id, collector)) == e.acc_ids  # type: ignore[union-attr]
-                                or {id(p) for p in collector} == set(e.acc_ids))  # type: ignore[union-attr]
-            if same:
-                for ref, training in e.nets:  # type: ignore[union-attr]
-                    net = ref()
-                    if net is None or net.training != training:
-                        same = False
-                        break
-            if same:
-                collector.clear()
-                self.running = None
-                if fn is not None:
-                    if not retain:
-                        meta[root_key] = cid  # type: ignore[index]
-                    if not occurrence & 3 and tagged(occurrence):  # (never tagged unless a multiple of 4)
-                        self._track(fn, e, cid)  # type: ignore[arg-type]
-                self.next = e.after  # type: ignore[union-attr]
-                if e.wraps:  # type: ignore[union-attr]
-                    self.n += 1
-                return result
-        except Exception as exc:
-            rec._internal(exc)
-        self._off_after(None)
-        return result
+            return self.installed(t_outputs, *args, **kwargs)
+        finally:
+            self.entry = False
 
     def _ran(self) -> None:
         """The steady call's backward returned (or raised): it is no longer running (among the

@@ -136,23 +136,14 @@ def register_step_post_hook(hooks: HookSet, post: Callable) -> Any:
     return hooks.add(_o.register_optimizer_step_post_hook(post))
 
 
-def patch_zero_grad(hooks: HookSet, on_zero: Callable[[Any, bool], None]) -> None:
-    """Wrap ``Optimizer.zero_grad`` and ``Module.zero_grad`` to report calls (then run them)."""
-    orig_opt = torch.optim.Optimizer.zero_grad
-    orig_mod = torch.nn.Module.zero_grad
-
-    def opt_zero_grad(self: torch.optim.Optimizer, set_to_none: bool = True) -> None:
-        on_zero(self, set_to_none)
-        return orig_opt(self, set_to_none)
-
-    def mod_zero_grad(self: torch.nn.Module, set_to_none: bool = True) -> None:
-        on_zero(self, set_to_none)
-        return orig_mod(self, set_to_none)
-
-    opt_zero_grad.__wrapped__ = orig_opt  # type: ignore[attr-defined]
-    mod_zero_grad.__wrapped__ = orig_mod  # type: ignore[attr-defined]
-    hooks.patch(torch.optim.Optimizer, "zero_grad", opt_zero_grad)
-    hooks.patch(torch.nn.Module, "zero_grad", mod_zero_grad)
+def patch_zero_grad(hooks: HookSet, make_zero: Callable[[Callable[[Any, bool], Any]], Callable[..., Any]]) -> None:
+    """Replace ``Optimizer.zero_grad`` and ``Module.zero_grad`` by ``make_zero(original)``, which
+    reports each call and runs the original."""
+    for owner in (torch.optim.Optimizer, torch.nn.Module):
+        orig = owner.__dict__["zero_grad"]
+        wrapper = make_zero(orig)
+        wrapper.__wrapped__ = orig  # type: ignore[attr-defined]
+        hooks.patch(owner, "zero_grad", wrapper)
 
 
 def patch_optimizer_init(hooks: HookSet, on_new: Callable[[Any], None]) -> None:

@@ -22,25 +22,21 @@ if TYPE_CHECKING:
 
 BACKWARD_ENGINE_AVAILABLE = callable(getattr(torch.autograd.graph, "_engine_run_backward", None))
 
-# on_engine(run, t_outputs, args, kwargs, accumulate_grad) -> result
-EngineHandler = Callable[[Callable[..., Any], Any, tuple, dict, bool], Any]
+# make_engine(run) -> the function that replaces the engine's entry point `run` (and calls it)
+EngineMaker = Callable[[Callable[..., Any]], Callable[..., Any]]
 # on_api(run, kind, args, kwargs) -> result (without the engine entry point: the whole call)
 ApiHandler = Callable[[Callable[..., Any], str, tuple, dict], Any]
 # on_api_error(exc, kind, args, kwargs) (with it: an error raised before the engine ran)
 ApiErrorHandler = Callable[[Exception, str, tuple, dict], None]
 
 
-def patch_backward(hooks: HookSet, on_engine: EngineHandler, on_api: ApiHandler, on_api_error: ApiErrorHandler) -> None:
+def patch_backward(hooks: HookSet, make_engine: EngineMaker, on_api: ApiHandler, on_api_error: ApiErrorHandler) -> None:
     orig_backward = torch.autograd.backward
     orig_grad = torch.autograd.grad
 
     if BACKWARD_ENGINE_AVAILABLE:
         orig = torch.autograd.graph._engine_run_backward
-
-        @functools.wraps(orig)
-        def engine(t_outputs: Any, *args: Any, **kwargs: Any) -> Any:
-            return on_engine(orig, t_outputs, args, kwargs, bool(kwargs.get("accumulate_grad", True)))
-
+        engine = functools.update_wrapper(make_engine(orig), orig)
         hooks.patch(torch.autograd.graph, "_engine_run_backward", engine)
         if getattr(torch.autograd, "_engine_run_backward", None) is orig:
             hooks.patch(torch.autograd, "_engine_run_backward", engine)
