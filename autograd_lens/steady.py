@@ -220,6 +220,7 @@ class Steady:
         self.t: Template | None = None
         self.next: Event | None = None  # the template's next event, while steady
         self.root_key = ""  # the key of the recorder's root stamps in a node's metadata
+        self.counts0: tuple[int, int, list[Any]] = (0, 0, [])  # see `_counts`
         self.entry = False  # the next backward call is the one the loop goes steady with
         self.installed: Callable[..., Any] = lambda *args, **kwargs: None  # the backward hook (`make_engine`)
         self.n = 0  # periods completed while steady
@@ -365,6 +366,12 @@ class Steady:
                     return False  # part of it moves with the periods, part of it stays
                 moving[pid] = (led1, app1, hold1)
         self.t = Template(cycles, dc, ds, di, moving)
+        # the step counts as the period starts; the steady steps count them when leaving (`_counts`)
+        per_opt: dict[int, list[Any]] = {}
+        for e in self.t.events:
+            if isinstance(e, StepEvent):
+                per_opt.setdefault(id(e.opt), [e.opt, e.opt.steps, 0])[2] += 1
+        self.counts0 = (rec.log.n_steps, rec.iteration, list(per_opt.values()))
         self.next = self.t.events[0]
         self.root_key = rec.stamp_keys[1]
         self.n = 0
@@ -405,7 +412,6 @@ class Steady:
         recorder's full path takes it (``slow_step``)."""
         steady = self
         rec = self.rec
-        log = rec.log
 
         def step(opt: Any, args: tuple, kwargs: dict) -> None:
             e = steady.next
@@ -428,10 +434,7 @@ class Steady:
                             return steady.slow_step(opt, args, kwargs)
                     elif not _find_caller(e, 1):  # type: ignore[arg-type]
                         return steady.slow_step(opt, args, kwargs)
-                    # (the counts need no check: while steady, only the steady handlers change them)
-                    e.opt.steps += 1  # type: ignore[union-attr]
-                    rec.iteration += 1
-                    log.n_steps += 1
+                    # (the step counts are made when leaving: `_counts`)
                     steady.next = e.after  # type: ignore[union-attr]
                     if e.wraps:  # type: ignore[union-attr]
                         steady.n += 1
@@ -668,6 +671,19 @@ class Steady:
         return OptimizerStep(s.index + m * t.ds, s.optimizer, s.optimizer_key, s.site, shifted, {}, s.n_params,
                              False, s.manual, groups)
 
+    def _counts(self, n: int, pos: int) -> None:
+        """The step counts (the log's, the iteration, each optimizer's) after ``n`` periods and the
+        first ``pos`` events of the next, as the steps taken steady would have counted them."""
+        t = self.t
+        assert t is not None
+        steps0, iteration0, per_opt = self.counts0
+        done = [e for e in t.events[:pos] if isinstance(e, StepEvent)]
+        rec = self.rec
+        rec.log.n_steps = steps0 + n * t.ds + len(done)
+        rec.iteration = iteration0 + n * t.ds + len(done)  # (a steady step is an iteration)
+        for st, steps, k in per_opt:
+            st.steps = steps + n * k + sum(1 for e in done if e.opt is st)
+
     def leave(self) -> None:
         """Make the state the full path would have made by now, and take the full path again."""
         if not self.on:
@@ -688,6 +704,7 @@ class Steady:
         t = self.t
         assert t is not None
         n = self.n
+        self._counts(n, pos)
         log, ledger, sink = rec.log, rec.ledger, rec.sink
         n_calls, n_steps = log.n_calls, log.n_steps
         touched: set[int] = set()
