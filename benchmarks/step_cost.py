@@ -217,7 +217,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed steps per block")
     ap.add_argument("--rounds", type=int, default=7, help="interleaved blocks of bare and watched steps")
     ap.add_argument("--skip", type=int, default=15, help="steps of each watch left out of the steady state")
-    ap.add_argument("--trials", type=int, default=5, help="fresh watches for the first-steps ratio")
+    ap.add_argument("--trials", type=int, default=11, help="fresh watches for the first-steps ratio")
     ap.add_argument("--memory-steps", type=int, default=20_000)
     ap.add_argument("--only", default="", help="comma-separated step kinds")
     args = ap.parse_args()
