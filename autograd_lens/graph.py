@@ -645,14 +645,14 @@ def _capture(
         oname = output_names[i] if output_names and i < len(output_names) else f"output{i if i else ''}"
         nid = next(it) if (t.grad_fn is not None or t.requires_grad) else None
         outputs.append(Output(oname, nid, tuple(t.shape), _dtype(t.dtype)))
-    if names.by_id:
+    # the module whose forward made an op, where the runtime knows it (`module_of_seq`); else
+    # (and for the ops it does not place) the module of the parameters and inputs an op consumes
+    placed = [(i, module_of_seq(nd[9])) for i, nd in enumerate(nodes) if nd[9] is not None] if module_of_seq else None
+    if names.by_id and (placed is None or any(m is None for _, m in placed)):
         _assign_modules(nodes, edges)
-    if module_of_seq is not None:  # the module whose forward made an op, where the runtime knows it
-        for i, nd in enumerate(nodes):
-            if nd[9] is not None:
-                m = module_of_seq(nd[9])
-                if m is not None and m != nd[4]:
-                    nodes[i] = nd._replace(module=m or None)  # "": made outside every module's forward
+    for i, m in placed or ():
+        if m is not None and m != nodes[i][4]:
+            nodes[i] = nodes[i]._replace(module=m or None)  # "": made outside every module's forward
     # the types of every module of the networks that appear (for cluster labels and descriptions)
     types = names.module_types
     used_modules: list[tuple[str, str]] = []

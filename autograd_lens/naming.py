@@ -106,17 +106,24 @@ def local_items(frame: types.FrameType) -> list[tuple[str, Any]]:
     return items
 
 
-def _candidates(frame: types.FrameType | None, with_globals: bool = True) -> Iterable[tuple[str, Any]]:
-    """(variable name, value) pairs visible from ``frame``: locals first, then globals."""
+def _candidates(frame: types.FrameType | None, with_globals: bool = True,
+                skip: tuple[type, ...] = ()) -> Iterable[tuple[str, Any]]:
+    """(variable name, value) pairs visible from ``frame``: locals first, then the globals they do
+    not shadow; values of the types ``skip`` are left out."""
     if frame is None:
         return
     seen: set[str] = set()
-    for scope in (local_items(frame), list(frame.f_globals.items()) if with_globals else ()):
-        for name, value in scope:
-            if name.startswith("__") or name in seen:
-                continue
-            seen.add(name)
+    for name, value in local_items(frame):
+        if name.startswith("__") or name in seen:
+            continue
+        seen.add(name)
+        if not isinstance(value, skip):
             yield name, value
+    if with_globals:
+        for name, value in list(frame.f_globals.items()):
+            # (most of a program's globals are modules, functions and classes: skipped first)
+            if not isinstance(value, skip) and name not in seen and not name.startswith("__"):
+                yield name, value
 
 
 def _is_plain_object(value: Any) -> bool:
@@ -178,9 +185,8 @@ def find_all_in_frame(
     if seen_globals is not None and frame is not None:
         with_globals = id(frame.f_globals) not in seen_globals
         seen_globals.add(id(frame.f_globals))
-    never = _NEVER_HOLDS
-    for name, value in _candidates(frame, with_globals):
-        if isinstance(value, never) or take(name, value):  # (most globals: modules, functions, classes)
+    for name, value in _candidates(frame, with_globals, _NEVER_HOLDS):
+        if take(name, value):
             continue
         if isinstance(value, (list, tuple)) and len(value) <= 64:
             for i, item in enumerate(value):
