@@ -393,17 +393,19 @@ class Steady:
 
         def zero_grad(obj: Any, set_to_none: bool = True) -> Any:
             e = steady.next
+            matched = False
             try:
                 if (e.__class__ is ZeroEvent and e.ref() is obj and e.set_to_none == set_to_none  # type: ignore[union-attr]
                         and _TRACING() is None and not _DISPATCH_DEPTH() and not _COMPILER._is_compiling_flag):
+                    matched = True
                     steady.next = e.after  # type: ignore[union-attr]
                     if e.wraps:  # type: ignore[union-attr]
                         steady.n += 1
-                    return run(obj, set_to_none)
             except Exception as exc:
                 steady.rec._internal(exc)
-            steady.slow_zero(obj, set_to_none)
-            return run(obj, set_to_none)
+            if not matched:
+                steady.slow_zero(obj, set_to_none)
+            return run(obj, set_to_none)  # (the user's errors pass through, once)
 
         return zero_grad
 

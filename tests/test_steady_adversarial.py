@@ -1073,3 +1073,31 @@ def test_a_failing_backward_that_is_not_the_next_event_accumulates_once(retain: 
     _, fast_error, _ = _run(loop, steady=True)
     assert fast_error == full_error  # with steady cycles: the backward ran again, and failed with another error
     assert torch.equal(grads[0], grads[1]), (grads[0][0], grads[1][0])
+
+
+@pytest.mark.parametrize("owner", ["optimizer", "module"])
+def test_a_zero_grad_that_fails_while_steady_raises_once_unchanged(owner: str) -> None:
+    """The user's error inside ``zero_grad`` (a non-tensor slipped into a parameter list) reaches
+    them unchanged, from one call of the original ``zero_grad``, and is no error of the lens."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    calls = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(AttributeError, match="grad") as raised:
+            with lens.watch() as w:
+                for i in range(30):
+                    if i == 20:
+                        assert w.recorder.steady.on
+                        if owner == "optimizer":
+                            opt.param_groups[0]["params"].append("not a tensor")
+                        else:
+                            model._parameters["bad"] = "not a tensor"  # type: ignore[assignment]
+                    calls.append(i)
+                    (opt if owner == "optimizer" else model).zero_grad()
+                    F.mse_loss(model(x), y).backward()
+                    opt.step()
+    assert calls[-1] == 20
+    assert isinstance(raised.value, AttributeError)
+    assert not [m for m in caught if "internal error" in str(m.message)], [str(m.message) for m in caught]
