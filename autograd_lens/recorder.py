@@ -502,7 +502,7 @@ class Recorder:
                 self._internal(exc)
                 return go()
             if prepared is NOT_STEADY:  # the loop went steady with this call
-                return steady.engine(run, t_outputs, args, kwargs)
+                return steady.engine(t_outputs, args, kwargs)
             if prepared is not None:
                 return self._run_backward(go, *prepared, steady=True)
         steady.broken()
@@ -746,7 +746,7 @@ class Recorder:
         try:
             steady.leave()
         except Exception as exc:
-            steady.on = False
+            steady.next = None  # (not steady)
             steady.off = True
             self._internal(exc)
 

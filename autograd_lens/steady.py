@@ -206,7 +206,6 @@ class Steady:
 
     def __init__(self, rec: Recorder) -> None:
         self.rec = rec
-        self.on = False  # steady cycles running
         self.off = False  # never again in this watch (the loop does not settle)
         self.cycle: list[tuple[Any, ...]] = []  # signatures of the cycle being seen
         self.events: list[Event] = []  # its events, while capturing
@@ -218,7 +217,7 @@ class Steady:
         self.captured: list[list[Event]] = []
         # while on
         self.t: Template | None = None
-        self.next: Event | None = None  # the template's next event, while steady
+        self.next: Event | None = None  # the template's next event, while steady (None: not steady)
         self.root_key = ""  # the key of the recorder's root stamps in a node's metadata
         self.counts0: tuple[int, int, list[Any]] = (0, 0, [])  # see `_counts`
         self.entry = False  # the next backward call is the one the loop goes steady with
@@ -237,6 +236,11 @@ class Steady:
     # ------------------------------------------------------------------------------------------
     # learning, on the full path
     # ------------------------------------------------------------------------------------------
+    @property
+    def on(self) -> bool:
+        """Whether steady cycles run (there is a next event of the template to compare with)."""
+        return self.next is not None
+
     def broken(self) -> None:
         """An event that a template cannot hold (a detailed call, a closure, a manual update, an
         error): the cycle it is in does not count."""
@@ -375,7 +379,6 @@ class Steady:
         self.next = self.t.events[0]
         self.root_key = rec.stamp_keys[1]
         self.n = 0
-        self.on = True
         rec.steady_hooks(self.acc.append)
         return True
 
@@ -525,7 +528,7 @@ class Steady:
             else:  # steady cycles were left while it ran
                 steady._ran()
             try:
-                same = steady.on and (tuple(map(id, collector)) == e.acc_ids  # type: ignore[union-attr]
+                same = steady.next is not None and (tuple(map(id, collector)) == e.acc_ids  # type: ignore[union-attr]
                                       or {id(p) for p in collector} == set(e.acc_ids))  # type: ignore[union-attr]
                 if same:
                     for ref, training in e.nets:  # type: ignore[union-attr]
@@ -553,7 +556,7 @@ class Steady:
         self.installed = engine
         return engine
 
-    def engine(self, run: Callable[..., Any], t_outputs: Any, args: tuple, kwargs: dict) -> Any:
+    def engine(self, t_outputs: Any, args: tuple, kwargs: dict) -> Any:
         """The call the loop goes steady with (the full path found its site): the backward hook
         takes it as its first steady call."""
         self.entry = True
@@ -688,10 +691,9 @@ class Steady:
 
     def leave(self) -> None:
         """Make the state the full path would have made by now, and take the full path again."""
-        if not self.on:
+        if self.next is None:
             return
-        self.on = False
-        pos = self.next.index  # type: ignore[union-attr]
+        pos = self.next.index
         self.next = None
         self.rec.steady_hooks(None)
         if self.running is None:
