@@ -311,14 +311,11 @@ def read_json(path: Path, what: str, expected: str) -> Any:
 _SAVED_ATTRS: dict[type, tuple[str, ...]] = {}
 
 
-_TypeInfo = tuple[str, str, tuple[tuple[str, str], ...], "str | None", str, bool]
-_TYPE_INFO: dict[type, _TypeInfo] = {}
+_TYPE_INFO: dict[type, tuple[str, str, tuple[tuple[str, str], ...]]] = {}
 
 
-def _type_info(tp: type) -> _TypeInfo:
-    """``(op name, kind, ((raw saved attribute, label), ...), the attribute of its only saved
-    tensor (else None), that tensor's label, whether that tensor is the op's output)`` of an
-    autograd node type."""
+def _type_info(tp: type) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    """``(op name, kind, ((raw saved attribute, label), ...))`` of an autograd node type."""
     info = _TYPE_INFO.get(tp)
     if info is None:
         op = tp.__name__
@@ -326,9 +323,7 @@ def _type_info(tp: type) -> _TypeInfo:
             kind = COMPILED if op.startswith("CompiledFunction") else CUSTOM
         else:
             kind = OP
-        spec = tuple((a, a[11:]) for a in _saved_attrs(tp))
-        one = spec[0] if len(spec) == 1 else (None, "")
-        info = _TYPE_INFO[tp] = (op, kind, spec, one[0], one[1], one[1] == "result")
+        info = _TYPE_INFO[tp] = (op, kind, tuple((a, a[11:]) for a in _saved_attrs(tp)))
     return info
 
 
@@ -551,7 +546,6 @@ def _capture(
     accumulate_grad = _accumulate_grad_type()
     no_accumulate_type = accumulate_grad is None
     new = tuple.__new__
-    tensor, saved_variable = _TENSOR, _SAVED_VARIABLE
     no_saved: tuple[SavedTensor, ...] = ()
     # (next_functions of a node, its graph id); nodes are held only while the walk runs. The roots
     # come first, as the inputs of a node -1 that is not drawn.
@@ -594,29 +588,11 @@ def _capture(
                     if leaf_ids is not None:
                         leaf_ids[nid] = id(var)
                 else:
-                    op, kind, spec, one, label, is_result = type_info.get(tp) or _type_info(tp)
-                    shape = None
-                    if not saved or not spec:
-                        saved_t, freed = no_saved, False
-                    elif one is not None:  # one saved tensor (tanh's result, ...): the most common case, inline
-                        sv = getattr(fn, one)
-                        data = sv.data if sv.__class__ is saved_variable else None
-                        if data.__class__ is tensor or data.__class__ is parameter:
-                            param = by_id.get(id(data)) if by_id else None
-                            if param is None and by_id and data._is_view():
-                                param = _view_param(data, by_id, by_ptr)
-                            dt = data.dtype
-                            dtype = dtypes.get(dt) or _dtype(dt)
-                            saved_t, freed = (new(SavedTensor, (label, data.shape, dtype, data.nbytes, False, param)),), False
-                            if is_result:
-                                shape = saved_t[0][1]  # the op's output, already read
-                        else:
-                            saved_t, freed = _saved_of(fn, spec, by_id, by_ptr)
+                    op, kind, spec = type_info.get(tp) or _type_info(tp)
+                    saved_t, freed = _saved_of(fn, spec, by_id, by_ptr) if spec and saved else (no_saved, False)
+                    if saved_t and saved_t[0][0] == "result" and not freed:
+                        shape, dtype = saved_t[0][1], saved_t[0][2]  # the op's output, already read
                     else:
-                        saved_t, freed = _saved_of(fn, spec, by_id, by_ptr)
-                        if saved_t and saved_t[0][0] == "result" and not freed:
-                            shape, dtype = saved_t[0][1], saved_t[0][2]  # the op's output, already read
-                    if shape is None:
                         meta = fn._input_metadata
                         if meta:
                             m0 = meta[0]
