@@ -659,39 +659,28 @@ def _assign_modules(nodes: list[Node], edges: list[tuple[int, int]]) -> None:
         ins = inputs[i]
         if not ins:
             continue
-        if len(ins) == 1:  # most ops: one input
-            src = ins[0]
+        found: list[str] = []
+        other: list[str] = []
+        for src in ins:
             m = direct[src]
             if m is not None:
-                if nodes[i][1] in views:
-                    direct[i] = m
+                found.append(m)
             else:
                 m = mods[src]
-            if not m or mods[i]:
-                continue
+                if m:
+                    other.append(m)
+        if len(found) == 1 and not other and nodes[i][1] in views:
+            direct[i] = found[0]
+        if mods[i]:
+            continue
+        if found:
+            m = found[0] if len(found) == 1 else common_module(found)
+        elif other:
+            m = other[0] if len(other) == 1 else common_module(other)
         else:
-            found: list[str] = []
-            other: list[str] = []
-            for src in ins:
-                m = direct[src]
-                if m is not None:
-                    found.append(m)
-                else:
-                    m = mods[src]
-                    if m:
-                        other.append(m)
-            if len(found) == 1 and not other and nodes[i][1] in views:
-                direct[i] = found[0]
-            if mods[i]:
-                continue
-            if found:
-                m = found[0] if len(found) == 1 else common_module(found)
-            elif other:
-                m = other[0] if len(other) == 1 else common_module(other)
-            else:
-                continue
-            if not m:
-                continue
+            continue
+        if not m:
+            continue
         mods[i] = m
         nd = nodes[i]
         nodes[i] = new(Node, (nd[0], nd[1], nd[2], nd[3], m, nd[5], nd[6], nd[7], nd[8], nd[9], nd[10]))
