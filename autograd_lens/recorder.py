@@ -522,13 +522,7 @@ class Recorder:
             if self.steady.boundary(clean, s):
                 return NOT_STEADY
         roots = tensors_in(t_outputs)
-        log = self.log
-        with self._lock:
-            call = BackwardCall(log.n_calls + 1, s.site, "backward", s.roots, retain, create_graph, s.count, s.last,
-                                self.iteration, (), False, set(), (), None, None, None, False, s.site_key)
-            s.count += 1
-            s.last = call.id
-            log.add_call(call)
+        call = self._new_call(s, "backward", retain, create_graph, None, False)
         self.ledger.settle()
         reused = _root_reused(roots, self.stamp_keys[1])
         walk = WalkResult(leaves=s.leaves, root_reused=reused) if reused else self._steady_walk(s)
@@ -604,24 +598,8 @@ class Recorder:
         if s.roots is None or local_names:
             s.roots = tuple((local_names or {}).get(id(t), f"<{_shape(t)}>") for t in roots)
         detail = s.detailed < self.detail
-        with self._lock:
-            call = BackwardCall(
-                id=self.log.next_call_id(),
-                site=site,
-                kind="backward" if accumulate else "grad",
-                roots=s.roots,
-                retain_graph=retain,
-                create_graph=create_graph,
-                occurrence=s.count,
-                prev=s.last,
-                iteration=self.iteration,
-                within=inside.key if inside is not None else None,
-                detailed=detail,
-                site_key=s.site_key,
-            )
-            s.count += 1
-            s.last = call.id
-            self.log.add_call(call)
+        call = self._new_call(s, "backward" if accumulate else "grad", retain, create_graph,
+                              inside.key if inside is not None else None, detail)
         ranged = call.id >= self._ranges_from  # its forward ran with the module hooks on
         if detail and ranged:
             s.detailed += 1  # a forward recorded whole: this call's detail counts
@@ -656,6 +634,17 @@ class Recorder:
             self._internal(exc)
             walk = WalkResult()
         return call, s, walk, roots, local_names
+
+    def _new_call(self, s: SiteState, kind: str, retain: bool, create_graph: bool, within: int | None,
+                  detailed: bool) -> BackwardCall:
+        """The next backward call, made at site ``s``: counted there and added to the log."""
+        with self._lock:
+            call = BackwardCall(self.log.next_call_id(), s.site, kind, s.roots, retain, create_graph, s.count, s.last,
+                                self.iteration, (), False, set(), (), None, None, within, detailed, s.site_key)
+            s.count += 1
+            s.last = call.id
+            self.log.add_call(call)
+        return call
 
     def _run_backward(
         self, go: Callable[[], Any], call: BackwardCall, s: SiteState, walk: WalkResult, roots: list[Any],
