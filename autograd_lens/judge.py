@@ -163,7 +163,8 @@ class Judge:
     def close_run(self) -> bool:
         """A run of steps ended: decide the intent of the calls before it, then stray-grad and
         detach-leak; then the steps keep only what the report needs. True when the run had the
-        shape of a run judged clean before (and so is clean).
+        shape of a run judged clean before (and so is clean), or was judged clean now and has a shape
+        that later runs are known by.
 
         Past the detailed occurrences of its sites, a run usually has the shape of one judged before
         (the same optimizers, the same backward sites before it, each parameter's gradient from the
@@ -203,6 +204,7 @@ class Judge:
             if len(self._clean) > 256:
                 self._clean.clear()
             self._clean[shape] = tuple((s.sources, s.stepped) for s in run)
+            return True  # judged now, clean, and known from now on
         return False
 
     @property

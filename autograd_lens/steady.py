@@ -4,11 +4,16 @@ by event, and recorded in full only when something changes.
 A training loop settles into a period of hooked events: ``zero_grad()``, backward calls, steps, in
 the same order, at the same lines, reaching the same parameters. A *cycle* is the backward calls
 that close a run of steps and what follows them up to the next such call; a *period* is the few
-cycles that repeat (one for a classifier, two for a GAN that alternates its networks). When the
-recorder has seen a period twice in a row, each cycle judged clean by the judge's memo and nothing
-found, and a third time with its effects captured (the *template*: the calls and steps as made,
-which parameters each call reached and whether it started their ledgers anew, the ledger before and
-after), the recorder goes steady: each further event is compared with the template (its kind, its
+cycles that repeat (one for a classifier, two for a GAN that alternates its networks). A cycle is
+*clean* when its run of steps was judged clean by the judge's memo, or judged now with nothing found
+and kept in the memo (later runs of its shape are known), and nothing was found meanwhile. When the
+recorder has seen a period twice in a row, each cycle clean, and a third time with its effects
+captured (the *template*: the calls and steps as made, which parameters each call reached and
+whether it started their ledgers anew, the ledger before and after), the recorder goes steady. The
+first clean cycle after a change is guessed to be a period of its own: the next cycle is captured
+at once, and when it is the same, it is the template (a classifier goes steady with its fifth
+backward call; a guess that fails delays nothing and does not count against the loop). Steady, each
+further event is compared with the template (its kind, its
 object, its line, its flags; for a backward call, which parameters it reached and the train/eval
 mode of the networks it reached) and, when it matches, advances the ids, counts and iterations as
 the full path would. No event object is made, no ledger entry written, no run judged: they would
@@ -319,20 +324,25 @@ class Steady:
             self.capture = None
             self.captured = []
             rec.ledger.capture = None
-            if not entered:
+            if not entered and not cap["guess"]:
                 self.enters += 1
                 if self.enters > 8 and self.periods < 4 * (self.enters + self.leaves):
                     self.off = True  # a loop that keeps changing: not worth the captures
             return entered
+        n = len(self.cycles)
         for p in range(1, MAX_PERIOD + 1):
-            if len(self.cycles) >= 2 * p and self.cycles[-p:] == self.cycles[-2 * p:-p]:
-                self.capture = {
-                    "p": p, "calls": rec.log.n_calls, "steps": rec.log.n_steps, "iteration": rec.iteration,
-                    "ledger": _ledger_state(rec.ledger),
-                }
-                self.captured = []
-                rec.ledger.capture = []
+            if n >= 2 * p and self.cycles[-p:] == self.cycles[-2 * p:-p]:
                 break
+        else:
+            if n != 1:
+                return False
+            p = 0  # a first clean cycle: guess that it repeats, and capture the next one
+        self.capture = {
+            "p": p or 1, "guess": not p, "calls": rec.log.n_calls, "steps": rec.log.n_steps,
+            "iteration": rec.iteration, "ledger": _ledger_state(rec.ledger),
+        }
+        self.captured = []
+        rec.ledger.capture = []
         return False
 
     def _enter(self, cap: dict[str, Any], cycles: list[list[Event]], s: SiteState) -> bool:

@@ -189,6 +189,50 @@ def test_an_mlp_that_changes_after_it_went_steady_is_analysed_the_same(change: s
     _same(lambda w: mlp(w, at=20, change=change))
 
 
+@pytest.mark.parametrize("change", ["skip_zero", "freeze", "zero_by_hand", "step_twice"])
+@pytest.mark.parametrize("at", [2, 3, 4, 5])
+def test_an_mlp_that_changes_while_its_period_is_guessed_is_analysed_the_same(change: str, at: int) -> None:
+    # iteration 2 is the first lean call, 3 the cycle captured on the guess, 4 the first steady call
+    _same(lambda w: mlp(w, iters=12, at=at, change=change))
+
+
+@pytest.mark.parametrize("change", ["skip_zero_d", "no_detach", "eval_d", "second_backward"])
+@pytest.mark.parametrize("at", [2, 3, 4])
+def test_a_gan_that_changes_while_its_period_is_guessed_is_analysed_the_same(change: str, at: int) -> None:
+    _same(lambda w: gan(w, iters=12, at=at, change=change))
+
+
+def test_a_classifier_loop_goes_steady_with_its_fifth_backward_call() -> None:
+    # the first two calls of its site take the detail; the third call's run is judged clean and kept
+    # in the judge's memo, so the cycle after it is captured on the guess that it is a period; the
+    # fifth call finds the guess right and is the first steady one
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    with lens.watch() as w:
+        for i in range(1, 8):
+            opt.zero_grad()
+            F.mse_loss(model(x), y).backward()
+            assert w.recorder.steady.on == (i >= 5), i
+            opt.step()
+    assert w.recorder.steady.enters == 0 and w.report.findings == () and w.internal_errors == []
+
+
+def test_a_period_of_two_cycles_is_not_delayed_by_the_failed_guess() -> None:
+    # a GAN's cycles alternate (D, G): the guess that the first clean cycle repeats fails, does not
+    # count against the loop, and the period is found as soon as it has been seen twice
+    torch.manual_seed(0)
+    with lens.watch() as w:
+        gan(w, iters=5)
+        assert not w.recorder.steady.on
+    torch.manual_seed(0)
+    with lens.watch() as w:
+        gan(w, iters=6)
+        assert w.recorder.steady.on
+    assert w.recorder.steady.enters == 0 and w.report.findings == () and w.internal_errors == []
+
+
 def test_a_missing_zero_grad_after_the_loop_went_steady_is_found() -> None:
     torch.manual_seed(0)
     with lens.watch() as w:
