@@ -73,6 +73,9 @@ class Judge:
         self._lock = threading.RLock()
         self._interned: dict[Any, Any] = {}
         self._added = 0  # findings added (counted ones too): a run that added none was clean
+        # the last run closed was judged clean (nothing found, no call left undecided), also one
+        # that later runs cannot be known by (a call before it was detailed)
+        self.settled = False
         self._clean: dict[Any, tuple[tuple[frozenset[str], frozenset[int]], ...]] = {}
 
     @property
@@ -170,12 +173,14 @@ class Judge:
         (the same optimizers, the same backward sites before it, each parameter's gradient from the
         same sites at the same distance): when that one was clean, so is this one, and what the
         report keeps of it is the same."""
+        self.settled = False
         if not self.run:
             return False
         run, self.run = self.run, []
         shape = self._shape(run)
         clean = self._clean.get(shape) if shape is not None else None
         if clean is not None:
+            self.settled = True
             for step, (sources, stepped) in zip(run, clean):
                 step.sources, step.stepped = sources, stepped
                 opt = self.reg.opts.get(step.optimizer_key)
@@ -200,7 +205,8 @@ class Judge:
                 opt.with_grad |= step.stepped
             self.log.settle_step(step)
         self.knowledge.forget_calls(self.log.n_calls - self.log.window)
-        if shape is not None and self._added == added and not self.pending:
+        self.settled = self._added == added and not self.pending
+        if shape is not None and self.settled:
             if len(self._clean) > 256:
                 self._clean.clear()
             self._clean[shape] = tuple((s.sources, s.stepped) for s in run)

@@ -495,7 +495,8 @@ class Recorder:
         create_graph = bool(args[2]) if n > 2 else bool(kwargs.get("create_graph", False))
         inputs = args[3] if n > 3 else kwargs.get("inputs")
         go = lambda: run(t_outputs, *args, **kwargs)  # noqa: E731
-        if accumulate and not inputs and not self._manual_updates_possible():
+        plain = accumulate and not inputs and not self._manual_updates_possible()
+        if plain:
             try:
                 prepared = self._before_steady_backward(t_outputs, retain, create_graph)
             except Exception as exc:  # a failure of the lens: the backward runs, unwatched
@@ -505,7 +506,8 @@ class Recorder:
                 return steady.engine(t_outputs, args, kwargs)
             if prepared is not None:
                 return self._run_backward(go, *prepared, steady=True)
-        steady.broken()
+        if not plain or getattr(self._tls, "steps", None):
+            steady.broken()  # (a detailed call's cycle still counts towards finding the period)
         return self._backward(go, t_outputs, retain, accumulate, create_graph=create_graph, inputs=inputs)
 
     def _before_steady_backward(self, t_outputs: Any, retain: bool, create_graph: bool) -> tuple[Any, ...] | None:
@@ -593,7 +595,8 @@ class Recorder:
         if inside is None:
             if self._manual_on or local_names is not None:
                 self._note_manual_updates(site)
-            self.sink.close_run()
+            if self.sink.open_run:
+                self.steady.boundary(self.sink.close_run(), s, lean=False)
         roots = tensors_in(t_outputs)
         if s.roots is None or local_names:
             s.roots = tuple((local_names or {}).get(id(t), f"<{_shape(t)}>") for t in roots)
@@ -688,8 +691,9 @@ class Recorder:
             call.networks = self._row(call, walk)
             self.sink.after_backward(call, walk)
             self._settle_detail()
-            if steady:
-                self.steady.noted_call(s, retain, len(roots), call)
+            if steady or (call.detailed and self.steady.capture is None and not walk.root_reused
+                          and call.kind == "backward"):
+                self.steady.noted_call(s, retain, len(roots), call)  # (a detailed one: its signature)
             else:
                 self.steady.broken()
         except Exception as exc:

@@ -5,15 +5,17 @@ A training loop settles into a period of hooked events: ``zero_grad()``, backwar
 the same order, at the same lines, reaching the same parameters. A *cycle* is the backward calls
 that close a run of steps and what follows them up to the next such call; a *period* is the few
 cycles that repeat (one for a classifier, two for a GAN that alternates its networks). A cycle is
-*clean* when its run of steps was judged clean by the judge's memo, or judged now with nothing found
-and kept in the memo (later runs of its shape are known), and nothing was found meanwhile. When the
-recorder has seen a period twice in a row, each cycle clean, and a third time with its effects
-captured (the *template*: the calls and steps as made, which parameters each call reached and
-whether it started their ledgers anew, the ledger before and after), the recorder goes steady. The
-first clean cycle after a change is guessed to be a period of its own: the next cycle is captured
-at once, and when it is the same, it is the template (a classifier goes steady with its fifth
-backward call; a guess that fails delays nothing and does not count against the loop). Steady, each
-further event is compared with the template (its kind, its
+*clean* when nothing was found in it and its run of steps was judged clean, with no call left
+undecided. When the recorder has seen a period twice in a row, each cycle clean, and a third time
+with its effects captured (the *template*: the calls and steps as made, which parameters each call
+reached and whether it started their ledgers anew, the ledger before and after), the recorder goes
+steady. The cycles that find the period may hold detailed calls; the template holds lean calls
+only, and its runs must be known to the judge's memo (so that every later run of its shape is known
+to be clean). The first clean cycle after a change is guessed to be a period of its own: the next
+cycle is captured at once, and when it is the same, it is the template (a classifier goes steady
+with its fourth backward call, a GAN with its fourth iteration; a guess that fails delays nothing
+and does not count against the loop). Steady, each further event is compared with the template
+(its kind, its
 object, its line, its flags; for a backward call, which parameters it reached and the train/eval
 mode of the networks it reached) and, when it matches, advances the ids, counts and iterations as
 the full path would. No event object is made, no ledger entry written, no run judged: they would
@@ -290,13 +292,18 @@ class Steady:
         self.cycle.append(_signature(e))
         self.events.append(e)
 
-    def boundary(self, clean: bool, s: SiteState) -> bool:
-        """A backward call closed a run of steps (the judge just did, ``clean`` when its memo knew
-        the run): the cycle before it ended. True when the recorder goes steady with this call."""
+    def boundary(self, clean: bool, s: SiteState, lean: bool = True) -> bool:
+        """A backward call closed a run of steps (the judge just did, ``clean`` when its memo knows
+        the run): the cycle before it ended. True when the recorder goes steady with this call.
+
+        A run judged clean that the memo cannot know (a detailed call before it) counts for finding
+        the period, not for the template. A detailed call (not ``lean``) ends a cycle, but no
+        capture starts or ends with it: a template holds lean calls only."""
         if self.off:
             return False
         rec = self.rec
-        ok = self.ok and clean and bool(self.cycle) and rec.ledger.by_hand == self.hand0 and rec.sink.added == self.added0
+        ok = (self.ok and (clean or rec.sink.settled) and bool(self.cycle) and rec.ledger.by_hand == self.hand0
+              and rec.sink.added == self.added0)
         sig = tuple(self.cycle)
         events = self.events
         self.cycle, self.events = [], []
@@ -312,12 +319,19 @@ class Steady:
         if len(self.cycles) > 3 * MAX_PERIOD:
             del self.cycles[: MAX_PERIOD]
         cap = self.capture
+        if not lean:
+            if cap is not None:  # (not a failed capture: the loop is still being learnt)
+                self.capture = None
+                self.captured = []
+                rec.ledger.capture = None
+            return False
         if cap is not None:
             self.captured.append(events)
+            cap["known"] = cap["known"] and clean
             if len(self.captured) < cap["p"]:
                 return False
             p = cap["p"]
-            if self.cycles[-p:] == self.cycles[-2 * p:-p]:
+            if self.cycles[-p:] == self.cycles[-2 * p:-p] and cap["known"]:
                 entered = self._enter(cap, self.captured, s)
             else:
                 entered = False
@@ -338,7 +352,7 @@ class Steady:
                 return False
             p = 0  # a first clean cycle: guess that it repeats, and capture the next one
         self.capture = {
-            "p": p or 1, "guess": not p, "calls": rec.log.n_calls, "steps": rec.log.n_steps,
+            "p": p or 1, "guess": not p, "known": True, "calls": rec.log.n_calls, "steps": rec.log.n_steps,
             "iteration": rec.iteration, "ledger": _ledger_state(rec.ledger),
         }
         self.captured = []
