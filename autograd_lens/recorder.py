@@ -497,7 +497,9 @@ class Recorder:
         create_graph = bool(args[2]) if n > 2 else bool(kwargs.get("create_graph", False))
         inputs = args[3] if n > 3 else kwargs.get("inputs")
         go = lambda: run(t_outputs, *args, **kwargs)  # noqa: E731
-        plain = accumulate and not inputs and not self._manual_updates_possible()
+        # a call whose cycle can count towards the loop's period (outside a step's closure)
+        plain = (accumulate and not inputs and not self._manual_updates_possible()
+                 and not getattr(self._tls, "steps", None))
         if plain:
             try:
                 prepared = self._before_steady_backward(t_outputs, retain, create_graph)
@@ -508,17 +510,18 @@ class Recorder:
                 return steady.engine(t_outputs, args, kwargs)
             if prepared is not None:
                 return self._run_backward(go, *prepared, steady=True)
-        if not plain or getattr(self._tls, "steps", None):
+        if not plain:
             steady.broken()  # (a detailed call's cycle still counts towards finding the period)
         return self._backward(go, t_outputs, retain, accumulate, create_graph=create_graph, inputs=inputs)
 
     def _before_steady_backward(self, t_outputs: Any, retain: bool, create_graph: bool) -> tuple[Any, ...] | None:
-        """A call of a site past its detail, outside a step's closure: what :meth:`_before_backward`
-        does for it, without the walk and the names (None for every other call)."""
+        """A call of a site past its detail (outside a step's closure: the caller checks): what
+        :meth:`_before_backward` does for it, without the walk and the names (None for every other
+        call)."""
         frame = first_user_frame(sys._getframe(2))
         s = self._known_site(frame)
         del frame
-        if s is None or s.detailed < self.detail or getattr(self._tls, "steps", None):
+        if s is None or s.detailed < self.detail:
             return None
         sink = self.sink
         if sink.open_run:

@@ -15,11 +15,10 @@ to be clean). The first clean cycle after a change is guessed to be a period of 
 cycle is captured at once, and when it is the same, it is the template (a classifier goes steady
 with its fourth backward call, a GAN with its fourth iteration; a guess that fails delays nothing
 and does not count against the loop). Steady, each further event is compared with the template
-(its kind, its
-object, its line, its flags; for a backward call, which parameters it reached and the train/eval
-mode of the networks it reached) and, when it matches, advances the ids, counts and iterations as
-the full path would. No event object is made, no ledger entry written, no run judged: they would
-be the template's, shifted.
+(its kind, its object, its line, its flags; for a backward call, which parameters it reached and
+the train/eval mode of the networks it reached) and, when it matches, advances the ids, counts and
+iterations as the full path would. No event object is made, no ledger entry written, no run
+judged: they would be the template's, shifted.
 
 Leaving (an event that does not match, a registration, a report, the end of the watch) makes the
 state the full path would have made: each parameter's ledger from the template's, shifted by the
@@ -257,9 +256,7 @@ class Steady:
         """What the loop did so far no longer tells what it will do (a registration)."""
         self.ok = False
         self.cycles.clear()
-        self.capture = None
-        self.captured = []
-        self.rec.ledger.capture = None
+        self._drop_capture()
 
     def noted_zero(self, obj: Any, set_to_none: bool, pids: list[int]) -> None:
         if self.capture is None:  # (the signature is all that is kept: `_signature`)
@@ -311,19 +308,14 @@ class Steady:
         self.hand0, self.added0 = rec.ledger.by_hand, rec.sink.added
         if not ok:
             self.cycles.clear()
-            self.capture = None
-            self.captured = []
-            rec.ledger.capture = None
+            self._drop_capture()
             return False
         self.cycles.append(sig)
         if len(self.cycles) > 3 * MAX_PERIOD:
             del self.cycles[: MAX_PERIOD]
         cap = self.capture
         if not lean:
-            if cap is not None:  # (not a failed capture: the loop is still being learnt)
-                self.capture = None
-                self.captured = []
-                rec.ledger.capture = None
+            self._drop_capture()  # (not a failed capture: the loop is still being learnt)
             return False
         if cap is not None:
             self.captured.append(events)
@@ -335,9 +327,7 @@ class Steady:
                 entered = self._enter(cap, self.captured, s)
             else:
                 entered = False
-            self.capture = None
-            self.captured = []
-            rec.ledger.capture = None
+            self._drop_capture()
             if not entered and not cap["guess"]:
                 self.enters += 1
                 if self.enters > 8 and self.periods < 4 * (self.enters + self.leaves):
@@ -358,6 +348,12 @@ class Steady:
         self.captured = []
         rec.ledger.capture = []
         return False
+
+    def _drop_capture(self) -> None:
+        """No period is being captured (any more)."""
+        self.capture = None
+        self.captured = []
+        self.rec.ledger.capture = None
 
     def _enter(self, cap: dict[str, Any], cycles: list[list[Event]], s: SiteState) -> bool:
         rec = self.rec
