@@ -99,6 +99,8 @@ def unwrap_optimizer(obj: Any, optimizer_type: type) -> Any | None:
     """The optimizer inside a framework's wrapper (``LightningOptimizer._optimizer``,
     ``AcceleratedOptimizer.optimizer``), read from the instance's own attributes only. (A
     LightningOptimizer takes the class of the optimizer it wraps: it is an optimizer by type.)"""
+    if not isinstance(obj, optimizer_type) and not is_skipped(type(obj).__module__ or ""):
+        return None  # a user's object that holds an optimizer (`agent.optimizer`) is not a wrapper
     d = getattr(obj, "__dict__", None)
     if not isinstance(d, dict):
         return None

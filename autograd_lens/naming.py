@@ -187,6 +187,8 @@ def find_all_in_frame(
         seen_globals.add(id(frame.f_globals))
     for name, value in _candidates(frame, with_globals, _NEVER_HOLDS):
         if take(name, value):
+            if isinstance(value, torch.nn.Module):
+                nested.append((name, value))  # the optimizer it keeps (`maml.meta_optim`)
             continue
         if isinstance(value, (list, tuple)) and len(value) <= 64:
             for i, item in enumerate(value):

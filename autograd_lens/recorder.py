@@ -619,7 +619,7 @@ class Recorder:
                 # the first detailed call of a site is snapshotted; later ones when the judge still
                 # learns from them (a loss split among several networks)
                 snap = s.snapshots == 0 or self.sink.wants_snapshot(site)
-                walk = walk_graph(self, roots, call, snap, local_names or {})
+                walk = walk_graph(self, roots, call, snap, local_names or {}, _inputs_of(inputs), accumulate)
                 if walk.graph is not None:
                     s.snapshots += 1
                 s.leaves |= walk.leaves
@@ -972,7 +972,7 @@ class Recorder:
         steady.noted_zero(obj, set_to_none, pids)
 
     def _on_step_pre(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        if self.closed or _compiling() or self.aside():
+        if self.closed or _compiling() or self.aside() or _inside_another_step():
             return
         steady = self.steady
         if steady.on:
@@ -1159,6 +1159,16 @@ def _root_reused(roots: Sequence[torch.Tensor], root_key: str) -> set[int]:
     return out
 
 
+def _inputs_of(inputs: Any) -> Sequence[Any] | None:
+    """The ``inputs`` of a backward call as the engine takes them (tensors or gradient edges), None
+    without any."""
+    if not inputs:
+        return None
+    if isinstance(inputs, (torch.Tensor, torch.autograd.graph.GradientEdge)):
+        return (inputs,)
+    return tuple(inputs) if isinstance(inputs, (list, tuple)) else None
+
+
 def _params_of(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for g in opt.param_groups for p in g["params"]]
 
@@ -1174,6 +1184,34 @@ def _unchanged(st: OptInfo, groups: list[dict[str, Any]]) -> bool:
 def _inside_backward() -> bool:
     """True while a graph task runs on this thread (autograd's device threads included)."""
     return _GRAPH_TASK is not None and _GRAPH_TASK() != -1
+
+
+def _step_wrapper_code() -> Any:
+    """The code of the wrapper every optimizer's ``step`` runs in (it calls the step hooks)."""
+    try:
+        return torch.optim.Optimizer.profile_hook_step(lambda *a, **k: None).__code__
+    except Exception:
+        return None
+
+
+_STEP_WRAPPER = _step_wrapper_code()
+
+
+def _inside_another_step() -> bool:
+    """An optimizer's step taken inside another optimizer's step: part of that step, not one of
+    its own (K-FAC preconditions the gradient and has an inner SGD apply it; Lookahead steps the
+    optimizer it wraps). Called from a step pre-hook: the step's own wrapper is the first met."""
+    if _STEP_WRAPPER is None:
+        return False
+    f: Any = sys._getframe(1)
+    met = 0
+    while f is not None:
+        if f.f_code is _STEP_WRAPPER:
+            met += 1
+            if met == 2:
+                return True
+        f = f.f_back
+    return False
 
 
 _IS_COMPILING = getattr(getattr(torch, "compiler", None), "is_compiling", None)

@@ -59,8 +59,8 @@ class NetInfo:
         # direct children that hold parameters: path -> ids of their parameters. A container of
         # plain layers (`nn.Sequential(Linear, ReLU, Linear)`) is one network: its layers are not
         # parts that could train with objectives of their own (an agent's actor and critic are)
-        children = [(path, child) for path, child in inner.named_children() if next(child.parameters(), None) is not None]
-        layers_only = isinstance(inner, _CONTAINERS) and all(next(c.children(), None) is None for _, c in children)
+        children = [(path, child) for path, child in inner.named_children() if next(iter(child.parameters()), None) is not None]
+        layers_only = isinstance(inner, _CONTAINERS) and all(next(iter(c.children()), None) is None for _, c in children)
         self.children: dict[str, frozenset[int]] = {} if layers_only else {
             path: frozenset(id(p) for p in child.parameters()) for path, child in children
         }

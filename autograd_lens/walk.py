@@ -17,7 +17,7 @@ Imports: :mod:`graph`, and the recorder's type.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -84,14 +84,64 @@ def _root_nodes(roots: list[torch.Tensor]) -> list[Any]:
     return out
 
 
+def _executed(roots: list[Any], inputs: Sequence[Any], accumulate: bool) -> tuple[set[int], list[Any]] | None:
+    """The nodes the engine runs for a call given ``inputs`` (``autograd.grad(loss, inputs)``,
+    ``backward(inputs=...)``): those with an input's node below them, and, when the call accumulates,
+    the inputs' nodes themselves (``autograd.grad`` only captures the gradient flowing into them).
+    The rest of the graph is neither run nor freed, and its saved tensors are not checked. Returns
+    the nodes' ids and the nodes (held while the ids are used); None for a graph too large to tell."""
+    targets: set[int] = set()
+    held: list[Any] = []
+    for t in inputs:
+        try:  # a tensor, or a `GradientEdge`
+            node = (torch.autograd.graph.get_gradient_edge(t) if isinstance(t, torch.Tensor) else t).node
+        except Exception:
+            return None  # (one PyTorch refuses, and says so itself)
+        if node is not None:
+            targets.add(id(node))
+            held.append(node)
+    parents: dict[int, list[int]] = {}
+    stack = list(roots)
+    seen: set[int] = set()
+    while stack:
+        fn = stack.pop()
+        k = id(fn)
+        if k in seen:
+            continue
+        if len(seen) >= WALK_LIMIT:
+            return None
+        seen.add(k)
+        held.append(fn)
+        for nxt, _ in fn.next_functions:
+            if nxt is not None:
+                parents.setdefault(id(nxt), []).append(k)
+                if id(nxt) not in seen:
+                    stack.append(nxt)
+    out = set(targets) if accumulate else set()
+    todo = [p for t in targets for p in parents.get(t, ())]
+    while todo:
+        k = todo.pop()
+        if k not in out:
+            out.add(k)
+            todo.extend(parents.get(k, ()))
+    return out, held
+
+
 def walk_graph(
     w: Recorder,
     roots: list[torch.Tensor],
     call: BackwardCall,
     detail: bool,
     local_names: dict[int, str],
+    inputs: Sequence[Any] | None = None,
+    accumulate: bool = True,
 ) -> WalkResult:
+    """Walk the graph of ``roots`` for ``call`` (see the module's docstring). With ``inputs``, only
+    the nodes the engine runs are stamped, read for earlier stamps and checked for stale saved
+    tensors (:func:`_executed`); leaves are collected from the whole graph."""
     res = WalkResult()
+    runs = _executed(_root_nodes(roots), inputs, accumulate) if inputs else None
+    ran, held = runs if runs is not None else (None, None)
     markers = w.step_markers()
     last_marker = markers[-1][0] if markers else -1
     stamp_value = (call.id, call.retain_graph)
@@ -119,6 +169,11 @@ def walk_graph(
             if isinstance(var, parameter) or w.param_opt(id(var)) is not None:
                 w.ensure_param(var)  # not for per-step inputs that require grad
             continue
+        if ran is not None and k not in ran:
+            for nxt, _ in nxt_fns:  # (for the leaves below)
+                if nxt is not None and id(nxt) not in seen:
+                    stack.append((nxt, 0, None))
+            continue
         md = fn.metadata
         seq = fn._sequence_nr()
         st = md.get(STAMP)
@@ -140,7 +195,7 @@ def walk_graph(
             if nxt is not None and id(nxt) not in seen:
                 stack.append((nxt, mine, seq))
     stack.clear()
-    fn = None
+    fn = held = None
     res.nodes = len(seen)
     if old_nodes:
         res.stale_saved = _stale_saved(w, old_nodes, markers)

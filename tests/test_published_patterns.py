@@ -19,7 +19,7 @@ from torch import nn
 import autograd_lens as lens
 from autograd_lens import Finding
 
-from helpers import Expect, one_thread, short, watched  # noqa: F401  (one_thread: a fixture)
+from helpers import Expect, by_rule, one_thread, rules, short, watched  # noqa: F401  (one_thread: a fixture)
 from test_corpus import line, mlp, pnames
 
 
@@ -766,10 +766,136 @@ def tbptt_lstm_without_repackage(chunks: int = 3) -> None:
         optimizer.step()
 
 
+# ----------------------------------------------------------------------------------------------
+# 9. meta-learning: inner loops of autograd.grad over fast weights
+# ----------------------------------------------------------------------------------------------
+
+
+class VarsLearner(nn.Module):
+    """A learner that holds its weights in a ParameterList, returns that list from ``parameters()``
+    and runs with the fast weights it is given (as published MAML learners do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vars = nn.ParameterList([nn.Parameter(torch.randn(8, 4) * 0.3), nn.Parameter(torch.zeros(8)),
+                                      nn.Parameter(torch.randn(2, 8) * 0.3), nn.Parameter(torch.zeros(2))])
+
+    def forward(self, x: torch.Tensor, vars: list[torch.Tensor] | None = None) -> torch.Tensor:
+        w1, b1, w2, b2 = self.vars if vars is None else vars
+        return F.linear(F.relu(F.linear(x, w1, b1)), w2, b2)
+
+    def parameters(self, recurse: bool = True) -> nn.ParameterList:  # type: ignore[override]
+        return self.vars
+
+
+class Meta(nn.Module):
+    """First-order MAML: the meta step is taken inside the meta-learner's forward."""
+
+    def __init__(self, zero: bool = True) -> None:
+        super().__init__()
+        self.net = VarsLearner()
+        self.meta_optim = torch.optim.Adam(self.net.parameters(), lr=1e-3)
+        self.zero = zero
+
+    def forward(self, x_spt: torch.Tensor, y_spt: torch.Tensor, x_qry: torch.Tensor, y_qry: torch.Tensor) -> float:
+        losses_q = 0
+        for i in range(x_spt.size(0)):
+            loss = F.cross_entropy(self.net(x_spt[i]), y_spt[i])
+            grad = torch.autograd.grad(loss, self.net.parameters())
+            fast_weights = [p - 0.4 * g for g, p in zip(grad, self.net.parameters())]
+            losses_q = losses_q + F.cross_entropy(self.net(x_qry[i], fast_weights), y_qry[i])
+        loss_q = losses_q / x_spt.size(0)
+        if self.zero:
+            self.meta_optim.zero_grad()
+        loss_q.backward()
+        self.meta_optim.step()
+        return loss_q.item()
+
+
+def maml_first_order(iters: int = 3, zero: bool = True) -> None:
+    maml = Meta(zero)
+    for _ in range(iters):
+        x_spt, x_qry = torch.randn(2, 6, 4), torch.randn(2, 6, 4)
+        y_spt, y_qry = torch.randint(0, 2, (2, 6)), torch.randint(0, 2, (2, 6))
+        maml(x_spt, y_spt, x_qry, y_qry)
+
+
+def maml_second_order(iters: int = 2, step_in_task: bool = False) -> None:
+    model = mlp(4, 2)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(iters):
+        task_losses = []
+        for _task in range(2):
+            x, y = torch.randn(6, 4), torch.randint(0, 2, (6,))
+            fast_weights = dict(model.named_parameters())
+            loss = F.cross_entropy(torch.func.functional_call(model, fast_weights, (x,)), y)
+            gradients = torch.autograd.grad(loss, fast_weights.values(), create_graph=True)
+            fast_weights = {n: p - 0.4 * g for (n, p), g in zip(fast_weights.items(), gradients)}
+            loss = F.cross_entropy(torch.func.functional_call(model, fast_weights, (x,)), y)
+            if step_in_task:
+                loss.backward(retain_graph=True); optimiser.step()  # noqa: E702
+            gradients = torch.autograd.grad(loss, fast_weights.values(), create_graph=True)
+            task_losses.append(loss)
+        optimiser.zero_grad()
+        meta_batch_loss = torch.stack(task_losses).mean()
+        meta_batch_loss.backward()
+        optimiser.step()
+
+
+def maml_step_in_every_task() -> None:
+    maml_second_order(step_in_task=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# 10. an agent object that keeps its optimizer; an optimizer that steps through another one
+# ----------------------------------------------------------------------------------------------
+
+
+class Preconditioned(torch.optim.Optimizer):
+    """Reworks the gradient, then has an inner SGD over the same parameters apply it (as K-FAC)."""
+
+    def __init__(self, model: nn.Module, lr: float = 0.1) -> None:
+        super().__init__(model.parameters(), {})
+        self.model = model
+        self.optim = torch.optim.SGD(model.parameters(), lr=lr)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
+        for p in self.model.parameters():
+            p.grad.mul_(0.5)
+        self.optim.step()
+
+
+class A2CAgent:
+    def __init__(self, actor_critic: nn.Module, precondition: bool) -> None:
+        self.actor_critic = actor_critic
+        self.optimizer = (Preconditioned(actor_critic) if precondition
+                          else torch.optim.RMSprop(actor_critic.parameters(), lr=7e-4))
+
+    def update(self, obs: torch.Tensor, returns: torch.Tensor, zero: bool) -> None:
+        value_loss = (returns - self.actor_critic(obs)).pow(2).mean()
+        if zero:
+            self.optimizer.zero_grad()
+        value_loss.backward()
+        self.optimizer.step()
+
+
+def a2c_agent_object(iters: int = 8, precondition: bool = False, zero: bool = True) -> None:
+    actor_critic = mlp(4, 1)
+    agent = A2CAgent(actor_critic, precondition)
+    for _ in range(iters):
+        agent.update(torch.randn(8, 4), torch.randn(8, 1), zero)
+
+
+def a2c_preconditioned(iters: int = 8) -> None:
+    a2c_agent_object(iters, precondition=True)
+
+
 CORRECT = [
     lm_clip, rl_clip_value_and_hand_zeroing, gpt_accumulate_amp, cgan_d_first, gan_flat_d, infogan, a2c, a2c_trunk,
     ppo_trunk, episodic_actor_critic, vae_one_optimizer, staged_fine_tune, sac_temperature, lbfgs_sequence,
     sgd_closure, manual_sgd_data_add, manual_sgd_no_grad, epoch_loss_sum, loss_history, running_loss,
+    maml_first_order, maml_second_order, a2c_agent_object, a2c_preconditioned,
 ]
 
 
@@ -1107,3 +1233,42 @@ def test_a_detach_forgotten_late_in_a_run_names_the_backward_that_freed_the_buff
     assert f.backward.line == line(gan_detach_forgotten_late, "errD.backward()")
     assert f.tensor == "fake"
     assert "`fake.detach()`" in f.fix and "`netG`" in f.fix and "retain_graph=True` would only hide" in f.fix
+
+
+def test_a_meta_learner_whose_parameters_is_a_parameter_list_is_watched() -> None:
+    findings = watched(lambda: maml_first_order(zero=False))
+    f = by_rule(findings, "missing-zero-grad")
+    assert f.site is not None and f.site.line == line(Meta.forward, "self.meta_optim.step()")
+    assert f.backward is not None and f.backward.line == line(Meta.forward, "loss_q.backward()")
+    assert set(f.params) == {f"maml.net.vars.{i}" for i in range(4)}, f.params
+    assert f.optimizer == "maml.meta_optim", f.optimizer
+    assert rules(findings) == {"missing-zero-grad"}, short(findings)
+
+
+def test_the_inner_autograd_grad_of_fast_weights_does_not_need_the_saved_parameters() -> None:
+    # `autograd.grad(loss, fast_weights)` stops at the fast weights: the graph below them, which
+    # saved the parameters before the step, is neither run nor checked; the meta backward needs it
+    check(maml_step_in_every_task, [
+        Expect("inplace-saved", "meta_batch_loss.backward()", lambda: {"model.2.weight"}, "optimiser"),
+        Expect("missing-zero-grad", "loss.backward(retain_graph=True)", lambda: pnames("model", mlp(4, 2)), "optimiser"),
+    ], raises=RuntimeError)
+
+
+@pytest.mark.parametrize("precondition", [False, True])
+def test_an_optimizer_kept_by_an_agent_object_is_named_by_its_attribute(precondition: bool) -> None:
+    findings = watched(lambda: a2c_agent_object(precondition=precondition, zero=False))
+    f = by_rule(findings, "missing-zero-grad")
+    assert f.optimizer == "agent.optimizer", f.optimizer
+    assert f.site is not None and f.site.line == line(A2CAgent.update, "self.optimizer.step()")
+    assert set(f.params) == pnames("actor_critic", mlp(4, 1))
+    assert rules(findings) == {"missing-zero-grad"}, short(findings)
+
+
+def test_the_inner_step_of_an_optimizer_is_part_of_its_step_also_when_steady() -> None:
+    torch.manual_seed(0)
+    with lens.watch() as w:
+        a2c_preconditioned(iters=12)
+        assert w.recorder.steady.on
+    assert w.report.findings == ()
+    [row] = w.report.steps
+    assert (row.optimizer, row.count) == ("agent.optimizer", 12), (row.optimizer, row.count)
