@@ -130,6 +130,8 @@ class Label:
 #: PyTorch's words for a backward through buffers an earlier backward freed (the recorder reads the
 #: failed graph for them, the judge explains them).
 SECOND_BACKWARD_ERROR = "backward through the graph a second time"
+#: the start of PyTorch's warning for a read of `.grad` on a tensor that is not a leaf
+NONLEAF_GRAD_WARNING = "The .grad attribute of a Tensor that is not a leaf Tensor is being accessed"
 
 
 @dataclass(frozen=True)

@@ -160,8 +160,9 @@ class Judge:
         self.run.append(step)
         self.add(missing_zero_grad.finding(self.ctx, step))
 
-    def warning(self, message: object, filename: str, lineno: int) -> None:
-        self.add(nonleaf_grad.from_warning(message, filename, lineno))
+    def warning(self, message: object, filename: str, lineno: int, *, optimizer: str | None = None,
+                params: tuple[str, ...] = (), op: str | None = None) -> None:
+        self.add(nonleaf_grad.from_warning(message, filename, lineno, optimizer=optimizer, params=params, op=op))
 
     def close_run(self) -> bool:
         """A run of steps ended: decide the intent of the calls before it, then stray-grad and

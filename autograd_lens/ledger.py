@@ -117,7 +117,7 @@ class Ledger:
         for pid in list(holding):
             st = self.params.get(pid)
             p = st.ref() if st is not None else None
-            g = p.grad if p is not None else None
+            g = p.grad if p is not None and p.is_leaf else None  # (a non-leaf's read warns)
             if g is None:
                 holding.discard(pid)  # zeroed (set to None) or gone
                 if st is not None:
@@ -154,10 +154,11 @@ class Ledger:
         params_state = self.params
         interned = self._interned
         for p in params:
-            g = p.grad
+            leaf = p.is_leaf
+            g = p.grad if leaf else None  # (a parameter made a non-leaf: its read warns)
             pid = id(p)
             if g is None:
-                if p.requires_grad:
+                if p.requires_grad and leaf:  # (a non-leaf is nonleaf-grad's)
                     st.no_grad.add(pid)
                 continue
             ps = params_state.get(pid)

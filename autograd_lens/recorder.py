@@ -39,7 +39,7 @@ import torch
 
 from . import frameworks, source
 from .events import BackwardCall, EventLog, HeldGraphs, OptimizerStep
-from .findings import SECOND_BACKWARD_ERROR, Finding, Site
+from .findings import NONLEAF_GRAD_WARNING, SECOND_BACKWARD_ERROR, Finding, Site
 from .graph import Graph, capture
 from .held import GraphTracker, tagged
 from .ledger import Ledger, ParamState
@@ -62,6 +62,7 @@ from .sites import (
     first_user_frame,
     forget_machinery,
     frame_site,
+    machinery_frame,
     module_caller_site,
 )
 from .walk import WalkResult, after_failure, walk_graph
@@ -99,7 +100,8 @@ class Sink(Protocol):
     @property
     def open_run(self) -> bool: ...
     def held(self, call: BackwardCall, held: HeldGraphs, alive: int, retained: bool) -> None: ...
-    def warning(self, message: object, filename: str, lineno: int) -> None: ...
+    def warning(self, message: object, filename: str, lineno: int, *, optimizer: str | None = None,
+                params: tuple[str, ...] = (), op: str | None = None) -> None: ...
     def explain_error(self, exc: BaseException, site: Site | None, **ctx: Any) -> Finding | None: ...
     def keep_graph(self, key: str, graph: Graph, *, replace: bool = True) -> None: ...
     def graph_key(self, site: Site) -> str: ...
@@ -164,6 +166,7 @@ class Recorder:
         self._modes: dict[Any, tuple[int, tuple[Any, ...], frozenset[int]]] = {}  # reached set -> networks
         # detail: module hooks on (forward ranges), and since which call they record whole forwards
         self._module_hooks: list[Any] = []
+        self._nonleaf_opts: set[int] = set()  # optimizers whose non-leaf parameters were reported
         self._ranges_from = 1
         self._quiet = 0
         self.generation = 0  # bumped when a network or optimizer is registered
@@ -945,8 +948,51 @@ class Recorder:
         return on_accumulated
 
     def _on_warning(self, message: object, filename: str, lineno: int) -> None:
-        if not self.closed:
-            self.sink.warning(message, filename, lineno)
+        if self.closed:
+            return
+        if NONLEAF_GRAD_WARNING in str(message):
+            # read inside torch or a framework (an optimizer's step): the user's line that led
+            # there, and the parameters that are not leaves of the optimizer stepping
+            where = self._nonleaf_read(filename, lineno)
+            if where == ():
+                return
+            if where is not None:
+                site, optimizer, names, op = where
+                self.sink.warning(message, site.file, site.line, optimizer=optimizer, params=names, op=op)
+                return
+        self.sink.warning(message, filename, lineno)
+
+    def _nonleaf_read(self, filename: str, lineno: int) -> tuple[Any, ...] | None:
+        """For a non-leaf `.grad` read that the machinery made: (the user's line that called it,
+        the optimizer whose step or zero_grad made it, the names of that optimizer's parameters
+        that are not leaves, the operation that made the first of them); () when that optimizer's
+        were told already; None for a read in the user's code."""
+        f: Any = sys._getframe(2)
+        try:
+            while f is not None and not (f.f_code.co_filename == filename and f.f_lineno == lineno):
+                f = f.f_back
+            if f is None or not machinery_frame(f):
+                return None
+            opt = None
+            while f is not None and machinery_frame(f):
+                if opt is None and (f.f_code is _STEP_WRAPPER or f.f_code.co_name == "zero_grad"):
+                    opt = f.f_locals.get("self")
+                f = f.f_back
+            if f is None:
+                return None
+            site = frame_site(f)
+        finally:
+            del f
+        if not isinstance(opt, torch.optim.Optimizer):
+            return site, None, (), None
+        if id(opt) in self._nonleaf_opts:
+            return ()  # told once per optimizer (its zero_grad and its step read them)
+        self._nonleaf_opts.add(id(opt))
+        st = self.reg.opts.get(id(opt))
+        stale = [p for g in opt.param_groups for p in g["params"] if not p.is_leaf]
+        names = tuple(sorted(self.reg.param_name(id(p)) for p in stale))
+        op = type(stale[0].grad_fn).__name__ if stale and stale[0].grad_fn is not None else None
+        return site, st.name if st is not None and st.ref() is opt else None, names, op
 
     # ------------------------------------------------------------------------------------------
     # zero_grad and steps

@@ -450,7 +450,7 @@ class Steady:
                         return steady.slow_step(opt, args, kwargs)
                     for ref in e.probes:  # type: ignore[union-attr]
                         p = ref()
-                        if p is None or p.grad is None:
+                        if p is None or not p.is_leaf or p.grad is None:
                             return steady.slow_step(opt, args, kwargs)
                     depth = e.depth  # type: ignore[union-attr]
                     if depth:
@@ -815,7 +815,7 @@ class Steady:
         for pid in touched:
             ps = ledger.params.get(pid)
             p = ps.ref() if ps is not None else None
-            g = p.grad if p is not None else None
+            g = p.grad if p is not None and p.is_leaf else None
             if g is not None and pid in ledger.holding:
                 ps.grad_ref = weakref.ref(g)  # type: ignore[union-attr]
                 ps.grad_version = g._version  # type: ignore[union-attr]

@@ -7,6 +7,7 @@ must give the right finding: rule, line, parameter names, optimizer.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import re
 from collections.abc import Callable
@@ -891,11 +892,37 @@ def a2c_preconditioned(iters: int = 8) -> None:
     a2c_agent_object(iters, precondition=True)
 
 
+# ----------------------------------------------------------------------------------------------
+# 11. a momentum (EMA) target network, as in BYOL and mean teachers
+# ----------------------------------------------------------------------------------------------
+
+
+def ema_target(iters: int = 4, no_grad: bool = True) -> None:
+    online = mlp(4, 4)
+    target = copy.deepcopy(online).requires_grad_(False)
+    opt = torch.optim.Adam([*online.parameters(), *target.parameters()], lr=1e-3)
+    for _ in range(iters):
+        x = torch.randn(8, 4)
+        with torch.no_grad():
+            target_out = target(x)
+        loss = F.mse_loss(online(x), target_out)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.set_grad_enabled(not no_grad):
+            for t, o in zip(target.parameters(), online.parameters()):
+                t.mul_(0.99).add_(o, alpha=0.01)
+
+
+def ema_target_with_grad(iters: int = 4) -> None:
+    ema_target(iters, no_grad=False)
+
+
 CORRECT = [
     lm_clip, rl_clip_value_and_hand_zeroing, gpt_accumulate_amp, cgan_d_first, gan_flat_d, infogan, a2c, a2c_trunk,
     ppo_trunk, episodic_actor_critic, vae_one_optimizer, staged_fine_tune, sac_temperature, lbfgs_sequence,
     sgd_closure, manual_sgd_data_add, manual_sgd_no_grad, epoch_loss_sum, loss_history, running_loss,
-    maml_first_order, maml_second_order, a2c_agent_object, a2c_preconditioned,
+    maml_first_order, maml_second_order, a2c_agent_object, a2c_preconditioned, ema_target,
 ]
 
 
@@ -1272,3 +1299,15 @@ def test_the_inner_step_of_an_optimizer_is_part_of_its_step_also_when_steady() -
     assert w.report.findings == ()
     [row] = w.report.steps
     assert (row.optimizer, row.count) == ("agent.optimizer", 12), (row.optimizer, row.count)
+
+
+def test_an_ema_update_outside_no_grad_makes_the_target_parameters_non_leaves(recwarn: pytest.WarningsRecorder) -> None:
+    # the optimizer's own reads of their `.grad` (inside torch) are told at the user's line, once,
+    # with the parameters; the lens reads none itself (no warning of its own)
+    findings = check(ema_target_with_grad, [
+        Expect("nonleaf-grad", "opt.zero_grad()", lambda: pnames("target", mlp(4, 4), trainable=False), "opt"),
+    ])
+    assert "torch.no_grad()" in findings[0].fix
+    shown = {w.filename for w in recwarn}
+    assert any("torch" in f for f in shown), shown
+    assert not any("autograd_lens" in f for f in shown), shown

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +41,9 @@ def _loops() -> list[Callable[..., None]]:
 def _run(fn: Callable[[lens.Watch], None], steady: bool) -> tuple[lens.Watch, str | None, dict[str, Any]]:
     torch.manual_seed(0)
     error = None
-    with lens.watch() as w:
+    # (a warning is shown once per line of code and process: both runs must be shown theirs)
+    with warnings.catch_warnings(), lens.watch() as w:
+        warnings.simplefilter("always")
         if not steady:
             w.recorder.steady.off = True
         try:

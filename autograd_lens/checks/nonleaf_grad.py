@@ -32,16 +32,35 @@ RULE = "nonleaf-grad"
 SEVERITY = "warning"
 SUMMARY = ".grad read on a non-leaf tensor; use retain_grad()"
 
-from ..findings import Finding, Label, Site
+from ..findings import NONLEAF_GRAD_WARNING, Finding, Label, Site
+from ._text import code
 
-MARKER = "The .grad attribute of a Tensor that is not a leaf Tensor is being accessed"
+MARKER = NONLEAF_GRAD_WARNING
 
 
-def from_warning(message: object, filename: str, lineno: int) -> Finding | None:
-    """A finding for PyTorch's non-leaf ``.grad`` warning, at the line that read ``.grad``."""
+def from_warning(message: object, filename: str, lineno: int, *, optimizer: str | None = None,
+                 params: tuple[str, ...] = (), op: str | None = None) -> Finding | None:
+    """A finding for PyTorch's non-leaf ``.grad`` warning, at the line that read ``.grad``: the
+    user's, or the user's call that led to the read (an optimizer step, whose ``optimizer`` holds
+    ``params`` that are no longer leaves)."""
     if MARKER not in str(message):
         return None
     site = Site(filename, lineno)
+    if optimizer is not None and params:
+        shown = ", ".join(code(n) for n in params[:3]) + (f" and {len(params) - 3} more" if len(params) > 3 else "")
+        made = f" (`{op}`)" if op else ""
+        return Finding(
+            RULE, SEVERITY,
+            f"`{optimizer}` holds {len(params)} parameter{'s' if len(params) > 1 else ''} that "
+            f"{'are no longer leaves' if len(params) > 1 else 'is no longer a leaf'}: {shown}",
+            site, (Label(site, "reads their `.grad`, which autograd never fills", primary=True),),
+            (f"an operation recorded by autograd{made} produced them: an in-place update of a parameter "
+             "outside `torch.no_grad()` with a tensor that requires grad (an EMA or momentum update of "
+             "a target network), or a parameter replaced by the result of an operation",
+             "they get no gradient and every step skips them; each update adds to their graph"),
+            "make the update under `torch.no_grad()` (or on `p.data`), so that the parameter stays a leaf",
+            params=params, optimizer=optimizer,
+        )
     return Finding(
         RULE, SEVERITY,
         "`.grad` was read on a tensor that is not a leaf: it is always `None` there",
