@@ -47,6 +47,7 @@ class BackwardCall:
     within: int | None = None  # the optimizer whose `step(closure)` ran this call
     detailed: bool = False  # its graph was walked and analysed in full
     site_key: str = ""  # ``train.py:56`` (the site as the report names it)
+    inputs: tuple[str, ...] = ()  # the variables given as its ``inputs`` (``autograd.grad(out, x)``)
 
 
 @dataclass(slots=True)

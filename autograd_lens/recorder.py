@@ -65,7 +65,7 @@ from .sites import (
     machinery_frame,
     module_caller_site,
 )
-from .walk import WalkResult, after_failure, walk_graph
+from .walk import WalkResult, after_failure, mark_below, walk_graph
 
 #: How many occurrences of each backward site get a full graph snapshot and leak analysis.
 DETAIL_PER_SITE = 2
@@ -611,6 +611,8 @@ class Recorder:
         detail = s.detailed < self.detail
         call = self._new_call(s, "backward" if accumulate else "grad", retain, create_graph,
                               inside.key if inside is not None else None, detail)
+        if inputs and local_names:
+            call.inputs = tuple(n for t in tensors_in(inputs) if (n := local_names.get(id(t))) is not None)
         ranged = call.id >= self._ranges_from  # its forward ran with the module hooks on
         if detail and ranged:
             s.detailed += 1  # a forward recorded whole: this call's detail counts
@@ -712,7 +714,10 @@ class Recorder:
         """The walk to explain a failed call with: for a call that was not walked and failed on
         freed buffers, what the graph shows now (:func:`walk.after_failure`: the freed parts and the
         earlier call that went through them)."""
-        if walk.prev or SECOND_BACKWARD_ERROR not in str(exc):
+        if SECOND_BACKWARD_ERROR not in str(exc):
+            return walk
+        if walk.prev:
+            mark_below(list(roots), walk)  # (what lies below the parts it shares: the fix depends on it)
             return walk
         frame = first_user_frame(sys._getframe(1))
         try:

@@ -46,6 +46,7 @@ class SharedTop:
     node_id: int = 0  # id() of the node (alive while this graph is)
     consumer_seq: int | None = None  # the node of this graph that consumes it
     net: int | None = None  # the network whose parameters lie below it (found after a failure)
+    below: frozenset[int] = frozenset()  # ids of the leaves below it (found after a failure)
 
 
 @dataclass
@@ -195,7 +196,8 @@ def walk_graph(
             if nxt is not None and id(nxt) not in seen:
                 stack.append((nxt, mine, seq))
     stack.clear()
-    fn = held = None
+    fn = None
+    del held  # (the nodes of `ran`, held while their ids were compared)
     res.nodes = len(seen)
     if old_nodes:
         res.stale_saved = _stale_saved(w, old_nodes, markers)
@@ -240,6 +242,44 @@ def _stale_saved(w: Recorder, nodes: list[Any], markers: list[tuple[int, int, fr
                         out.append(StaleSaved(pid, attr[11:], type(fn).__name__, step_index, seq))
                         break
     return out
+
+
+def _below(tops: list[Any]) -> set[int]:
+    """Ids of the leaves below the nodes ``tops``."""
+    out: set[int] = set()
+    todo, done = list(tops), set()
+    while todo and len(done) < WALK_LIMIT:
+        f = todo.pop()
+        if id(f) in done:
+            continue
+        done.add(id(f))
+        nf = f.next_functions
+        if not nf and type(f).__name__ == "AccumulateGrad":
+            out.add(id(f.variable))
+        todo.extend(n for n, _ in nf if n is not None)
+    return out
+
+
+def mark_below(roots: list[torch.Tensor], walk: WalkResult) -> None:
+    """After a failure on freed buffers, for the shared tops the walk before it found: the leaves
+    below each (found again by operation and sequence number)."""
+    wanted = {(t.op, t.seq): t for tops in walk.tops.values() for t in tops}
+    if not wanted:
+        return
+    stack = _root_nodes(roots)
+    seen: set[int] = set()
+    while stack and wanted and len(seen) < WALK_LIMIT:
+        fn = stack.pop()
+        if id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        nxt = fn.next_functions
+        if not nxt:
+            continue
+        top = wanted.pop((type(fn).__name__, fn._sequence_nr()), None)
+        if top is not None:
+            top.below = frozenset(_below([fn]))
+        stack.extend(n for n, _ in nxt if n is not None and id(n) not in seen)
 
 
 def after_failure(w: Recorder, roots: list[torch.Tensor], call: BackwardCall, names: dict[int, str],
@@ -289,20 +329,6 @@ def after_failure(w: Recorder, roots: list[torch.Tensor], call: BackwardCall, na
                 return None
         return None
 
-    def below(tops: list[Any]) -> set[int]:
-        out: set[int] = set()
-        todo, done = list(tops), set()
-        while todo and len(done) < WALK_LIMIT:
-            f = todo.pop()
-            if id(f) in done:
-                continue
-            done.add(id(f))
-            nf = f.next_functions
-            if not nf and type(f).__name__ == "AccumulateGrad":
-                out.add(id(f.variable))
-            todo.extend(n for n, _ in nf if n is not None)
-        return out
-
     def tops_until(cutoff: int | None) -> list[tuple[Any, int, int | None]]:
         kept = [x for x in freed if cutoff is None or x[1] <= cutoff]
         ids = {x[1] for x in kept}
@@ -316,16 +342,17 @@ def after_failure(w: Recorder, roots: list[torch.Tensor], call: BackwardCall, na
             continue
         cutoff = root_seq(c)
         cand = tops_until(cutoff)
-        if cand and c.reached & below([x[0] for x in cand]):
+        if cand and c.reached & _below([x[0] for x in cand]):
             earlier, tops = c, cand
             break
     if earlier is None:
         return None
     shared = []
     for fn, seq, parent_seq in tops[:4]:
-        nets = {w.reg.net_of_param(p) for p in below([fn])} - {None}
+        under = _below([fn])
+        nets = {w.reg.net_of_param(p) for p in under} - {None}
         shared.append(SharedTop(type(fn).__name__, seq, name_of(fn), id(fn), parent_seq,
-                                nets.pop() if len(nets) == 1 else None))
+                                nets.pop() if len(nets) == 1 else None, frozenset(under)))
     n_freed = len([x for x in freed if x[1] <= max(t.seq for t in shared)])
     freed.clear()
     tops.clear()

@@ -741,6 +741,40 @@ def gan_d_step_first(iters: int = 2) -> None:
         optimizerG.step()
 
 
+def wgan_div(iters: int = 3, variant: str = "published") -> None:
+    generator, discriminator = mlp(4, 16), mlp(16, 1)
+    optimizer_G = torch.optim.Adam(generator.parameters(), lr=2e-4)
+    optimizer_D = torch.optim.Adam(discriminator.parameters(), lr=2e-4)
+    for _ in range(iters):
+        real_imgs, z = torch.randn(8, 16, requires_grad=True), torch.randn(8, 4)
+        optimizer_D.zero_grad()
+        fake_imgs = generator(z)
+        real_validity = discriminator(real_imgs)
+        if variant == "fixed":  # as the finding's help says
+            fake_imgs = fake_imgs.detach().requires_grad_()
+        fake_validity = discriminator(fake_imgs)
+        real_grad = torch.autograd.grad(real_validity, real_imgs, torch.ones_like(real_validity), create_graph=True, retain_graph=True)[0]
+        fake_grad = torch.autograd.grad(fake_validity, fake_imgs, torch.ones_like(fake_validity), create_graph=True, retain_graph=True)[0]
+        div_gp = (real_grad.pow(2).sum(1) ** 3).mean() + (fake_grad.pow(2).sum(1) ** 3).mean()
+        d_loss = -torch.mean(real_validity) + torch.mean(fake_validity) + div_gp
+        d_loss.backward()
+        optimizer_D.step()
+        optimizer_G.zero_grad()
+        if variant != "reuse":  # the generator's step takes a new forward
+            fake_validity = discriminator(generator(z))
+        g_loss = -torch.mean(fake_validity)
+        g_loss.backward()
+        optimizer_G.step()
+
+
+def wgan_div_reuses_the_discriminators_output() -> None:
+    wgan_div(variant="reuse")
+
+
+def wgan_div_detached_as_told() -> None:
+    wgan_div(variant="fixed")
+
+
 class WordLM(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -923,6 +957,7 @@ CORRECT = [
     ppo_trunk, episodic_actor_critic, vae_one_optimizer, staged_fine_tune, sac_temperature, lbfgs_sequence,
     sgd_closure, manual_sgd_data_add, manual_sgd_no_grad, epoch_loss_sum, loss_history, running_loss,
     maml_first_order, maml_second_order, a2c_agent_object, a2c_preconditioned, ema_target,
+    wgan_div_detached_as_told,
 ]
 
 
@@ -1311,3 +1346,29 @@ def test_an_ema_update_outside_no_grad_makes_the_target_parameters_non_leaves(re
     shown = {w.filename for w in recwarn}
     assert any("torch" in f for f in shown), shown
     assert not any("autograd_lens" in f for f in shown), shown
+
+
+def test_a_gradient_penalty_on_the_fake_images_keeps_them_requiring_grad_in_the_fix() -> None:
+    # WGAN-div differentiates the discriminator's output with respect to `fake_imgs`: a plain
+    # `.detach()` (or freezing the generator) would make that `autograd.grad` fail
+    [f] = check(wgan_div, [
+        Expect("detach-leak", "fake_validity = discriminator(fake_imgs)", lambda: pnames("generator", mlp(4, 16)),
+               "optimizer_G", "d_loss.backward()", "fake_imgs"),
+    ])
+    assert "`discriminator(fake_imgs.detach().requires_grad_())`" in f.fix, f.fix
+    assert "requires_grad_(False)" not in f.fix, f.fix
+    n = line(wgan_div, "fake_grad = torch.autograd.grad(")
+    assert any(f"autograd.grad of `fake_validity` at line {n}:" in note for note in f.notes), f.notes
+    assert watched(wgan_div_detached_as_told) == ()  # the fix it gives works (a correct loop above)
+
+
+def test_a_generator_loss_reusing_the_discriminators_output_is_told_to_take_a_new_forward() -> None:
+    # detaching `fake_validity` would cut the generator off its own loss
+    findings = check(wgan_div_reuses_the_discriminators_output, [
+        Expect("second-backward", "g_loss.backward()", backward="d_loss.backward()", tensor="fake_validity"),
+        Expect("detach-leak", "fake_validity = discriminator(fake_imgs)", lambda: pnames("generator", mlp(4, 16)),
+               "optimizer_G", "d_loss.backward()", "fake_imgs"),
+    ], raises=RuntimeError)
+    f = by_rule(findings, "second-backward")
+    assert "new forward" in f.fix and "`generator` and `discriminator`" in f.fix, f.fix
+    assert "would also cut the gradient `g_loss.backward()` needs for `generator`" in f.fix, f.fix

@@ -42,7 +42,7 @@ def _run(fn: Callable[[lens.Watch], None], steady: bool) -> tuple[lens.Watch, st
     torch.manual_seed(0)
     error = None
     # (a warning is shown once per line of code and process: both runs must be shown theirs)
-    with warnings.catch_warnings(), lens.watch() as w:
+    with warnings.catch_warnings(record=True), lens.watch() as w:
         warnings.simplefilter("always")
         if not steady:
             w.recorder.steady.off = True

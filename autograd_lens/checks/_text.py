@@ -33,6 +33,12 @@ def call_text(call: BackwardCall) -> str:
     return f"the {what} of `{roots}` at line {call.site.line}" if roots else f"the {what} at line {call.site.line}"
 
 
+def call_at(call: BackwardCall) -> str:
+    """:func:`call_text` with the call's line: `errD.backward()` (line 56)."""
+    text = call_text(call)
+    return text if text.endswith(f" at line {call.site.line}") else f"{text} (line {call.site.line})"
+
+
 def step_text(step: OptimizerStep) -> str:
     if step.manual:
         stmt = source.call_source(step.site.file, step.site.line, ())

@@ -50,7 +50,7 @@ from ..findings import Finding, Label, Site
 from ..graph import Highlight
 from ..graph import INPUT, PARAM
 from ..intent import Analysis, Crossing, crossings, units_of_opts
-from ._text import call_text, code, detach_fix, net_count_text, opts_text, param_names, units_text
+from ._text import call_at, call_text, code, detach_fix, net_count_text, opts_text, param_names, units_text
 
 if TYPE_CHECKING:
     from ..events import BackwardCall
@@ -189,17 +189,24 @@ def findings(ctx: Context, call: BackwardCall, found: list[Leak]) -> list[Findin
         if lk.enters_at is not None:
             labels.append(Label(lk.enters_at, f"{tensor} enters {code(lk.consumer_net)} without `.detach()`", primary=True))
         labels.append(Label(call.site, f"writes `.grad` on {net_count_text(ctx, lk.pids)}", primary=primary is call.site))
+        notes = [f"{call_text(call)} is for {opts_text(ctx, ctx.for_opts(call) or ())}"]
+        differentiated = _differentiated(ctx, call, lk.var)
         det = f"{lk.var}.detach()" if lk.var else "….detach()"
+        if differentiated is not None:
+            # a gradient penalty differentiates with respect to it: a detached copy must require grad
+            det += ".requires_grad_()"
+            notes.append(f"{tensor} is an input of {call_at(differentiated)}: "
+                         "its detached copy must require grad again")
         fix = f"`{lk.consumer_net}({det})`" if lk.consumer_net and lk.var else f"`{det}`"
-        help_ = (
-            f"detach it where the loss for {opts_text(ctx, ctx.for_opts(call) or ())} uses it: {fix}; if gradient must "
-            f"flow through {into} without training it, use `{nets[0] if nets else 'net'}.requires_grad_(False)`"
-        )
+        help_ = f"detach it where the loss for {opts_text(ctx, ctx.for_opts(call) or ())} uses it: {fix}"
+        if differentiated is None:
+            help_ += (f"; if gradient must flow through {into} without training it, use "
+                      f"`{nets[0] if nets else 'net'}.requires_grad_(False)`")
         out.append(Finding(
             RULE, SEVERITY,
             f"{call_text(call)} writes gradient into {into} through {tensor}{enters}",
             primary, tuple(labels),
-            (f"{call_text(call)} is for {opts_text(ctx, ctx.for_opts(call) or ())}",),
+            tuple(notes),
             help_,
             params=names,
             optimizer=ctx.opt_name(next(iter(owners))) if len(owners) == 1 else None,
@@ -207,6 +214,17 @@ def findings(ctx: Context, call: BackwardCall, found: list[Leak]) -> list[Findin
             extra={"networks": nets, "for": sorted(ctx.opt_name(k) for k in ctx.for_opts(call) or ())},
         ))
     return out
+
+
+def _differentiated(ctx: Context, call: BackwardCall, var: str | None) -> BackwardCall | None:
+    """The ``autograd.grad`` call before ``call`` that took the variable ``var`` as an input (a
+    gradient penalty: `autograd.grad(d_out, fake_imgs, create_graph=True)`), if any."""
+    if not var:
+        return None
+    for c in ctx.log.recent_calls():
+        if c.id < call.id and c.kind == "grad" and var in c.inputs:
+            return c
+    return None
 
 
 def _baseline_finding(ctx: Context, call: BackwardCall, lk: Leak) -> Finding:

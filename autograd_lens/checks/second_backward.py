@@ -57,12 +57,12 @@ from typing import TYPE_CHECKING
 
 from .. import source
 from ..findings import Finding, Label, Site
-from ._text import call_text, code
+from ._text import call_at, call_text, code
 
 if TYPE_CHECKING:
     from ..events import BackwardCall
     from ..registry import ForwardRange
-    from ..walk import WalkResult
+    from ..walk import SharedTop, WalkResult
     from ..context import Context
 
 
@@ -148,13 +148,29 @@ def explain(ctx: Context, call: BackwardCall, walk: WalkResult, exc_text: str) -
     else:
         notes.append(
             f"the graph of {here} shares {walk.prev.get(earlier.id, 0)} autograd nodes with the graph of "
-            f"{call_text(earlier)} (line {earlier.site.line}), from {shared} down"
+            f"{call_at(earlier)}, from {shared} down"
         )
-        message = f"{here} needs buffers that {call_text(earlier)} (line {earlier.site.line}) already freed"
+        message = f"{here} needs buffers that {call_at(earlier)} already freed"
         owner_opts = _opts_of_net(ctx, net_key) if net_key is not None else frozenset()
         earlier_trains = bool(owner_opts & _trains(ctx, earlier))
         later_trains_others = bool(_reached_opts(ctx, walk.leaves) - owner_opts)
-        if var and net and owner_opts and earlier_trains and later_trains_others:
+        # networks below the shared part that the later loss trains: a `.detach()` would cut them off
+        cut = _cut_below(ctx, top, owner_opts, walk) if top is not None else []
+        if var and net and owner_opts and earlier_trains and cut:
+            # the later loss needs gradient through the shared part (a generator's loss through the
+            # discriminator's output that its step just used): only a new forward gives it
+            nets = [*cut, net]
+            again = " and ".join(code(n) for n in nets)
+            made = ""
+            if rng is not None and rng.site is not None:
+                stmt = source.call_source(rng.site.file, rng.site.line, ())
+                made = f" (line {rng.site.line}" + (f": {code(stmt)})" if stmt and len(stmt) <= 60 else ")")
+            help_ = (
+                f"compute the loss of {here} from a new forward after {call_at(earlier)}: run {again} again "
+                f"for it{made}; a `.detach()` of {shared} would also cut the gradient {here} needs for "
+                f"{code(cut[0])}"
+            )
+        elif var and net and owner_opts and earlier_trains and later_trains_others:
             # the earlier loss was meant for the network that made the shared part (the generator's
             # step ran first): the later loss must not reach back into it
             into = code(ctx.net_name(enters.net)) if enters is not None else None
@@ -168,7 +184,7 @@ def explain(ctx: Context, call: BackwardCall, walk: WalkResult, exc_text: str) -
         elif var and net and owner_opts and not earlier_trains:
             # the earlier loss was not meant for that network (the discriminator's step ran first)
             help_ = (
-                f"detach {shared} in the loss of {call_text(earlier)} (line {earlier.site.line}), which must not "
+                f"detach {shared} in the loss of {call_at(earlier)}, which must not "
                 f"train {code(net)}: {_consumer_fix(ctx, rng, var, earlier)}; `retain_graph=True` would only hide "
                 f"the error and let {call_text(earlier)} write gradient into {code(net)}"
             )
@@ -184,6 +200,21 @@ def explain(ctx: Context, call: BackwardCall, walk: WalkResult, exc_text: str) -
         tensor=var, backward=earlier.site,
         extra={"earlier": earlier.site.to_dict(), "network": net, "same_site": same_site},
     )
+
+
+def _cut_below(ctx: Context, top: SharedTop, owner_opts: frozenset[int], walk: WalkResult) -> list[str]:
+    """The networks below the shared part ``top`` whose parameters the later call reaches for
+    optimizers other than those of the network that made it (the generator below a discriminator's
+    output), by name."""
+    others = _reached_opts(ctx, walk.leaves) - owner_opts
+    names: list[str] = []
+    for p in top.below:
+        if set(ctx.reg.opts_of(p)) & others:
+            key = ctx.reg.net_of_param(p)
+            name = ctx.net_name(key) if key is not None else None
+            if name and name not in names:
+                names.append(name)
+    return sorted(names)
 
 
 def _trains(ctx: Context, call: BackwardCall) -> frozenset[int]:
@@ -248,7 +279,7 @@ def silent(ctx: Context, call: BackwardCall, walk: WalkResult) -> Finding | None
     here = call_text(call)
     return Finding(
         RULE, SEVERITY,
-        f"{here} ran through the graph of {call_text(earlier)} (line {earlier.site.line}) a second time: "
+        f"{here} ran through the graph of {call_at(earlier)} a second time: "
         "its gradient was added twice, without an error",
         call.site,
         (Label(earlier.site, "first backward through this graph (not retained)"),

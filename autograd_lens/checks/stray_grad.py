@@ -58,7 +58,7 @@ SUMMARY = "an optimizer.step() applied gradient from a backward meant for anothe
 from typing import TYPE_CHECKING, Any
 
 from ..findings import Finding, Label
-from ._text import between, call_text, code, detach_fix, net_count_text, opts_text, param_names, step_text, units_text
+from ._text import between, call_at, call_text, code, detach_fix, net_count_text, opts_text, param_names, step_text, units_text
 
 if TYPE_CHECKING:
     from ..events import BackwardCall, OptimizerStep
@@ -142,7 +142,7 @@ def finding(ctx: Context, step: OptimizerStep, call: BackwardCall, pids: list[in
         )
     return Finding(
         RULE, SEVERITY,
-        f"{step_text(step)} applied gradient that came from {call_text(call)} (line {call.site.line})",
+        f"{step_text(step)} applied gradient that came from {call_at(call)}",
         step.site, tuple(labels), tuple(notes), help_,
         params=names, optimizer=step.optimizer, tensor=leak.var if leak is not None else None,
         backward=call.site, graph=call.graph_key,
