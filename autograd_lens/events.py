@@ -68,6 +68,9 @@ class OptimizerStep:
     #: once the run of steps is judged, the per-parameter detail above is dropped and these remain
     sources: frozenset[str] = frozenset()  # backward sites "file:line" it took gradient from
     stepped: frozenset[int] = frozenset()  # ids of the parameters it stepped with a gradient
+    #: parameters it found without gradient because a `zero_grad()` discarded what backward calls
+    #: wrote there before any step: param id -> (that zero_grad's line, those call ids)
+    discarded: dict[int, tuple[Site, tuple[int, ...]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +174,7 @@ class EventLog:
         step.provenance = {}
         step.repeated = {}
         step.groups = []
+        step.discarded = {}
 
     # ----- reading ----------------------------------------------------------------------------
     def call(self, call_id: int) -> BackwardCall | None:

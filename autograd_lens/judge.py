@@ -159,6 +159,7 @@ class Judge:
     def on_step(self, step: OptimizerStep) -> None:
         self.run.append(step)
         self.add(missing_zero_grad.finding(self.ctx, step))
+        self.add(dead_param.discarded(self.ctx, step))
 
     def warning(self, message: object, filename: str, lineno: int, *, optimizer: str | None = None,
                 params: tuple[str, ...] = (), op: str | None = None) -> None:

@@ -15,13 +15,14 @@ Parameters are held by weak reference; gradients only while they are read. Impor
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 if TYPE_CHECKING:
     from .events import BackwardCall
+    from .findings import Site
     from .registry import OptInfo, Registry
 
 #: Ledger entries kept for a ``.grad`` that is never zeroed (the recent history is enough).
@@ -52,6 +53,9 @@ class Ledger:
         # while a period is captured (:mod:`steady`): (parameter id, ledger started anew) per accumulation
         self.capture: list[tuple[int, bool]] | None = None
         self._interned: dict[tuple[int, ...], tuple[int, ...]] = {}
+        #: parameter id -> (the `zero_grad()` that dropped gradient of its `.grad` before any step
+        #: applied it, those backward calls); dropped when a step finds gradient there again
+        self.discarded: dict[int, tuple[Site, tuple[int, ...]]] = {}
 
     def add(self, p: torch.Tensor) -> ParamState | None:
         """Start watching ``p``; None when it was watched already (a dead parameter's id reused
@@ -92,12 +96,22 @@ class Ledger:
             st.grad_version = g._version
         call.reached.add(pid)  # type: ignore[union-attr]
 
-    def zeroed(self, pids: list[int]) -> None:
-        """``zero_grad()`` of the parameters with these ids."""
+    def zeroed(self, pids: list[int], where: Callable[[], Site] | None = None) -> None:
+        """``zero_grad()`` of the parameters with these ids. A `.grad` that holds gradient no step
+        applied is noted as discarded there (``where()``: the line of the `zero_grad()`)."""
         params = self.params
+        discarded = self.discarded
+        site = None
         for pid in pids:
             st = params.get(pid)
             if st is not None:
+                led = st.ledger
+                if led and where is not None and not any(set(led) <= set(a) for a in st.applied.values()):
+                    if site is None:
+                        site = where()
+                    discarded[pid] = (site, tuple(led))
+                elif discarded:
+                    discarded.pop(pid, None)
                 st.ledger = []
                 st.grad_ref = None
         self.holding.difference_update(pids)
@@ -141,12 +155,18 @@ class Ledger:
 
     def provenance(
         self, st: OptInfo, params: list[torch.Tensor], closure_from: int | None
-    ) -> tuple[dict[int, tuple[int, ...]], dict[int, tuple[int, ...]], list[tuple[tuple[int, ...], list[int]]]]:
+    ) -> tuple[dict[int, tuple[int, ...]], dict[int, tuple[int, ...]], list[tuple[tuple[int, ...], list[int]]],
+               dict[int, tuple[Site, tuple[int, ...]]]]:
         """What optimizer ``st`` applies now to ``params``: per parameter, the backward calls its
-        gradient came from, and those of them it had applied before; and the parameters grouped by
-        the calls their gradient came from (a network's parameters usually share them: one question
-        per group, not per parameter). ``closure_from``: the first call id of the closure the step
-        ran (LBFGS), whose evaluations each applied the ones before."""
+        gradient came from, and those of them it had applied before; the parameters grouped by the
+        calls their gradient came from (a network's parameters usually share them: one question
+        per group, not per parameter); and the parameters whose gradient a `zero_grad()` discarded
+        since the last backward that wrote it, before any step (:attr:`discarded`).
+        ``closure_from``: the first call id of the closure the step ran (LBFGS), whose evaluations
+        each applied the ones before."""
+        lost: dict[int, tuple[Site, tuple[int, ...]]] = {}
+        zeros: list[tuple[int, torch.Tensor]] = []
+        discarded = self.discarded
         provenance: dict[int, tuple[int, ...]] = {}
         repeated: dict[int, tuple[int, ...]] = {}
         groups: dict[int, tuple[tuple[int, ...], list[int]]] = {}
@@ -160,6 +180,8 @@ class Ledger:
             if g is None:
                 if p.requires_grad and leaf:  # (a non-leaf is nonleaf-grad's)
                     st.no_grad.add(pid)
+                    if discarded and pid in discarded:
+                        lost[pid] = discarded[pid]
                 continue
             ps = params_state.get(pid)
             if ps is None or ps.ref() is not p:
@@ -167,9 +189,11 @@ class Ledger:
             else:
                 ref = ps.grad_ref
                 if ref is None or ref() is not g:
-                    ps.ledger = []  # .grad was assigned by hand: unknown provenance
+                    ps.ledger = []  # .grad was assigned by hand (or zeroed to zeros): unknown provenance
                     prov = ()
                     self.by_hand += 1
+                    if discarded and pid in discarded:
+                        zeros.append((pid, g))  # zeroed to zeros (else assigned by hand after it)
                 else:
                     prov = tuple(ps.ledger)
                     prov = interned.setdefault(prov, prov)
@@ -198,7 +222,16 @@ class Ledger:
                 group[1].append(pid)
         if len(interned) > 4096:
             interned.clear()
-        return provenance, repeated, list(groups.values())
+        if zeros:
+            for (pid, _), z in zip(zeros, all_zero([g for _, g in zeros])):
+                if z:
+                    lost[pid] = discarded[pid]
+            zeros.clear()
+        if discarded and provenance:
+            for pid in provenance:
+                if pid not in lost:
+                    discarded.pop(pid, None)
+        return provenance, repeated, list(groups.values()), lost
 
     # manual updates ----------------------------------------------------------------------------
     def _unoptimized(self, reg: Registry, pid: int) -> bool:

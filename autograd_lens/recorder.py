@@ -1019,7 +1019,7 @@ class Recorder:
                 pids = st.pids
             else:
                 pids = [id(p) for g in groups for p in g["params"]]
-        self.ledger.zeroed(pids)
+        self.ledger.zeroed(pids, call_site)
         steady.noted_zero(obj, set_to_none, pids)
 
     def _on_step_pre(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
@@ -1062,9 +1062,10 @@ class Recorder:
             st.first_site = site
         # backward calls ran inside the step (a framework passes a closure that may do nothing)
         ran_closure = closure_from is not None and self.log.n_calls >= closure_from
-        provenance, repeated, groups = self.ledger.provenance(st, params, closure_from if ran_closure else None)
+        provenance, repeated, groups, lost = self.ledger.provenance(st, params, closure_from if ran_closure else None)
         step = OptimizerStep(
-            self.log.n_steps, st.name, st.key, site, provenance, repeated, len(params), ran_closure, st.manual, groups
+            self.log.n_steps, st.name, st.key, site, provenance, repeated, len(params), ran_closure, st.manual, groups,
+            discarded=lost,
         )
         self.log.add_step(step)
         self.sink.on_step(step)

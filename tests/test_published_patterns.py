@@ -952,12 +952,38 @@ def ema_target_with_grad(iters: int = 4) -> None:
     ema_target(iters, no_grad=False)
 
 
+# ----------------------------------------------------------------------------------------------
+# 12. a zero_grad between the backward and the step
+# ----------------------------------------------------------------------------------------------
+
+
+def zero_grad_placed(iters: int = 4, between: bool = False, set_to_none: bool = True) -> None:
+    model = mlp(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(iters):
+        if not between:
+            optimizer.zero_grad(set_to_none=set_to_none)
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        loss.backward()
+        if between:
+            optimizer.zero_grad(set_to_none=set_to_none)
+        optimizer.step()
+
+
+def zero_grad_between_backward_and_step(iters: int = 4) -> None:
+    zero_grad_placed(iters, between=True)
+
+
+def zero_grad_to_zeros_between_backward_and_step(iters: int = 4) -> None:
+    zero_grad_placed(iters, between=True, set_to_none=False)
+
+
 CORRECT = [
     lm_clip, rl_clip_value_and_hand_zeroing, gpt_accumulate_amp, cgan_d_first, gan_flat_d, infogan, a2c, a2c_trunk,
     ppo_trunk, episodic_actor_critic, vae_one_optimizer, staged_fine_tune, sac_temperature, lbfgs_sequence,
     sgd_closure, manual_sgd_data_add, manual_sgd_no_grad, epoch_loss_sum, loss_history, running_loss,
     maml_first_order, maml_second_order, a2c_agent_object, a2c_preconditioned, ema_target,
-    wgan_div_detached_as_told,
+    wgan_div_detached_as_told, zero_grad_placed,
 ]
 
 
@@ -1372,3 +1398,13 @@ def test_a_generator_loss_reusing_the_discriminators_output_is_told_to_take_a_ne
     f = by_rule(findings, "second-backward")
     assert "new forward" in f.fix and "`generator` and `discriminator`" in f.fix, f.fix
     assert "would also cut the gradient `g_loss.backward()` needs for `generator`" in f.fix, f.fix
+
+
+@pytest.mark.parametrize("fn", [zero_grad_between_backward_and_step, zero_grad_to_zeros_between_backward_and_step])
+def test_a_zero_grad_between_backward_and_step_leaves_the_step_nothing(fn: Callable[[], None]) -> None:
+    [f] = check(fn, [
+        Expect("dead-param", "optimizer.step()", lambda: pnames("model", mlp(4, 1)), "optimizer", "loss.backward()"),
+    ])
+    zero_line = line(zero_grad_placed, "loss.backward()") + 2
+    assert f"`optimizer.zero_grad(set_to_none=set_to_none)` (line {zero_line}) discarded" in f.message, f.message
+    assert "before the backward" in f.fix, f.fix

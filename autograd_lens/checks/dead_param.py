@@ -27,6 +27,10 @@ class Net(nn.Module):
 ```
 Or freeze parameters that must not train (`p.requires_grad_(False)`) and leave them out of the
 optimizer.
+
+The same rule reports a step that finds no gradient because a `zero_grad()` between the backward
+and the step discarded it (`loss.backward(); optimizer.zero_grad(); optimizer.step()`): the
+gradient was written, then dropped before any step applied it, and the model does not train.
 """
 
 from __future__ import annotations
@@ -37,11 +41,13 @@ SUMMARY = "an optimizer stepped parameters that received no gradient"
 
 from typing import TYPE_CHECKING
 
+from .. import source
 from ..findings import Finding, Label, Site
-from ._text import names_text
+from ._text import call_at, code, names_text, param_names, step_text
 
 if TYPE_CHECKING:
     from ..context import Context
+    from ..events import OptimizerStep
 
 
 def findings(ctx: Context) -> list[Finding]:
@@ -72,6 +78,35 @@ def findings(ctx: Context) -> list[Finding]:
             params=tuple(dead), optimizer=st.name,
         ))
     return out
+
+
+def discarded(ctx: Context, step: OptimizerStep) -> Finding | None:
+    """A step that found no gradient in parameters whose gradient a `zero_grad()` discarded after
+    the backward that wrote it and before any step applied it."""
+    if not step.discarded:
+        return None
+    pids = list(step.discarded)
+    zero_site, calls = step.discarded[pids[0]]
+    names = param_names(ctx, pids)
+    labels = []
+    call = next((c for c in (ctx.log.call(i) for i in reversed(calls)) if c is not None), None)
+    if call is not None:
+        labels.append(Label(call.site, "writes their `.grad`"))
+    zero = code(source.call_text(zero_site.file, zero_site.line, "zero_grad") or "zero_grad()")
+    labels.append(Label(zero_site, "discards it before any step applied it"))
+    labels.append(Label(step.site, "finds no gradient to apply", primary=True))
+    n = len(names)
+    written = f"the gradient {call_at(call)} wrote" if call is not None else "their gradient"
+    return Finding(
+        RULE, SEVERITY,
+        f"{step_text(step)} stepped {n} parameter{'s' if n != 1 else ''} without gradient: {zero} "
+        f"(line {zero_site.line}) discarded {written}",
+        step.site, tuple(labels),
+        (f"{names_text(names)}: `.grad` was emptied after the backward and before the step, so the step "
+         "applies nothing (or zeros)",),
+        f"call {zero} before the backward (or after the step), not between them",
+        params=names, optimizer=step.optimizer, backward=call.site if call is not None else None,
+    )
 
 
 def ddp_unused(
