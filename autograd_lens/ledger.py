@@ -106,7 +106,7 @@ class Ledger:
             st = params.get(pid)
             if st is not None:
                 led = st.ledger
-                if led and where is not None and not any(set(led) <= set(a) for a in st.applied.values()):
+                if led and where is not None and not _applied(led, st.applied):
                     if site is None:
                         site = where()
                     discarded[pid] = (site, tuple(led))
@@ -276,6 +276,17 @@ def fingerprint(p: torch.Tensor) -> tuple[Any, ...]:
     except RuntimeError:
         ptr = None
     return (p._version, ptr, total)
+
+
+def _applied(ledger: list[int], applied: dict[int, tuple[int, ...]]) -> bool:
+    """Whether a step applied every call of ``ledger`` (the calls a `.grad` holds)."""
+    for calls in applied.values():
+        if len(ledger) == 1:
+            if ledger[0] in calls:
+                return True
+        elif set(ledger) <= set(calls):
+            return True
+    return False
 
 
 def all_zero(grads: list[torch.Tensor]) -> list[bool]:
