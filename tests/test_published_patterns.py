@@ -1330,6 +1330,9 @@ def test_a_meta_learner_whose_parameters_is_a_parameter_list_is_watched() -> Non
     assert f.backward is not None and f.backward.line == line(Meta.forward, "loss_q.backward()")
     assert set(f.params) == {f"maml.net.vars.{i}" for i in range(4)}, f.params
     assert f.optimizer == "maml.meta_optim", f.optimizer
+    # the fix speaks of the optimizer as the step's line holds it
+    assert "that an earlier `self.meta_optim.step()` already applied" in f.message, f.message
+    assert "call `self.meta_optim.zero_grad()`" in f.fix, f.fix
     assert rules(findings) == {"missing-zero-grad"}, short(findings)
 
 

@@ -49,6 +49,17 @@ def step_text(step: OptimizerStep) -> str:
     return f"`{step.optimizer}.step()`"
 
 
+def holder(step: OptimizerStep) -> str:
+    """The optimizer as the step's line holds it (`self.meta_optim` in `self.meta_optim.step()`),
+    else its name."""
+    text = source.call_text(step.site.file, step.site.line, "step")
+    if text and not step.manual and len(text) <= 60:
+        head = text.rsplit(".step(", 1)[0]
+        if head and head != text:
+            return head
+    return step.optimizer
+
+
 def names_text(names: Sequence[str], limit: int = 3) -> str:
     names = list(names)
     if not names:

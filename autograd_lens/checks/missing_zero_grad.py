@@ -45,7 +45,7 @@ SUMMARY = "a step consumed gradient accumulated over several iterations without 
 from typing import TYPE_CHECKING
 
 from ..findings import Finding, Label
-from ._text import call_text, param_names, step_text
+from ._text import call_text, holder, param_names, step_text
 
 if TYPE_CHECKING:
     from ..events import OptimizerStep
@@ -74,7 +74,7 @@ def finding(ctx: Context, step: OptimizerStep) -> Finding | None:
             "ran again without `zero_grad()`",
             step.site, tuple(labels),
             (f"`.grad` of {n_params} held the gradient of earlier evaluations of the closure when the step read it",),
-            f"call `{step.optimizer}.zero_grad()` at the start of the closure, before {what}",
+            f"call `{holder(step)}.zero_grad()` at the start of the closure, before {what}",
             params=names, optimizer=step.optimizer, backward=first.site if first is not None else None,
         )
     if first is not None:
@@ -85,8 +85,8 @@ def finding(ctx: Context, step: OptimizerStep) -> Finding | None:
         net = step.optimizer.removeprefix("manual update of ").split(" at ", 1)[0]
         help_ = f"zero the gradient after each manual update: `{net}.zero_grad()` (or `p.grad = None` for each parameter)"
     else:
-        earlier = f"an earlier `{step.optimizer}.step()`"
-        help_ = f"call `{step.optimizer}.zero_grad()` once per step, before the backward calls that step consumes"
+        earlier = f"an earlier `{holder(step)}.step()`"
+        help_ = f"call `{holder(step)}.zero_grad()` once per step, before the backward calls that step consumes"
     return Finding(
         RULE, SEVERITY,
         f"{step_text(step)} applied gradient of {what}{line} that {earlier} already applied",

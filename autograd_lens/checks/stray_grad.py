@@ -58,7 +58,7 @@ SUMMARY = "an optimizer.step() applied gradient from a backward meant for anothe
 from typing import TYPE_CHECKING, Any
 
 from ..findings import Finding, Label
-from ._text import between, call_at, call_text, code, detach_fix, net_count_text, opts_text, param_names, step_text, units_text
+from ._text import between, call_at, call_text, code, detach_fix, holder, net_count_text, opts_text, param_names, step_text, units_text
 
 if TYPE_CHECKING:
     from ..events import BackwardCall, OptimizerStep
@@ -120,23 +120,23 @@ def finding(ctx: Context, step: OptimizerStep, call: BackwardCall, pids: list[in
             )
         else:
             help_ = (
-                f"backward {term} on its own and call `{step.optimizer}.zero_grad()` before the backward meant "
+                f"backward {term} on its own and call `{holder(step)}.zero_grad()` before the backward meant "
                 f"for `{step.optimizer}`, or compute {term} with {frozen}"
             )
     elif leak is not None and leak.var:
         help_ = (
             f"detach `{leak.var}` in the loss for {opts_text(ctx, for_opts)}: "
-            f"`{leak.consumer_net}({leak.var}.detach())`; or call `{step.optimizer}.zero_grad()` before the "
+            f"`{leak.consumer_net}({leak.var}.detach())`; or call `{holder(step)}.zero_grad()` before the "
             f"backward meant for `{step.optimizer}`"
         )
     elif call.all_eval and call.eval_nets:
         help_ = (
             f"compute gradients for evaluation with `torch.autograd.grad(...)` (it leaves `.grad` alone), or "
-            f"call `{step.optimizer}.zero_grad()` before the backward calls that `{step.optimizer}.step()` consumes"
+            f"call `{holder(step)}.zero_grad()` before the backward calls that `{holder(step)}.step()` consumes"
         )
     else:
         help_ = (
-            f"call `{step.optimizer}.zero_grad()` after {call_text(call)} and before the backward meant for "
+            f"call `{holder(step)}.zero_grad()` after {call_text(call)} and before the backward meant for "
             f"`{step.optimizer}`, or keep {call_text(call)} out of `{step.optimizer}`'s parameters "
             "(`.detach()` or `requires_grad_(False)`)"
         )
