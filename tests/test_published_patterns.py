@@ -1411,3 +1411,22 @@ def test_a_zero_grad_between_backward_and_step_leaves_the_step_nothing(fn: Calla
     zero_line = line(zero_grad_placed, "loss.backward()") + 2
     assert f"`optimizer.zero_grad(set_to_none=set_to_none)` (line {zero_line}) discarded" in f.message, f.message
     assert "before the backward" in f.fix, f.fix
+
+
+def a2c_expression_loss(iters: int = 3, zero: bool = True) -> None:
+    model = mlp(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(iters):
+        out = model(torch.randn(8, 4))
+        value_loss, action_loss, dist_entropy = out[:, 0].pow(2).mean(), out[:, 1].mean(), out.std()
+        if zero:
+            optimizer.zero_grad()
+        (value_loss * 0.5 + action_loss - dist_entropy * 0.01 + value_loss.detach() * 0.0).backward()
+        optimizer.step()
+
+
+def test_a_backward_of_an_expression_is_named_by_its_line_once() -> None:
+    f = by_rule(watched(lambda: a2c_expression_loss(zero=False)), "missing-zero-grad")
+    n = line(a2c_expression_loss, "(value_loss * 0.5")
+    assert f"applied gradient of the backward at line {n} that an earlier" in f.message, f.message
+    assert "<" not in f.message and "(line" not in f.message, f.message

@@ -28,7 +28,7 @@ def call_text(call: BackwardCall) -> str:
     if line.startswith("return ") and call.kind == "backward":
         # a framework ran the backward of the loss this line returns (Lightning's training_step)
         return f"the backward of `{line[7:].strip()}` returned at line {call.site.line}"
-    roots = ", ".join(call.roots)
+    roots = ", ".join(r for r in call.roots if not r.startswith("<"))  # (not `<tensor>`: an expression)
     what = "backward" if call.kind == "backward" else "autograd.grad"
     return f"the {what} of `{roots}` at line {call.site.line}" if roots else f"the {what} at line {call.site.line}"
 

@@ -45,7 +45,7 @@ SUMMARY = "a step consumed gradient accumulated over several iterations without 
 from typing import TYPE_CHECKING
 
 from ..findings import Finding, Label
-from ._text import call_text, holder, param_names, step_text
+from ._text import call_at, holder, param_names, step_text
 
 if TYPE_CHECKING:
     from ..events import OptimizerStep
@@ -58,8 +58,7 @@ def finding(ctx: Context, step: OptimizerStep) -> Finding | None:
     calls = sorted({cid for ids in step.repeated.values() for cid in ids})
     first = ctx.call(calls[0])
     names = param_names(ctx, step.repeated)
-    what = call_text(first) if first is not None else "an earlier backward"
-    line = f" (line {first.site.line})" if first is not None else ""
+    what = call_at(first) if first is not None else "an earlier backward"
     n_params = f"{len(names)} parameter{'s' if len(names) != 1 else ''}"
     labels = []
     if step.closure:
@@ -70,7 +69,7 @@ def finding(ctx: Context, step: OptimizerStep) -> Finding | None:
         labels.append(Label(step.site, "runs the closure and applies the sum", primary=True))
         return Finding(
             RULE, SEVERITY,
-            f"{step_text(step)} applied gradient that piled up over the closure's evaluations: {what}{line} "
+            f"{step_text(step)} applied gradient that piled up over the closure's evaluations: {what} "
             "ran again without `zero_grad()`",
             step.site, tuple(labels),
             (f"`.grad` of {n_params} held the gradient of earlier evaluations of the closure when the step read it",),
@@ -89,7 +88,7 @@ def finding(ctx: Context, step: OptimizerStep) -> Finding | None:
         help_ = f"call `{holder(step)}.zero_grad()` once per step, before the backward calls that step consumes"
     return Finding(
         RULE, SEVERITY,
-        f"{step_text(step)} applied gradient of {what}{line} that {earlier} already applied",
+        f"{step_text(step)} applied gradient of {what} that {earlier} already applied",
         step.site, tuple(labels),
         (f"`.grad` of {n_params} holds gradient of "
          f"{len(calls)} backward call{'s' if len(calls) != 1 else ''} already stepped",),
