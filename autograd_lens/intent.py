@@ -255,13 +255,38 @@ def crossings(ctx: Context, a: Analysis, for_units: frozenset[Any], within: set[
             continue
         net_src = ctx.net_of_seq(node.seq)
         net_dst = ctx.net_of_seq(graph.nodes[dst].seq)
-        if net_src is not None and net_src == net_dst and a.reach[src] <= _own_units(ctx, net_src, cache):
+        unit_src = range_unit(ctx, node.seq) if net_src is not None else None
+        own = frozenset({unit_src}) if unit_src is not None else _own_units(ctx, net_src, cache) if net_src is not None else None
+        if (net_src is not None and net_src == net_dst and a.reach[src] <= own  # type: ignore[operator]
+                and unit_src == range_unit(ctx, graph.nodes[dst].seq)):
+            # (of a network whose parts are units called on their own, the part's own weights)
             # the network's own weights, seen through ops of its forward; an op of its forward that
             # reaches another network (`img.view(...)` of a generated batch) is where data enters
             out.append(Crossing(src, dst, "pass-through", a.reach[src]))
             continue
         out.append(Crossing(src, dst, "leak", a.reach[src]))
     return out
+
+
+def range_unit(ctx: Context, seq: int | None, *, inner: bool = False) -> str | None:
+    """The unit that made node ``seq`` where a network's parts are units called on their own
+    (`model.generator(z)` into `model.discriminator(...)`, parts of one module, each with its
+    optimizer); None where it is the network's forward as a whole that made it. With ``inner``,
+    also a part that ran inside the network's forward (for naming: `self(z)` running
+    `self.generator`)."""
+    r = ctx.reg.range_of_seq(seq)
+    if not inner:
+        while r is not None and r.parent is not None:
+            r = r.parent
+    while r is not None and not r.path:
+        r = r.parent
+    if r is None:
+        return None
+    net = ctx.reg.nets.get(r.net)
+    part = r.path.split(".", 1)[0]
+    if net is None or part not in net.children or not ctx.reg.is_split(net):
+        return None
+    return net.qualified(part)
 
 
 def _own_units(ctx: Context, net_key: int, cache: dict[int, frozenset[Any]]) -> frozenset[Any]:

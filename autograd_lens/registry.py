@@ -405,6 +405,10 @@ class Registry:
                     return net.qualified(path)
         return net.name
 
+    def is_split(self, net: NetInfo) -> bool:
+        """Whether the network's parts are its units (:meth:`unit_of`)."""
+        return 1 < len(net.children) <= MAX_UNITS and self._split(net)
+
     def _split(self, net: NetInfo) -> bool:
         got = self._split_cache.get(net.key)
         if got is None:

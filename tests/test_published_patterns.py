@@ -978,12 +978,54 @@ def zero_grad_to_zeros_between_backward_and_step(iters: int = 4) -> None:
     zero_grad_placed(iters, between=True, set_to_none=False)
 
 
+# ----------------------------------------------------------------------------------------------
+# 13. a generator and a discriminator that are parts of one module (as in a LightningModule)
+# ----------------------------------------------------------------------------------------------
+
+
+class GANModule(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.generator = mlp(4, 6)
+        self.discriminator = mlp(6, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.generator(z)
+
+
+def gan_parts(iters: int = 4, detach: bool = True, through_forward: bool = False) -> None:
+    model = GANModule()
+    opt_g = torch.optim.Adam(model.generator.parameters(), lr=1e-3)
+    opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=1e-3)
+    for _ in range(iters):
+        imgs, z = torch.randn(8, 6), torch.randn(8, 4)
+        g_loss = F.binary_cross_entropy_with_logits(model.discriminator(model(z)), torch.ones(8, 1))
+        opt_g.zero_grad()
+        g_loss.backward()
+        opt_g.step()
+        fake_imgs = model(z) if through_forward else model.generator(z)
+        real_loss = F.binary_cross_entropy_with_logits(model.discriminator(imgs), torch.ones(8, 1))
+        fake_loss = F.binary_cross_entropy_with_logits(model.discriminator(fake_imgs.detach() if detach else fake_imgs), torch.zeros(8, 1))
+        d_loss = (real_loss + fake_loss) / 2
+        opt_d.zero_grad()
+        d_loss.backward()
+        opt_d.step()
+
+
+def gan_parts_no_detach(iters: int = 4) -> None:
+    gan_parts(iters, detach=False)
+
+
+def gan_parts_no_detach_through_forward(iters: int = 4) -> None:
+    gan_parts(iters, detach=False, through_forward=True)
+
+
 CORRECT = [
     lm_clip, rl_clip_value_and_hand_zeroing, gpt_accumulate_amp, cgan_d_first, gan_flat_d, infogan, a2c, a2c_trunk,
     ppo_trunk, episodic_actor_critic, vae_one_optimizer, staged_fine_tune, sac_temperature, lbfgs_sequence,
     sgd_closure, manual_sgd_data_add, manual_sgd_no_grad, epoch_loss_sum, loss_history, running_loss,
     maml_first_order, maml_second_order, a2c_agent_object, a2c_preconditioned, ema_target,
-    wgan_div_detached_as_told, zero_grad_placed,
+    wgan_div_detached_as_told, zero_grad_placed, gan_parts,
 ]
 
 
@@ -1430,3 +1472,15 @@ def test_a_backward_of_an_expression_is_named_by_its_line_once() -> None:
     n = line(a2c_expression_loss, "(value_loss * 0.5")
     assert f"applied gradient of the backward at line {n} that an earlier" in f.message, f.message
     assert "<" not in f.message and "(line" not in f.message, f.message
+
+
+@pytest.mark.parametrize("fn", [gan_parts_no_detach, gan_parts_no_detach_through_forward])
+def test_a_leak_between_parts_of_one_module_that_have_optimizers_of_their_own(fn: Callable[[], None]) -> None:
+    # the generator and the discriminator are parts of one module: the leak crosses between
+    # them (the generator called on its own, or through the module's forward)
+    [f] = check(fn, [
+        Expect("detach-leak", "fake_loss = ", lambda: pnames("model.generator", mlp(4, 6)), "opt_g",
+               "d_loss.backward()", "fake_imgs"),
+    ])
+    assert "enters `model.discriminator`" in f.message, f.message
+    assert "`model.discriminator(fake_imgs.detach())`" in f.fix, f.fix

@@ -49,7 +49,7 @@ from .. import source
 from ..findings import Finding, Label, Site
 from ..graph import Highlight
 from ..graph import INPUT, PARAM
-from ..intent import Analysis, Crossing, crossings, units_of_opts
+from ..intent import Analysis, Crossing, crossings, range_unit, units_of_opts
 from ._text import call_at, call_text, code, detach_fix, net_count_text, opts_text, param_names, units_text
 
 if TYPE_CHECKING:
@@ -105,12 +105,15 @@ def leaks(ctx: Context, call: BackwardCall, a: Analysis) -> list[Leak]:
         node = graph.nodes[c.producer]
         prange = ctx.range_of_seq(node.seq)
         crange = ctx.range_of_seq(graph.nodes[c.consumer].seq)
+        # a network's parts called on their own are named as such (`model.generator`)
+        punit = range_unit(ctx, node.seq, inner=True) if prange else None
+        cunit = range_unit(ctx, graph.nodes[c.consumer].seq, inner=True) if crange else None
         out.append(Leak(
             var=a.var_of_node.get(c.producer),
-            producer_net=ctx.net_name(prange.net) if prange else None,
-            consumer_net=ctx.net_name(crange.net) if crange else None,
+            producer_net=punit or ctx.net_name(prange.net) if prange else None,
+            consumer_net=cunit or ctx.net_name(crange.net) if crange else None,
             produced_at=prange.site if prange else None,
-            enters_at=crange.site if crange and (not prange or crange.net != prange.net) else None,
+            enters_at=crange.site if crange and (not prange or crange.net != prange.net or punit != cunit) else None,
             pids=pids,
             producer=c.producer,
             consumer=c.consumer,
@@ -131,9 +134,9 @@ def _network_output(ctx: Context, a: Analysis, producer: int, consumer: int, *, 
     i, above = producer, consumer
     # ops the consumer's forward ran before it met its weights (`img.view(img.size(0), -1)`,
     # `torch.cat((img, labels), -1)`): the tensor to detach is the one that entered that forward
-    inside = ctx.net_of_seq(graph.nodes[consumer].seq)
+    inside = _part_of_seq(ctx, graph.nodes[consumer].seq)
     for _ in range(32):
-        if inside is None or ctx.net_of_seq(graph.nodes[i].seq) != inside:
+        if inside is None or _part_of_seq(ctx, graph.nodes[i].seq) != inside:
             break
         ins = [j for j in dict.fromkeys(graph.inputs_of(i)) if a.reach[j]]
         if len(ins) != 1:
@@ -191,7 +194,7 @@ def findings(ctx: Context, call: BackwardCall, found: list[Leak]) -> list[Findin
         labels.append(Label(call.site, f"writes `.grad` on {net_count_text(ctx, lk.pids)}", primary=primary is call.site))
         notes = [f"{call_text(call)} is for {opts_text(ctx, ctx.for_opts(call) or ())}"]
         differentiated = _differentiated(ctx, call, lk.var)
-        det = f"{lk.var}.detach()" if lk.var else "….detach()"
+        det = f"{lk.var}.detach()" if lk.var else f"{_producer_call(lk) or '…'}.detach()"
         if differentiated is not None:
             # a gradient penalty differentiates with respect to it: a detached copy must require grad
             det += ".requires_grad_()"
@@ -214,6 +217,24 @@ def findings(ctx: Context, call: BackwardCall, found: list[Leak]) -> list[Findin
             extra={"networks": nets, "for": sorted(ctx.opt_name(k) for k in ctx.for_opts(call) or ())},
         ))
     return out
+
+
+def _part_of_seq(ctx: Context, seq: int | None) -> tuple[int, str | None] | None:
+    """The network whose forward made node ``seq``, with its part where the parts are units."""
+    net = ctx.net_of_seq(seq)
+    return (net, range_unit(ctx, seq)) if net is not None else None
+
+
+def _producer_call(lk: Leak) -> str | None:
+    """The call that made the tensor, where no variable holds it (`generator(z)` in
+    `discriminator(generator(z))`)."""
+    if lk.producer_net is None or lk.produced_at is None:
+        return None
+    for name in (lk.producer_net.rsplit(".", 1)[-1], "self"):  # (`self(z)` in a LightningModule)
+        text = source.call_text(lk.produced_at.file, lk.produced_at.line, name)
+        if text:
+            return text if len(text) <= 50 else None
+    return None
 
 
 def _differentiated(ctx: Context, call: BackwardCall, var: str | None) -> BackwardCall | None:
