@@ -162,8 +162,9 @@ class Judge:
         self.add(dead_param.discarded(self.ctx, step))
 
     def warning(self, message: object, filename: str, lineno: int, *, optimizer: str | None = None,
-                params: tuple[str, ...] = (), op: str | None = None) -> None:
-        self.add(nonleaf_grad.from_warning(message, filename, lineno, optimizer=optimizer, params=params, op=op))
+                params: tuple[str, ...] = (), op: str | None = None, function: str = "") -> None:
+        self.add(nonleaf_grad.from_warning(message, filename, lineno, optimizer=optimizer, params=params, op=op,
+                                           function=function))
 
     def close_run(self) -> bool:
         """A run of steps ended: decide the intent of the calls before it, then stray-grad and

@@ -205,10 +205,7 @@ def find_all_in_frame(
         except Exception:
             continue
         for attr, item in list(attrs.items()):
-            for kind, _, out in pairs:
-                if isinstance(item, kind) and id(item) not in ids:
-                    ids.add(id(item))
-                    out[f"{name}.{attr}"] = item
+            take(f"{name}.{attr}", item)  # (`trainer.opt`, also as prepared by a framework)
     return found
 
 

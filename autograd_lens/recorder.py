@@ -101,7 +101,7 @@ class Sink(Protocol):
     def open_run(self) -> bool: ...
     def held(self, call: BackwardCall, held: HeldGraphs, alive: int, retained: bool) -> None: ...
     def warning(self, message: object, filename: str, lineno: int, *, optimizer: str | None = None,
-                params: tuple[str, ...] = (), op: str | None = None) -> None: ...
+                params: tuple[str, ...] = (), op: str | None = None, function: str = "") -> None: ...
     def explain_error(self, exc: BaseException, site: Site | None, **ctx: Any) -> Finding | None: ...
     def keep_graph(self, key: str, graph: Graph, *, replace: bool = True) -> None: ...
     def graph_key(self, site: Site) -> str: ...
@@ -437,6 +437,8 @@ class Recorder:
             return
         self.iteration += 1  # a network ran forward: state carried from before is an earlier iteration's
         for t in tensors_in(output):
+            if t.grad_fn is None:
+                continue  # made without a graph (frozen weights): a later input of it was not detached
             try:
                 k = (str(t.device), t.untyped_storage().data_ptr())
             except RuntimeError:
@@ -963,7 +965,8 @@ class Recorder:
                 return
             if where is not None:
                 site, optimizer, names, op = where
-                self.sink.warning(message, site.file, site.line, optimizer=optimizer, params=names, op=op)
+                self.sink.warning(message, site.file, site.line, optimizer=optimizer, params=names, op=op,
+                                  function=site.function)
                 return
         self.sink.warning(message, filename, lineno)
 

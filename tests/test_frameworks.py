@@ -11,8 +11,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from click.testing import CliRunner
+
+import autograd_lens as lens
 
 from autograd_lens.cli.main import main
 
@@ -180,3 +183,27 @@ def test_packages_to_skip_from_watch_the_command_line_and_pyproject(project: Pat
     (project / "pyproject.toml").unlink()
     result = CliRunner().invoke(main, ["trace", "--no-graphs", "train.py"])
     assert "mytrainer.py:3: " in result.stderr, result.stderr
+
+
+def test_an_optimizer_prepared_by_accelerate_and_kept_by_a_trainer_is_named_by_its_attribute() -> None:
+    from accelerate import Accelerator
+
+    class Trainer:
+        def __init__(self) -> None:
+            self.accelerator = Accelerator(cpu=True)
+            self.model = torch.nn.Linear(4, 1)
+            self.opt = torch.optim.Adam(self.model.parameters(), 1e-3)
+            self.model, self.opt = self.accelerator.prepare(self.model, self.opt)
+
+        def train(self) -> None:
+            for _ in range(3):
+                loss = self.model(torch.randn(8, 4)).pow(2).mean()
+                self.accelerator.backward(loss)
+                self.opt.step()  # no zero_grad
+
+    with lens.watch() as w:
+        trainer = Trainer()
+        trainer.train()
+    assert by_rule(w.report.findings, "missing-zero-grad").optimizer == "trainer.opt"
+    assert [s.optimizer for s in w.report.steps] == ["trainer.opt"]
+    assert w.internal_errors == []

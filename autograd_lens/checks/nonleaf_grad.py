@@ -39,13 +39,13 @@ MARKER = NONLEAF_GRAD_WARNING
 
 
 def from_warning(message: object, filename: str, lineno: int, *, optimizer: str | None = None,
-                 params: tuple[str, ...] = (), op: str | None = None) -> Finding | None:
+                 params: tuple[str, ...] = (), op: str | None = None, function: str = "") -> Finding | None:
     """A finding for PyTorch's non-leaf ``.grad`` warning, at the line that read ``.grad``: the
     user's, or the user's call that led to the read (an optimizer step, whose ``optimizer`` holds
     ``params`` that are no longer leaves)."""
     if MARKER not in str(message):
         return None
-    site = Site(filename, lineno)
+    site = Site(filename, lineno, function)
     if optimizer is not None and params:
         shown = ", ".join(code(n) for n in params[:3]) + (f" and {len(params) - 3} more" if len(params) > 3 else "")
         made = f" (`{op}`)" if op else ""
