@@ -374,7 +374,7 @@ class Recorder:
                 return
             frame = user_frame(("torch.nn.modules.module",))
             try:
-                reg.scan_frame(frame)
+                reg.scan_frame(frame, calling=module)
             finally:
                 del frame
             net = reg.nets.get(id(module))

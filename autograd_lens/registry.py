@@ -279,7 +279,7 @@ class Registry:
     # ------------------------------------------------------------------------------------------
     # names from the user's variables
     # ------------------------------------------------------------------------------------------
-    def scan_frame(self, frame: types.FrameType | None, *, depth: int = 4) -> None:
+    def scan_frame(self, frame: types.FrameType | None, *, depth: int = 4, calling: torch.nn.Module | None = None) -> None:
         """Name networks and optimizers from the variables of ``frame`` and its callers.
 
         A module is named by the variable that holds it; ``self`` is a last resort: inside a
@@ -317,8 +317,16 @@ class Registry:
                 if isinstance(value, torch.Tensor) and not name.startswith("_"):
                     tensors.append((name, value))
         inner = {id(sub) for _, m in found_mods.values() for sub in m.modules() if sub is not m}
+        # the module being called, held by a name of its own, is the network rather than a module
+        # that holds it (an EMA wrapper's `online_model`; `generator = model.generator`)
+        alone = calling if calling is not None and id(calling) in inner and id(calling) in found_mods and not (
+            _is_self_name(found_mods[id(calling)][0])) else None
+        if alone is not None:
+            inner.discard(id(alone))
         for name, mod in found_mods.values():
             if self.known(self.nets, mod) or id(mod) in inner or not is_network(mod):
+                continue
+            if alone is not None and mod is not alone and any(sub is alone for sub in mod.modules()):
                 continue
             if name == _SELF:
                 # known only as `self`: its parts are the networks, named by their attributes

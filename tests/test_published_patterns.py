@@ -948,6 +948,33 @@ def ema_target(iters: int = 4, no_grad: bool = True) -> None:
                 t.mul_(0.99).add_(o, alpha=0.01)
 
 
+class EMAWrapper(nn.Module):
+    """Holds the model being trained and its moving average (as ema_pytorch's `EMA` does)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.online_model = model
+        self.ema_model = copy.deepcopy(model).requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for e, p in zip(self.ema_model.parameters(), self.online_model.parameters()):
+            e.lerp_(p, 0.01)
+
+
+def ema_wrapper(iters: int = 4, zero: bool = True) -> None:
+    model = mlp(4, 1)
+    ema = EMAWrapper(model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(iters):
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        if zero:
+            opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema.update()
+
+
 def ema_target_with_grad(iters: int = 4) -> None:
     ema_target(iters, no_grad=False)
 
@@ -1051,7 +1078,7 @@ CORRECT = [
     ppo_trunk, episodic_actor_critic, vae_one_optimizer, staged_fine_tune, sac_temperature, lbfgs_sequence,
     sgd_closure, manual_sgd_data_add, manual_sgd_no_grad, epoch_loss_sum, loss_history, running_loss,
     maml_first_order, maml_second_order, a2c_agent_object, a2c_preconditioned, ema_target,
-    wgan_div_detached_as_told, zero_grad_placed, gan_parts, gan_frozen_in_turn,
+    wgan_div_detached_as_told, zero_grad_placed, gan_parts, gan_frozen_in_turn, ema_wrapper,
 ]
 
 
@@ -1525,3 +1552,12 @@ def test_a_frozen_network_is_not_shown_as_stopped_at_a_detach() -> None:
     assert frozen["g_loss.backward()"]["generator"] == "reached", frozen
     detached = rows(cgan_d_first)
     assert detached["d_loss.backward()"]["generator"] == "detached", detached
+
+
+def test_the_model_an_ema_wrapper_holds_is_named_as_the_loop_holds_it() -> None:
+    torch.manual_seed(0)
+    with lens.watch() as w:
+        ema_wrapper(zero=False)
+    f = by_rule(w.report.findings, "missing-zero-grad")
+    assert set(f.params) == pnames("model", mlp(4, 1)), f.params  # not `ema.online_model.*`
+    assert w.report.networks == ("model",), w.report.networks
