@@ -4,6 +4,12 @@
 Reports reads of `.grad` on intermediate tensors, which are always `None` unless `retain_grad()`
 was called (PyTorch only warns once).
 
+It also reports an optimizer that holds parameters that are no longer leaves, at the user's
+`zero_grad()` or `step()` line, with their names: an in-place update of a parameter outside
+`torch.no_grad()` with a tensor that requires grad (an EMA or momentum update of a target network,
+`t.mul_(m).add_(o, alpha=1 - m)`) records it in a graph. PyTorch's own warning then points inside
+`torch/optim`.
+
 ## Why is this bad?
 Autograd populates `.grad` only for leaves. Code that inspects or clips `.grad` of an intermediate
 tensor silently sees `None`.
