@@ -204,7 +204,10 @@ def find_all_in_frame(
             attrs = vars(obj)
         except Exception:
             continue
+        module = isinstance(obj, torch.nn.Module)
         for attr, item in list(attrs.items()):
+            if module and attr[0] == "_":
+                continue  # (a module's own state: `_parameters`, `_modules`, its hooks)
             take(f"{name}.{attr}", item)  # (`trainer.opt`, also as prepared by a framework)
     return found
 
