@@ -54,8 +54,9 @@ class Ledger:
         self.capture: list[tuple[int, bool]] | None = None
         self._interned: dict[tuple[int, ...], tuple[int, ...]] = {}
         #: parameter id -> (the `zero_grad()` that dropped gradient of its `.grad` before any step
-        #: applied it, those backward calls); dropped when a step finds gradient there again
-        self.discarded: dict[int, tuple[Site, tuple[int, ...]]] = {}
+        #: applied it, those backward calls, the number of backward calls made before it); replaced
+        #: by a later such `zero_grad()`, dropped when a step finds gradient there again
+        self.discarded: dict[int, tuple[Site, tuple[int, ...], int]] = {}
 
     def add(self, p: torch.Tensor) -> ParamState | None:
         """Start watching ``p``; None when it was watched already (a dead parameter's id reused
@@ -65,6 +66,7 @@ class Ledger:
         if st is not None and st.ref() is p:
             return None
         st = self.params[pid] = ParamState(p)
+        self.discarded.pop(pid, None)  # (a dead parameter's)
         return st
 
     def accumulated(self, st: ParamState, p: torch.Tensor, call: BackwardCall) -> None:
@@ -96,9 +98,10 @@ class Ledger:
             st.grad_version = g._version
         call.reached.add(pid)  # type: ignore[union-attr]
 
-    def zeroed(self, pids: list[int], where: Callable[[], Site] | None = None) -> None:
+    def zeroed(self, pids: list[int], where: Callable[[], Site] | None = None, calls: int = 0) -> None:
         """``zero_grad()`` of the parameters with these ids. A `.grad` that holds gradient no step
-        applied is noted as discarded there (``where()``: the line of the `zero_grad()`)."""
+        applied is noted as discarded there (``where()``: the line of the `zero_grad()`; ``calls``:
+        the backward calls made so far)."""
         params = self.params
         discarded = self.discarded
         site = None
@@ -109,9 +112,7 @@ class Ledger:
                 if led and where is not None and not _applied(led, st.applied):
                     if site is None:
                         site = where()
-                    discarded[pid] = (site, tuple(led))
-                elif discarded:
-                    discarded.pop(pid, None)
+                    discarded[pid] = (site, tuple(led), calls)
                 st.ledger = []
                 st.grad_ref = None
         self.holding.difference_update(pids)
@@ -154,14 +155,15 @@ class Ledger:
                 self.by_hand += 1
 
     def provenance(
-        self, st: OptInfo, params: list[torch.Tensor], closure_from: int | None
+        self, st: OptInfo, params: list[torch.Tensor], closure_from: int | None, calls: int = 0
     ) -> tuple[dict[int, tuple[int, ...]], dict[int, tuple[int, ...]], list[tuple[tuple[int, ...], list[int]]],
                dict[int, tuple[Site, tuple[int, ...]]]]:
         """What optimizer ``st`` applies now to ``params``: per parameter, the backward calls its
         gradient came from, and those of them it had applied before; the parameters grouped by the
         calls their gradient came from (a network's parameters usually share them: one question
         per group, not per parameter); and the parameters whose gradient a `zero_grad()` discarded
-        since the last backward that wrote it, before any step (:attr:`discarded`).
+        after the last backward that wrote it and with no backward call since (``calls``: the backward
+        calls made so far), before any step applied it (:attr:`discarded`).
         ``closure_from``: the first call id of the closure the step ran (LBFGS), whose evaluations
         each applied the ones before."""
         lost: dict[int, tuple[Site, tuple[int, ...]]] = {}
@@ -180,8 +182,9 @@ class Ledger:
             if g is None:
                 if p.requires_grad and leaf:  # (a non-leaf is nonleaf-grad's)
                     st.no_grad.add(pid)
-                    if discarded and pid in discarded:
-                        lost[pid] = discarded[pid]
+                    d = discarded.get(pid) if discarded else None
+                    if d is not None and d[2] == calls:
+                        lost[pid] = d[:2]
                 continue
             ps = params_state.get(pid)
             if ps is None or ps.ref() is not p:
@@ -192,7 +195,8 @@ class Ledger:
                     ps.ledger = []  # .grad was assigned by hand (or zeroed to zeros): unknown provenance
                     prov = ()
                     self.by_hand += 1
-                    if discarded and pid in discarded:
+                    d = discarded.get(pid) if discarded else None
+                    if d is not None and d[2] == calls:
                         zeros.append((pid, g))  # zeroed to zeros (else assigned by hand after it)
                 else:
                     prov = tuple(ps.ledger)
@@ -225,7 +229,7 @@ class Ledger:
         if zeros:
             for (pid, _), z in zip(zeros, all_zero([g for _, g in zeros])):
                 if z:
-                    lost[pid] = discarded[pid]
+                    lost[pid] = discarded[pid][:2]
             zeros.clear()
         if discarded and provenance:
             for pid in provenance:

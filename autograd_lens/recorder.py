@@ -166,7 +166,7 @@ class Recorder:
         self._modes: dict[Any, tuple[int, tuple[Any, ...], frozenset[int]]] = {}  # reached set -> networks
         # detail: module hooks on (forward ranges), and since which call they record whole forwards
         self._module_hooks: list[Any] = []
-        self._nonleaf_opts: set[int] = set()  # optimizers whose non-leaf parameters were reported
+        self._nonleaf_opts: weakref.WeakSet[Any] = weakref.WeakSet()  # optimizers whose non-leaf parameters were told
         self._ranges_from = 1
         self._quiet = 0
         self.generation = 0  # bumped when a network or optimizer is registered
@@ -715,7 +715,8 @@ class Recorder:
                     local_names: dict[int, str] | None) -> WalkResult:
         """The walk to explain a failed call with: for a call that was not walked and failed on
         freed buffers, what the graph shows now (:func:`walk.after_failure`: the freed parts and the
-        earlier call that went through them)."""
+        earlier call that went through them); for one that was, the leaves below the parts it
+        shares (:func:`walk.mark_below`)."""
         if SECOND_BACKWARD_ERROR not in str(exc):
             return walk
         if walk.prev:
@@ -993,14 +994,14 @@ class Recorder:
             del f
         if not isinstance(opt, torch.optim.Optimizer):
             return site, None, (), None
-        if id(opt) in self._nonleaf_opts:
+        if opt in self._nonleaf_opts:
             return ()  # told once per optimizer (its zero_grad and its step read them)
-        self._nonleaf_opts.add(id(opt))
+        self._nonleaf_opts.add(opt)
         st = self.reg.opts.get(id(opt))
-        stale = [p for g in opt.param_groups for p in g["params"] if not p.is_leaf]
+        stale = [p for p in _params_of(opt) if not p.is_leaf]
         names = tuple(sorted(self.reg.param_name(id(p)) for p in stale))
         op = type(stale[0].grad_fn).__name__ if stale and stale[0].grad_fn is not None else None
-        return site, st.name if st is not None and st.ref() is opt else None, names, op
+        return site, st.name if st is not None and st.ref() is opt else type(opt).__name__, names, op
 
     # ------------------------------------------------------------------------------------------
     # zero_grad and steps
@@ -1022,7 +1023,7 @@ class Recorder:
                 pids = st.pids
             else:
                 pids = [id(p) for g in groups for p in g["params"]]
-        self.ledger.zeroed(pids, call_site)
+        self.ledger.zeroed(pids, call_site, self.log.n_calls)
         steady.noted_zero(obj, set_to_none, pids)
 
     def _on_step_pre(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
@@ -1065,7 +1066,8 @@ class Recorder:
             st.first_site = site
         # backward calls ran inside the step (a framework passes a closure that may do nothing)
         ran_closure = closure_from is not None and self.log.n_calls >= closure_from
-        provenance, repeated, groups, lost = self.ledger.provenance(st, params, closure_from if ran_closure else None)
+        provenance, repeated, groups, lost = self.ledger.provenance(st, params, closure_from if ran_closure else None,
+                                                                    self.log.n_calls)
         step = OptimizerStep(
             self.log.n_steps, st.name, st.key, site, provenance, repeated, len(params), ran_closure, st.manual, groups,
             discarded=lost,

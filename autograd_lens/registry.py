@@ -317,10 +317,7 @@ class Registry:
                 if isinstance(value, torch.Tensor) and not name.startswith("_"):
                     tensors.append((name, value))
         inner = {id(sub) for _, m in found_mods.values() for sub in m.modules() if sub is not m}
-        # the module being called, held by a name of its own, is the network rather than a module
-        # that holds it (an EMA wrapper's `online_model`; `generator = model.generator`)
-        alone = calling if calling is not None and id(calling) in inner and id(calling) in found_mods and not (
-            _is_self_name(found_mods[id(calling)][0])) else None
+        alone = self._called_alone(calling, found_mods, inner, found_opts)
         if alone is not None:
             inner.discard(id(alone))
         for name, mod in found_mods.values():
@@ -349,6 +346,28 @@ class Registry:
                     self.names.add(name, value, name)
                     self.tensors[key] = name
                     self._touch()
+
+    def _called_alone(self, calling: torch.nn.Module | None, found_mods: dict[int, tuple[str, torch.nn.Module]],
+                      inner: set[int], found_opts: dict[int, tuple[str, torch.optim.Optimizer]]) -> torch.nn.Module | None:
+        """The module being called, when it is the network rather than the modules found that hold
+        it: held by a name of its own, inside a module with parameters that no optimizer steps (an
+        EMA wrapper's `online_model` next to its averaged copy). A module whose parameters the
+        optimizers step (`for layer in model: h = layer(h)`) stays one network."""
+        if calling is None or id(calling) not in inner or id(calling) not in found_mods:
+            return None
+        if _is_self_name(found_mods[id(calling)][0]):
+            return None
+        stepped = {id(p) for _, o in found_opts.values() for g in o.param_groups for p in g["params"]}
+        for st in self.opts.values():
+            stepped |= st.pidset
+        if not stepped:
+            return None
+        own = {id(p) for p in calling.parameters()}
+        for _, mod in found_mods.values():
+            if mod is not calling and any(sub is calling for sub in mod.modules()):
+                if all(id(p) in stepped or id(p) in own for p in mod.parameters()):
+                    return None  # (a network the optimizers step whole)
+        return calling
 
     # ------------------------------------------------------------------------------------------
     # queries

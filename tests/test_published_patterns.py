@@ -1108,11 +1108,12 @@ def test_in_place_scaling_of_grad_by_hand_keeps_its_provenance() -> None:
 
 
 def test_unscale_and_clip_under_grad_scaler_with_accumulation_keep_provenance() -> None:
-    check(gpt_accumulate_amp_no_zero_grad, [
+    [f] = check(gpt_accumulate_amp_no_zero_grad, [
         Expect("missing-zero-grad", "scaler.step(optimizer)",
                lambda: pnames("model", nn.Sequential(nn.Embedding(11, 8), nn.Linear(8, 11))), "optimizer",
                "scaler.scale(loss).backward()"),
     ])
+    assert "call `optimizer.zero_grad()`" in f.fix, f.fix  # (not the scaler's, which steps it)
 
 
 def test_leak_into_the_generator_through_a_discriminator_that_begins_with_view_and_cat() -> None:
@@ -1501,12 +1502,53 @@ def test_a_generator_loss_reusing_the_discriminators_output_is_told_to_take_a_ne
 
 @pytest.mark.parametrize("fn", [zero_grad_between_backward_and_step, zero_grad_to_zeros_between_backward_and_step])
 def test_a_zero_grad_between_backward_and_step_leaves_the_step_nothing(fn: Callable[[], None]) -> None:
-    [f] = check(fn, [
-        Expect("dead-param", "optimizer.step()", lambda: pnames("model", mlp(4, 1)), "optimizer", "loss.backward()"),
-    ])
+    [f] = watched(fn)
     zero_line = line(zero_grad_placed, "loss.backward()") + 2
+    assert (f.rule, f.site.line, f.optimizer) == ("dead-param", zero_line, "optimizer"), short([f])  # the line to move
+    assert set(f.params) == pnames("model", mlp(4, 1)), f.params
+    assert f.backward is not None and f.backward.line == line(zero_grad_placed, "loss.backward()")
     assert f"`optimizer.zero_grad(set_to_none=set_to_none)` (line {zero_line}) discarded" in f.message, f.message
     assert "before the backward" in f.fix, f.fix
+
+
+class TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.unused = nn.Linear(4, 1), nn.Linear(4, 1), nn.Linear(4, 1)
+
+
+def multitask_skipping_a_step(iters: int = 6) -> None:
+    model = TwoHeads()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for i in range(iters):
+        head = model.a if i % 2 == 0 else model.b
+        opt.zero_grad()
+        loss = head(torch.randn(8, 4)).pow(2).mean()
+        loss.backward()
+        if i != 2:  # a step skipped (a non-finite gradient norm, GradScaler's inf check)
+            opt.step()
+
+
+def test_a_zero_grad_before_the_next_backward_is_not_told_to_move() -> None:
+    # the next iteration's zero_grad drops head a's unapplied gradient, then head b's backward runs:
+    # the zero_grad is where it belongs; the unused head is still dead-param's
+    [f] = watched(multitask_skipping_a_step)
+    assert f.rule == "dead-param" and set(f.params) == {"model.unused.bias", "model.unused.weight"}, short([f])
+    assert "never received a gradient" in f.message, f.message
+
+
+def test_a_zero_grad_between_backward_and_step_and_a_dead_parameter_are_two_findings() -> None:
+    def loop(iters: int = 3) -> None:
+        model = TwoHeads()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(iters):
+            (model.a(torch.randn(8, 4)) + model.b(torch.randn(8, 4))).pow(2).mean().backward()
+            opt.zero_grad()
+            opt.step()
+
+    findings = watched(loop)
+    assert sorted((f.rule, f.site.line) for f in findings) == [
+        ("dead-param", line(loop, "opt.zero_grad()")), ("dead-param", line(loop, "opt.step()"))], short(findings)
 
 
 def a2c_expression_loss(iters: int = 3, zero: bool = True) -> None:

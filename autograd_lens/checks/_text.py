@@ -50,12 +50,12 @@ def step_text(step: OptimizerStep) -> str:
 
 
 def holder(step: OptimizerStep) -> str:
-    """The optimizer as the step's line holds it (`self.meta_optim` in `self.meta_optim.step()`),
-    else its name."""
+    """The optimizer as the step's line holds it (`self.meta_optim` in `self.meta_optim.step()`
+    for `maml.meta_optim`), else its name (`optimizer` of `scaler.step(optimizer)`)."""
     text = source.call_text(step.site.file, step.site.line, "step")
     if text and not step.manual and len(text) <= 60:
         head = text.rsplit(".step(", 1)[0]
-        if head and head != text:
+        if head != text and head.rsplit(".", 1)[-1] == step.optimizer.rsplit(".", 1)[-1]:
             return head
     return step.optimizer
 

@@ -82,7 +82,8 @@ def findings(ctx: Context) -> list[Finding]:
 
 def discarded(ctx: Context, step: OptimizerStep) -> Finding | None:
     """A step that found no gradient in parameters whose gradient a `zero_grad()` discarded after
-    the backward that wrote it and before any step applied it."""
+    the backward that wrote it and before any step applied it (no backward ran after the
+    `zero_grad()`). Reported at the `zero_grad()`, the line to move."""
     if not step.discarded:
         return None
     pids = list(step.discarded)
@@ -93,15 +94,15 @@ def discarded(ctx: Context, step: OptimizerStep) -> Finding | None:
     if call is not None:
         labels.append(Label(call.site, "writes their `.grad`"))
     zero = code(source.call_text(zero_site.file, zero_site.line, "zero_grad") or "zero_grad()")
-    labels.append(Label(zero_site, "discards it before any step applied it"))
-    labels.append(Label(step.site, "finds no gradient to apply", primary=True))
+    labels.append(Label(zero_site, "discards it before any step applied it", primary=True))
+    labels.append(Label(step.site, "finds no gradient to apply"))
     n = len(names)
     written = f"the gradient {call_at(call)} wrote" if call is not None else "their gradient"
     return Finding(
         RULE, SEVERITY,
         f"{step_text(step)} stepped {n} parameter{'s' if n != 1 else ''} without gradient: {zero} "
         f"(line {zero_site.line}) discarded {written}",
-        step.site, tuple(labels),
+        zero_site, tuple(labels),
         (f"{names_text(names)}: `.grad` was emptied after the backward and before the step, so the step "
          "applies nothing (or zeros)",),
         f"call {zero} before the backward (or after the step), not between them",

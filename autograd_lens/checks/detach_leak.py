@@ -238,12 +238,13 @@ def _producer_call(lk: Leak) -> str | None:
 
 
 def _differentiated(ctx: Context, call: BackwardCall, var: str | None) -> BackwardCall | None:
-    """The ``autograd.grad`` call before ``call`` that took the variable ``var`` as an input (a
-    gradient penalty: `autograd.grad(d_out, fake_imgs, create_graph=True)`), if any."""
+    """The ``autograd.grad`` call since the previous call at ``call``'s site that took the variable
+    ``var`` as an input (a gradient penalty: `autograd.grad(d_out, fake_imgs, create_graph=True)`),
+    if any."""
     if not var:
         return None
     for c in ctx.log.recent_calls():
-        if c.id < call.id and c.kind == "grad" and var in c.inputs:
+        if call.prev < c.id < call.id and c.kind == "grad" and var in c.inputs:
             return c
     return None
 

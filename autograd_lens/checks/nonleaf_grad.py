@@ -39,7 +39,7 @@ SEVERITY = "warning"
 SUMMARY = ".grad read on a non-leaf tensor; use retain_grad()"
 
 from ..findings import NONLEAF_GRAD_WARNING, Finding, Label, Site
-from ._text import code
+from ._text import names_text
 
 MARKER = NONLEAF_GRAD_WARNING
 
@@ -53,7 +53,7 @@ def from_warning(message: object, filename: str, lineno: int, *, optimizer: str 
         return None
     site = Site(filename, lineno, function)
     if optimizer is not None and params:
-        shown = ", ".join(code(n) for n in params[:3]) + (f" and {len(params) - 3} more" if len(params) > 3 else "")
+        shown = names_text(params)
         made = f" (`{op}`)" if op else ""
         return Finding(
             RULE, SEVERITY,
