@@ -21,7 +21,7 @@ import autograd_lens as lens
 from autograd_lens import Finding
 
 from helpers import Expect, by_rule, one_thread, rules, short, watched  # noqa: F401  (one_thread: a fixture)
-from test_corpus import line, mlp, pnames
+from test_corpus import line, mlp, pnames, r1_penalty_gan
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -1047,38 +1047,12 @@ def gan_parts_no_detach_through_forward(iters: int = 4) -> None:
     gan_parts(iters, detach=False, through_forward=True)
 
 
-# ----------------------------------------------------------------------------------------------
-# 14. networks frozen in turn (StyleGAN's requires_grad toggling) instead of a detach
-# ----------------------------------------------------------------------------------------------
-
-
-def gan_frozen_in_turn(iters: int = 3) -> None:
-    generator, discriminator = mlp(4, 6), mlp(6, 1)
-    g_optim = torch.optim.Adam(generator.parameters(), lr=1e-3)
-    d_optim = torch.optim.Adam(discriminator.parameters(), lr=1e-3)
-    for _ in range(iters):
-        real_img, noise = torch.randn(8, 6), torch.randn(8, 4)
-        generator.requires_grad_(False)
-        discriminator.requires_grad_(True)
-        fake_img = generator(noise)
-        d_loss = F.softplus(discriminator(fake_img)).mean() + F.softplus(-discriminator(real_img)).mean()
-        discriminator.zero_grad()
-        d_loss.backward()
-        d_optim.step()
-        generator.requires_grad_(True)
-        discriminator.requires_grad_(False)
-        g_loss = F.softplus(-discriminator(generator(noise))).mean()
-        generator.zero_grad()
-        g_loss.backward()
-        g_optim.step()
-
-
 CORRECT = [
     lm_clip, rl_clip_value_and_hand_zeroing, gpt_accumulate_amp, cgan_d_first, gan_flat_d, infogan, a2c, a2c_trunk,
     ppo_trunk, episodic_actor_critic, vae_one_optimizer, staged_fine_tune, sac_temperature, lbfgs_sequence,
     sgd_closure, manual_sgd_data_add, manual_sgd_no_grad, epoch_loss_sum, loss_history, running_loss,
     maml_first_order, maml_second_order, a2c_agent_object, a2c_preconditioned, ema_target,
-    wgan_div_detached_as_told, zero_grad_placed, gan_parts, gan_frozen_in_turn, ema_wrapper,
+    wgan_div_detached_as_told, zero_grad_placed, gan_parts, ema_wrapper,
 ]
 
 
@@ -1589,9 +1563,9 @@ def test_a_frozen_network_is_not_shown_as_stopped_at_a_detach() -> None:
             fn()
         return {b.call: b.networks for b in w.report.backwards}
 
-    frozen = rows(gan_frozen_in_turn)
-    assert frozen["d_loss.backward()"]["generator"] == "not reached", frozen  # no graph, not a detach
-    assert frozen["g_loss.backward()"]["generator"] == "reached", frozen
+    frozen = rows(r1_penalty_gan)  # StyleGAN's requires_grad toggling
+    assert frozen["d_loss.backward()"]["G"] == "not reached", frozen  # no graph, not a detach
+    assert frozen["g_loss.backward()"]["G"] == "reached", frozen
     detached = rows(cgan_d_first)
     assert detached["d_loss.backward()"]["generator"] == "detached", detached
 
