@@ -2,11 +2,12 @@
 each site; see :mod:`recorder`).
 
 One iterative walk of ``next_functions`` that
-- stamps every node with the call (``node.metadata``), and reads the stamps of earlier calls: which
-  earlier backward already went through (and freed) part of this graph;
+- stamps every node the call runs with the call (``node.metadata``), and reads the stamps of
+  earlier calls: which earlier backward already went through (and freed) part of this graph (a
+  call given ``inputs`` runs only the part above them);
 - registers the post-accumulate-grad hook on every leaf it meets (once per leaf);
-- finds nodes created before an ``optimizer.step()`` that saved a parameter the step then
-  modified (a stale saved tensor; fused optimizers do not bump versions, so PyTorch is silent);
+- finds nodes it runs, created before an ``optimizer.step()``, that saved a parameter the step
+  then modified (a stale saved tensor; fused optimizers do not bump versions, so PyTorch is silent);
 - takes a full :class:`Graph` snapshot for the analysis and the drawings.
 
 Nodes are held only during the walk; the result keeps ids, names and numbers.
