@@ -121,11 +121,14 @@ class StepTotals:
     n_params: int
     count: int = 0
     sources: dict[str, int] = field(default_factory=dict)  # backward site -> steps that took gradient from it
+    by_hand: int = 0  # steps that applied gradient from no backward call (`.grad` set by hand: PCGrad)
 
     def add(self, step: OptimizerStep, times: int = 1) -> None:
         self.count += times
         for s in step.sources:  # each step counts once per backward site it took gradient from
             self.sources[s] = self.sources.get(s, 0) + times
+        if step.stepped and not step.sources:
+            self.by_hand += times
 
 
 class EventLog:

@@ -86,6 +86,7 @@ class StepSummary:
     count: int
     sources: dict[str, int]  # backward site "file:line" -> how many steps consumed gradient from it
     params: int
+    by_hand: int = 0  # steps whose gradient came from no backward call (`.grad` set by hand)
 
     @property
     def call(self) -> str:
@@ -100,6 +101,7 @@ class StepSummary:
             "count": self.count,
             "sources": dict(self.sources),
             "params": self.params,
+            "by_hand": self.by_hand,
         }
 
 

@@ -164,7 +164,7 @@ class Watch:
                 BackwardSummary(t.site, t.count, t.roots, t.retain_graph, t.kind, dict(t.networks), t.params_reached)
                 for t in self.log.call_totals()
             ),
-            steps=tuple(StepSummary(t.optimizer, t.site, t.count, dict(t.sources), t.n_params) for t in self.log.step_totals()),
+            steps=tuple(StepSummary(t.optimizer, t.site, t.count, dict(t.sources), t.n_params, t.by_hand) for t in self.log.step_totals()),
             graphs=tuple({"key": k, "title": g.title} for k, g in self.judge.graphs.items()),
             networks=tuple(self.reg.network_names()),
             script=script,

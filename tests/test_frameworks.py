@@ -207,3 +207,19 @@ def test_an_optimizer_prepared_by_accelerate_and_kept_by_a_trainer_is_named_by_i
     assert by_rule(w.report.findings, "missing-zero-grad").optimizer == "trainer.opt"
     assert [s.optimizer for s in w.report.steps] == ["trainer.opt"]
     assert w.internal_errors == []
+
+
+def test_torch_compile_does_not_warn_of_the_lens_s_own_global_hooks(recwarn: pytest.WarningsRecorder) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    compiled = torch.compile(model, backend="eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with lens.watch() as w:
+        for _ in range(3):
+            opt.zero_grad()
+            compiled(torch.randn(8, 4)).pow(2).mean().backward()
+            opt.step()
+    assert w.report.findings == () and w.internal_errors == []
+    assert not [str(x.message) for x in recwarn if "global hooks" in str(x.message)]
+    import warnings
+
+    assert not any("global hooks" in str(f[1].pattern if f[1] else "") for f in warnings.filters)  # filter removed

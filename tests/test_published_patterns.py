@@ -1047,12 +1047,33 @@ def gan_parts_no_detach_through_forward(iters: int = 4) -> None:
     gan_parts(iters, detach=False, through_forward=True)
 
 
+# ----------------------------------------------------------------------------------------------
+# 14. gradient surgery (PCGrad): per-task gradients combined and assigned to `.grad` by hand
+# ----------------------------------------------------------------------------------------------
+
+
+def pcgrad_like(iters: int = 3) -> None:
+    model = mlp(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(iters):
+        out = model(torch.randn(8, 4))
+        grads = []
+        for objective in (out[:, 0].pow(2).mean(), out[:, 1].pow(2).mean()):
+            opt.zero_grad()
+            objective.backward(retain_graph=True)
+            grads.append([p.grad.clone() for p in model.parameters()])
+        opt.zero_grad()
+        for p, g1, g2 in zip(model.parameters(), *grads):
+            p.grad = g1 + g2  # (the projection of conflicting gradients left out)
+        opt.step()
+
+
 CORRECT = [
     lm_clip, rl_clip_value_and_hand_zeroing, gpt_accumulate_amp, cgan_d_first, gan_flat_d, infogan, a2c, a2c_trunk,
     ppo_trunk, episodic_actor_critic, vae_one_optimizer, staged_fine_tune, sac_temperature, lbfgs_sequence,
     sgd_closure, manual_sgd_data_add, manual_sgd_no_grad, epoch_loss_sum, loss_history, running_loss,
     maml_first_order, maml_second_order, a2c_agent_object, a2c_preconditioned, ema_target,
-    wgan_div_detached_as_told, zero_grad_placed, gan_parts, ema_wrapper,
+    wgan_div_detached_as_told, zero_grad_placed, gan_parts, ema_wrapper, pcgrad_like,
 ]
 
 
@@ -1088,6 +1109,7 @@ def test_unscale_and_clip_under_grad_scaler_with_accumulation_keep_provenance() 
                "scaler.scale(loss).backward()"),
     ])
     assert "call `optimizer.zero_grad()`" in f.fix, f.fix  # (not the scaler's, which steps it)
+    assert "that an earlier `scaler.step(optimizer)` already applied" in f.message, f.message
 
 
 def test_leak_into_the_generator_through_a_discriminator_that_begins_with_view_and_cat() -> None:
@@ -1577,3 +1599,14 @@ def test_the_model_an_ema_wrapper_holds_is_named_as_the_loop_holds_it() -> None:
     f = by_rule(w.report.findings, "missing-zero-grad")
     assert set(f.params) == pnames("model", mlp(4, 1)), f.params  # not `ema.online_model.*`
     assert w.report.networks == ("model",), w.report.networks
+
+
+def test_a_step_of_gradient_set_by_hand_is_shown_so_in_the_step_table() -> None:
+    from autograd_lens.render.tables import step_rows
+
+    torch.manual_seed(0)
+    with lens.watch() as w:
+        pcgrad_like()
+    assert w.report.findings == ()
+    [row] = step_rows(w.report)[1]
+    assert row[0] == "opt" and row[3] == "set by hand (x3)", row

@@ -84,7 +84,7 @@ def finding(ctx: Context, step: OptimizerStep) -> Finding | None:
         net = step.optimizer.removeprefix("manual update of ").split(" at ", 1)[0]
         help_ = f"zero the gradient after each manual update: `{net}.zero_grad()` (or `p.grad = None` for each parameter)"
     else:
-        earlier = f"an earlier `{holder(step)}.step()`"
+        earlier = f"an earlier {step_text(step)}"  # (`scaler.step(optimizer)` as written)
         help_ = f"call `{holder(step)}.zero_grad()` once per step, before the backward calls that step consumes"
     return Finding(
         RULE, SEVERITY,

@@ -114,11 +114,31 @@ class HookSet:
         self.remove()
 
 
+#: torch.compile's warning about global module hooks: while the lens's are on, it is the lens's
+#: doing, not the user's (the lens takes the compiled module's extra hook call as its network's)
+_COMPILE_HOOKS_WARNING = r"Using `torch\.compile\(module\)` when there are global hooks on modules"
+
+
 def register_global_module_hooks(hooks: HookSet, pre: Callable, post: Callable) -> None:
+    import warnings
+
     from torch.nn.modules import module as _m
 
     hooks.add(_m.register_module_forward_pre_hook(pre))
     hooks.add(_m.register_module_forward_hook(post, always_call=True))
+    warnings.filterwarnings("ignore", message=_COMPILE_HOOKS_WARNING, category=UserWarning)
+    quiet = warnings.filters[0]
+
+    def unquiet() -> None:
+        try:
+            warnings.filters.remove(quiet)
+        except ValueError:  # (the program reset the filters meanwhile)
+            pass
+        mutated = getattr(warnings, "_filters_mutated", None)
+        if mutated is not None:
+            mutated()  # (warnings already seen are looked at again)
+
+    hooks.on_remove(unquiet)
 
 
 def register_global_optimizer_hooks(hooks: HookSet, pre: Callable, post: Callable | None) -> Any:

@@ -60,6 +60,7 @@ def report_from_dict(data: Mapping[str, Any]) -> Report:
             StepSummary(
                 str(s["optimizer"]), site_of(s["site"]) or Site("", 0), int(s["count"]),
                 {str(k): int(v) for k, v in dict(s.get("sources") or {}).items()}, int(s.get("params", 0)),
+                int(s.get("by_hand", 0)),
             )
             for s in data.get("steps") or ()
         )

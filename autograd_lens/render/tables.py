@@ -72,5 +72,7 @@ def step_rows(report: Report) -> tuple[list[str], list[list[str]]]:
         for key, n in s.sources.items():
             file, _, line = key.rpartition(":")
             parts.append(f"{name(file, line) if file else key} (x{n})")
+        if s.by_hand:
+            parts.append(f"set by hand (x{s.by_hand})")  # (PCGrad: `.grad` assigned after projecting)
         rows.append([s.optimizer, name(s.site.file, s.site.line), str(s.count), ", ".join(parts) or "no gradient"])
     return ["optimizer", "step at", "steps", "gradients from the backward at"], rows
