@@ -1270,6 +1270,7 @@ def test_losses_appended_to_a_list_keep_their_graphs() -> None:
     ])
     assert f.extra["saved_bytes"] == 0  # freed by each backward; the graphs themselves still grow
     assert "`history.append(loss.item())`" in f.fix and "retain_graph" not in f.fix
+    assert "at least" in f.message and "one call in four" in f.notes[0], (f.message, f.notes)  # a sample's count
 
 
 def test_a_running_sum_rebound_each_iteration_keeps_the_graphs() -> None:

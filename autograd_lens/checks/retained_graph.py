@@ -107,10 +107,11 @@ def held(call: BackwardCall, h: HeldGraphs, alive: int, retained: bool) -> Findi
         help_ += ", and drop `retain_graph=True` from " + call_text(call)
     return Finding(
         RULE, SEVERITY,
-        f"{name} keeps the graphs of earlier iterations alive: {alive} graphs of {call_text(call)} were still "
-        "alive at its next call",
+        f"{name} keeps the graphs of earlier iterations alive: at least {alive} graphs of {call_text(call)} were "
+        "still alive at its next call",
         where, tuple(labels),
-        (f"{name} reaches {h.graphs} of the graphs that {call_text(call)} went through; {size}",),
+        (f"{name} reaches {h.graphs} of the graphs that the lens tracks (one call in four of {call_text(call)}, "
+         f"then one in sixteen); {size}",),
         help_,
         tensor=h.name, backward=call.site,
         extra={"holder": h.name, "graphs": h.graphs, "saved_bytes": h.saved_bytes, "retained": retained},
