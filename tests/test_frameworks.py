@@ -213,11 +213,14 @@ def test_torch_compile_does_not_warn_of_the_lens_s_own_global_hooks(recwarn: pyt
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
     compiled = torch.compile(model, backend="eager")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with lens.watch() as w:
-        for _ in range(3):
-            opt.zero_grad()
-            compiled(torch.randn(8, 4)).pow(2).mean().backward()
-            opt.step()
+    try:
+        with lens.watch() as w:
+            for _ in range(3):
+                opt.zero_grad()
+                compiled(torch.randn(8, 4)).pow(2).mean().backward()
+                opt.step()
+    finally:
+        torch._dynamo.reset()  # (the compiled graphs are the compiler's, held in its caches)
     assert w.report.findings == () and w.internal_errors == []
     assert not [str(x.message) for x in recwarn if "global hooks" in str(x.message)]
     import warnings
