@@ -254,16 +254,15 @@ def crossings(ctx: Context, a: Analysis, for_units: frozenset[Any], within: set[
             out.append(Crossing(src, dst, "pass-through", a.reach[src]))
             continue
         net_src = ctx.net_of_seq(node.seq)
-        net_dst = ctx.net_of_seq(graph.nodes[dst].seq)
-        unit_src = range_unit(ctx, node.seq) if net_src is not None else None
-        own = frozenset({unit_src}) if unit_src is not None else _own_units(ctx, net_src, cache) if net_src is not None else None
-        if (net_src is not None and net_src == net_dst and a.reach[src] <= own  # type: ignore[operator]
-                and unit_src == range_unit(ctx, graph.nodes[dst].seq)):
-            # (of a network whose parts are units called on their own, the part's own weights)
+        if net_src is not None and net_src == ctx.net_of_seq(graph.nodes[dst].seq):
             # the network's own weights, seen through ops of its forward; an op of its forward that
-            # reaches another network (`img.view(...)` of a generated batch) is where data enters
-            out.append(Crossing(src, dst, "pass-through", a.reach[src]))
-            continue
+            # reaches another network (`img.view(...)` of a generated batch) is where data enters.
+            # Of a network whose parts are units called on their own, the same within one part.
+            unit_src = range_unit(ctx, node.seq)
+            own = frozenset({unit_src}) if unit_src is not None else _own_units(ctx, net_src, cache)
+            if a.reach[src] <= own and unit_src == range_unit(ctx, graph.nodes[dst].seq):
+                out.append(Crossing(src, dst, "pass-through", a.reach[src]))
+                continue
         out.append(Crossing(src, dst, "leak", a.reach[src]))
     return out
 

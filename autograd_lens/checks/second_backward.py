@@ -153,9 +153,10 @@ def explain(ctx: Context, call: BackwardCall, walk: WalkResult, exc_text: str) -
         message = f"{here} needs buffers that {call_at(earlier)} already freed"
         owner_opts = _opts_of_net(ctx, net_key) if net_key is not None else frozenset()
         earlier_trains = bool(owner_opts & _trains(ctx, earlier))
-        later_trains_others = bool(_reached_opts(ctx, walk.leaves) - owner_opts)
+        others = _reached_opts(ctx, walk.leaves) - owner_opts  # what the later loss trains besides
+        later_trains_others = bool(others)
         # networks below the shared part that the later loss trains: a `.detach()` would cut them off
-        cut = _cut_below(ctx, top, owner_opts, walk) if top is not None else []
+        cut = _cut_below(ctx, top, others) if top is not None else []
         if var and net and owner_opts and earlier_trains and cut:
             # the later loss needs gradient through the shared part (a generator's loss through the
             # discriminator's output that its step just used): only a new forward gives it
@@ -202,19 +203,12 @@ def explain(ctx: Context, call: BackwardCall, walk: WalkResult, exc_text: str) -
     )
 
 
-def _cut_below(ctx: Context, top: SharedTop, owner_opts: frozenset[int], walk: WalkResult) -> list[str]:
-    """The networks below the shared part ``top`` whose parameters the later call reaches for
-    optimizers other than those of the network that made it (the generator below a discriminator's
-    output), by name."""
-    others = _reached_opts(ctx, walk.leaves) - owner_opts
-    names: list[str] = []
-    for p in top.below:
-        if set(ctx.reg.opts_of(p)) & others:
-            key = ctx.reg.net_of_param(p)
-            name = ctx.net_name(key) if key is not None else None
-            if name and name not in names:
-                names.append(name)
-    return sorted(names)
+def _cut_below(ctx: Context, top: SharedTop, others: frozenset[int]) -> list[str]:
+    """The networks below the shared part ``top`` with parameters of the optimizers ``others``
+    (those the later call trains besides the network that made it: the generator below a
+    discriminator's output), by name."""
+    keys = {ctx.reg.net_of_param(p) for p in top.below if others.intersection(ctx.reg.opts_of(p))}
+    return sorted(ctx.net_name(k) for k in keys if k is not None)
 
 
 def _trains(ctx: Context, call: BackwardCall) -> frozenset[int]:
