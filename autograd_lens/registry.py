@@ -426,7 +426,7 @@ class Registry:
         if key is None:
             return self.tensors.get(pid)
         net = self.nets[key]
-        if 1 < len(net.children) <= MAX_UNITS and self._split(net):
+        if self.is_split(net):
             for path, pids in net.children.items():
                 if pid in pids:
                     return net.qualified(path)
